@@ -1,0 +1,98 @@
+"""Dataset registry: every dataset name a config or the CLI may use, with its loader and publisher facts."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from harkd.data.recording import Recording
+from harkd.errors import HarkdError
+
+# Modules whose import registers a dataset; imported on first lookup so `import harkd` stays light.
+_LOADER_MODULES = ("harkd.data.loaders.dsads", "harkd.data.loaders.hapt", "harkd.data.loaders.openpack")
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Sliding windows in samples at the recording's rate; label_rule is 'majority' or 'centre'."""
+
+    length: int
+    stride: int
+    label_rule: str = "majority"
+    drop_null: bool = True
+
+    def __post_init__(self) -> None:
+        if self.length < 1 or self.stride < 1:
+            raise HarkdError(f"windowing: length and stride must be positive, got {self.length}/{self.stride}")
+        if self.label_rule not in ("majority", "centre"):
+            raise HarkdError(f"windowing: label_rule must be 'majority' or 'centre', got {self.label_rule!r}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], where: str = "windowing") -> "WindowConfig":
+        valid = {"length", "stride", "label_rule", "drop_null"}
+        unknown = set(values) - valid
+        if unknown:
+            raise HarkdError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(valid)}")
+        if "length" not in values:
+            raise HarkdError(f"{where}: 'length' (samples) is required")
+        return cls(int(values["length"]), int(values.get("stride", values["length"])),
+                   str(values.get("label_rule", "majority")), bool(values.get("drop_null", True)))
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to find, load and window one publisher's dataset.
+
+    load(root, **options) reads the installed folder `root` (the publisher's layout) into recordings.
+    locate(tree) returns the folder inside an unpacked archive that holds the publisher's layout, or None.
+    archives maps known archive file names to their sha256, so `harkd data install` can verify them unasked.
+    """
+
+    name: str
+    title: str
+    load: Callable[..., list[Recording]]
+    locate: Callable[[Path], Path | None]
+    default_windowing: WindowConfig
+    licence: str
+    citation: str
+    archives: Mapping[str, str] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def load_checked(self, root: Path, options: Mapping[str, Any] | None = None) -> list[Recording]:
+        options = dict(options or {})
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise HarkdError(f"dataset {self.name}: unknown option(s) {sorted(unknown)}; "
+                             f"valid options: {sorted(self.options) or 'none'}")
+        return self.load(Path(root), **{**self.options, **options})
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"dataset {spec.name!r} registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _ensure_loaded() -> None:
+    for module in _LOADER_MODULES:
+        importlib.import_module(module)
+
+
+def dataset_names() -> list[str]:
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise HarkdError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(_REGISTRY))} "
+                         f"(or your own data with a dataset.yaml, see docs/generic-format.md)") from None
