@@ -69,6 +69,16 @@ class DatasetSpec:
         return self.load(Path(root), **{**self.options, **options})
 
 
+def find_layout(tree: Path, marker: str, levels_up: int, max_depth: int = 2) -> Path | None:
+    """The shallowest folder holding `marker` (a glob, e.g. 'data/a01/p1'), searching `tree` and up to `max_depth`
+    levels below it (archives often nest the publisher's folder); `levels_up` climbs from the match to that folder."""
+    for depth in range(max_depth + 1):
+        hits = sorted(Path(tree).glob("*/" * depth + marker))
+        if hits:
+            return hits[0].parents[levels_up - 1] if levels_up else hits[0]
+    return None
+
+
 _REGISTRY: dict[str, DatasetSpec] = {}
 
 

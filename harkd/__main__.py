@@ -1,0 +1,3 @@
+from harkd.cli import main
+
+main()

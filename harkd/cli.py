@@ -1,0 +1,103 @@
+"""The `harkd` command line. User errors print one line and exit 2; everything else is a bug and keeps its trace."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from harkd.errors import HarkdError
+
+app = typer.Typer(help="Knowledge distillation for wearable human activity recognition.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Install and inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("install")
+def data_install(
+    name: str = typer.Argument(..., help="dataset name: dsads, hapt, openpack, or a new name for your own data"),
+    source: str = typer.Option(..., "--from", help="archive file or URL (the publisher's download or ours)"),
+    sha256: Optional[str] = typer.Option(None, help="expected sha256 (default: SHA256SUMS beside the archive, "
+                                                    "or the checksum harkd knows for it)"),
+    force: bool = typer.Option(False, help="replace an installed copy"),
+) -> None:
+    """Verify an archive's checksum and unpack it into the data root (HARKD_DATA or the user cache)."""
+    from harkd.data.install import install_dataset
+
+    path = install_dataset(name, source, sha256=sha256, force=force)
+    typer.echo(f"installed {name} at {path}")
+
+
+@data_app.command("list")
+def data_list(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """Installed datasets and the names harkd can load."""
+    from harkd.data.install import data_root, installed_datasets
+    from harkd.data.registry import dataset_names, get_dataset
+
+    installed = installed_datasets()
+    if as_json:
+        typer.echo(json.dumps({"data_root": str(data_root()), "installed": installed,
+                               "known": dataset_names()}, indent=2))
+        return
+    typer.echo(f"data root: {data_root()}")
+    names = {r["name"] for r in installed}
+    for record in installed:
+        typer.echo(f"  {record['name']:<12} installed {record['installed_at']}  from {record['archive']}")
+    for name in dataset_names():
+        if name not in names:
+            typer.echo(f"  {name:<12} not installed  ({get_dataset(name).title})")
+
+
+@data_app.command("info")
+def data_info(
+    name: str = typer.Argument(..., help="an installed dataset"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    protocol: Optional[str] = typer.Option(None, help="also count windows per split of a published protocol "
+                                                      "(uci-har, on hapt)"),
+) -> None:
+    """Subjects, classes with counts, channels, duration and windows of an installed dataset."""
+    from harkd.data.catalog import load_recordings, summarise
+    from harkd.data.protocols import PROTOCOLS, protocol_counts
+
+    if protocol is not None and PROTOCOLS.get(protocol, (name,))[0] != name:
+        raise HarkdError(f"protocol {protocol!r} applies to dataset {PROTOCOLS[protocol][0]!r}, not {name!r}")
+    info = summarise(name)
+    if protocol is not None:
+        info["protocol"] = {"name": protocol, "splits": protocol_counts(protocol, load_recordings(name))}
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"{info['name']}  ({info['path']})")
+    typer.echo(f"  {info['recordings']} recordings, {info['n_subjects']} subjects, "
+               f"{info['duration_s'] / 3600:.2f} h at {info['rate_hz']:g} Hz, "
+               f"{info['labelled_segments']} labelled segments")
+    typer.echo(f"  subjects: {', '.join(s['subject'] for s in info['subjects'])}")
+    typer.echo(f"  {info['n_channels']} channels: positions {', '.join(info['positions'])}; "
+               f"modalities {', '.join(info['modalities'])}" +
+               (f"; sensors {', '.join(info['sensors'])}" if info["sensors"] else ""))
+    w = info["windowing"]
+    typer.echo(f"  {info['windows']} windows (length {w['length']}, stride {w['stride']}, {w['label_rule']} label"
+               f"{', Null dropped' if w['drop_null'] else ''})")
+    typer.echo(f"  {info['n_classes']} classes" + (f" + {info['null_class']}" if info["null_class"] else "") + ":")
+    for c in info["classes"]:
+        typer.echo(f"    {c['name']:<32} {c['samples']:>10} samples {c['windows']:>8} windows")
+    if "protocol" in info:
+        for split, counts in info["protocol"]["splits"].items():
+            typer.echo(f"  {protocol} {split}: {counts['windows']} windows from {counts['subjects']} subjects "
+                       f"(original release: {counts['original_windows']})")
+    if info["interpolated_samples"]:
+        typer.echo(f"  {info['interpolated_samples']} missing values were interpolated (short NaN gaps)")
+
+
+def main() -> None:
+    try:
+        app()
+    except HarkdError as exc:
+        typer.echo(f"harkd: error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("harkd: interrupted", err=True)
+        sys.exit(130)

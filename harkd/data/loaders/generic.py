@@ -1,0 +1,496 @@
+"""The generic format for a user's own recordings: a folder with `dataset.yaml` and one CSV or Parquet file per session.
+
+The schema and its rules are documented in docs/generic-format.md; every problem is a one-line HarkdError that names
+the YAML key path or the session file, row and column.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from harkd.data.recording import ChannelSpec, Recording, check_same_classes, fill_short_gaps
+from harkd.errors import HarkdError
+
+SCHEMA_FILE = "dataset.yaml"
+RATE_TOLERANCE = 0.05
+_TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+# Tokens read as a missing value in numeric CSV columns; the label column keeps every value as text, so that labels
+# such as 'null' or 'None' stay labels.
+_NA_TOKENS = ["", "nan", "NaN", "NA", "N/A", "null", "NULL"]
+_TOP_REQUIRED = {"name", "rate_hz", "label_column", "channels", "sessions"}
+_TOP_OPTIONAL = {"time_column", "time_unit", "null_label", "classes", "max_gap_s", "annotations"}
+_CHANNEL_REQUIRED = {"column", "position", "modality", "axis"}
+_CHANNEL_OPTIONAL = {"unit", "sensor"}
+_SESSION_REQUIRED = {"file", "subject"}
+_SESSION_OPTIONAL = {"session"}
+
+
+@dataclass(frozen=True)
+class _Channel:
+    column: str
+    spec: ChannelSpec
+
+
+@dataclass(frozen=True)
+class _Session:
+    file: Path
+    subject: str
+    session: str
+
+
+@dataclass(frozen=True)
+class _Schema:
+    where: str  # the YAML path, prefixed to every schema error
+    name: str
+    rate_hz: float
+    label_column: str
+    time_column: str | None
+    time_scale: float  # seconds per time-column unit
+    null_label: str | None
+    classes: tuple[str, ...] | None
+    max_gap_s: float
+    channels: tuple[_Channel, ...]
+    sessions: tuple[_Session, ...]
+    annotations: tuple[str, ...]
+
+    @property
+    def max_gap(self) -> int:
+        """Longest run of samples that may be interpolated; the same rule as fill_short_gaps."""
+        return max(1, int(round(self.max_gap_s * self.rate_hz)))
+
+
+@dataclass
+class _Table:
+    """One session file read and checked, with labels still as text."""
+
+    session: _Session
+    signals: np.ndarray
+    labels: np.ndarray  # str objects
+    rows: np.ndarray  # the file row of every sample (rows may have been sorted by time)
+    annotations: dict[str, np.ndarray]
+    interpolated: int
+
+
+# --- schema ---------------------------------------------------------------------------------------------------------
+
+def _check_keys(value: Any, where: str, required: set[str], optional: set[str]) -> dict:
+    if not isinstance(value, dict):
+        raise HarkdError(f"{where}: expected a mapping, got {_kind(value)}")
+    valid = ", ".join(sorted(required | optional))
+    for key in value:
+        if key not in required and key not in optional:
+            raise HarkdError(f"{where}: unknown key {key!r}; valid keys: {valid}")
+    for key in sorted(required):
+        if key not in value:
+            raise HarkdError(f"{where}: missing required key {key!r}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+def _text(value: Any, where: str, *, may_be_empty: bool = False) -> str:
+    """A name (column, label, subject, axis ...): YAML may give it as a string or an integer."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise HarkdError(f"{where}: expected a string, got {_kind(value)}")
+    text = str(value)
+    if not text.strip() and not may_be_empty:
+        raise HarkdError(f"{where}: must not be empty")
+    return text
+
+
+def _number(value: Any, where: str, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
+            or value < 0 or (positive and value == 0):
+        raise HarkdError(f"{where}: expected a {'positive' if positive else 'non-negative'} number, "
+                         f"got {_kind(value)}")
+    return float(value)
+
+
+def _list(value: Any, where: str) -> list:
+    if not isinstance(value, list) or not value:
+        raise HarkdError(f"{where}: expected a non-empty list, got {_kind(value)}")
+    return value
+
+
+def _unique(names: Sequence[str], where: str, what: str) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise HarkdError(f"{where}[{i}]: {what} {name!r} is listed twice")
+        seen.add(name)
+
+
+def _read_schema(yaml_path: Path) -> _Schema:
+    where = str(yaml_path)
+    try:
+        raw = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HarkdError(f"{where}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HarkdError(f"{where}: cannot read ({exc})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise HarkdError(f"{where}: not valid YAML ({at}{getattr(exc, 'problem', None) or exc})") from None
+    raw = _check_keys(raw, where, _TOP_REQUIRED, _TOP_OPTIONAL)
+    rate_hz = _number(raw["rate_hz"], f"{where}: rate_hz", positive=True)
+
+    channels = []
+    for i, entry in enumerate(_list(raw["channels"], f"{where}: channels")):
+        at = f"{where}: channels[{i}]"
+        entry = _check_keys(entry, at, _CHANNEL_REQUIRED, _CHANNEL_OPTIONAL)
+        spec = ChannelSpec(*(_text(entry[k], f"{at}.{k}") for k in ("position", "modality", "axis")),
+                           unit=_text(entry.get("unit", ""), f"{at}.unit", may_be_empty=True),
+                           sensor=_text(entry["sensor"], f"{at}.sensor") if "sensor" in entry else "")
+        channels.append(_Channel(_text(entry["column"], f"{at}.column"), spec))
+    _unique([c.column for c in channels], f"{where}: channels", "column")
+    _unique([c.spec.name for c in channels], f"{where}: channels", "channel (position/modality/axis@sensor)")
+
+    sessions = []
+    for i, entry in enumerate(_list(raw["sessions"], f"{where}: sessions")):
+        at = f"{where}: sessions[{i}]"
+        entry = _check_keys(entry, at, _SESSION_REQUIRED, _SESSION_OPTIONAL)
+        file = yaml_path.parent / _text(entry["file"], f"{at}.file")
+        if file.suffix.lower() not in (".csv", ".parquet"):
+            raise HarkdError(f"{at}.file: {file.name!r} is neither .csv nor .parquet")
+        session = _text(entry["session"], f"{at}.session") if "session" in entry else file.stem
+        sessions.append(_Session(file, _text(entry["subject"], f"{at}.subject"), session))
+    _unique([str(s.file) for s in sessions], f"{where}: sessions", "file")
+    _unique([f"{s.subject}/{s.session}" for s in sessions], f"{where}: sessions", "subject/session")
+
+    classes = None
+    if "classes" in raw:
+        classes = tuple(_text(c, f"{where}: classes[{i}]")
+                        for i, c in enumerate(_list(raw["classes"], f"{where}: classes")))
+        _unique(classes, f"{where}: classes", "class")
+    annotations = ()
+    if "annotations" in raw:
+        annotations = tuple(_text(a, f"{where}: annotations[{i}]")
+                            for i, a in enumerate(_list(raw["annotations"], f"{where}: annotations")))
+        _unique(annotations, f"{where}: annotations", "annotation")
+    time_unit = raw.get("time_unit", "s")
+    if not isinstance(time_unit, str) or time_unit not in _TIME_UNITS:
+        raise HarkdError(f"{where}: time_unit: expected one of {', '.join(_TIME_UNITS)}, got {_kind(time_unit)}")
+
+    schema = _Schema(
+        where=where,
+        name=_text(raw["name"], f"{where}: name"),
+        rate_hz=rate_hz,
+        label_column=_text(raw["label_column"], f"{where}: label_column"),
+        time_column=_text(raw["time_column"], f"{where}: time_column") if "time_column" in raw else None,
+        time_scale=_TIME_UNITS[time_unit],
+        null_label=_text(raw["null_label"], f"{where}: null_label") if raw.get("null_label") is not None else None,
+        classes=classes,
+        max_gap_s=_number(raw.get("max_gap_s", 1.0), f"{where}: max_gap_s", positive=False),
+        channels=tuple(channels),
+        sessions=tuple(sessions),
+        annotations=annotations,
+    )
+    # A column may play only one role, else e.g. the label column would also be read as a signal.
+    roles = [(f"channels[{i}].column", c.column) for i, c in enumerate(channels)]
+    roles += [("label_column", schema.label_column)]
+    roles += [("time_column", schema.time_column)] if schema.time_column else []
+    roles += [(f"annotations[{i}]", a) for i, a in enumerate(annotations)]
+    owner: dict[str, str] = {}
+    for key, column in roles:
+        if column in owner:
+            raise HarkdError(f"{where}: {key}: column {column!r} is already used by {owner[column]}")
+        owner[column] = key
+    return schema
+
+
+# --- session files --------------------------------------------------------------------------------------------------
+
+def _needed_columns(schema: _Schema) -> list[str]:
+    return ([c.column for c in schema.channels] + [schema.label_column]
+            + ([schema.time_column] if schema.time_column else []) + list(schema.annotations))
+
+
+def _check_header(header: Sequence[str], schema: _Schema, path: Path) -> None:
+    for column in _needed_columns(schema):
+        if column not in header:
+            shown = ", ".join(map(repr, header[:30])) + (", ..." if len(header) > 30 else "")
+            raise HarkdError(f"{path}: column {column!r} named in {Path(schema.where).name} is missing; "
+                             f"the file has columns: {shown}")
+
+
+def _read_csv(path: Path, schema: _Schema) -> pd.DataFrame:
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheet exports often start with a BOM
+    except FileNotFoundError:
+        raise HarkdError(f"{path}: file not found (listed in {Path(schema.where).name})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HarkdError(f"{path}: cannot read ({exc})") from None
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if not header:
+        raise HarkdError(f"{path}: empty file (expected a header row)")
+    for i, column in enumerate(header):
+        if column in header[:i]:
+            raise HarkdError(f"{path}: column {column!r} appears twice in the header")
+    _check_header(header, schema, path)
+    # pandas pads a short row with NaN, which would pass as a gap: a truncated file must fail here instead.
+    blank_row = None
+    for row in reader:
+        if not row:
+            blank_row = blank_row or reader.line_num
+        elif blank_row is not None:
+            raise HarkdError(f"{path}: row {blank_row} is empty (data rows must be contiguous)")
+        elif len(row) != len(header):
+            raise HarkdError(f"{path}: row {reader.line_num} has {len(row)} fields, expected {len(header)} "
+                             f"(truncated or malformed file)")
+    numeric = [c for c in _needed_columns(schema) if c != schema.label_column]
+    return pd.read_csv(io.StringIO(text), usecols=_needed_columns(schema), dtype={schema.label_column: str},
+                       keep_default_na=False, na_values={c: _NA_TOKENS for c in numeric}, low_memory=False)
+
+
+def _read_parquet(path: Path, schema: _Schema) -> pd.DataFrame:
+    if not path.is_file():
+        raise HarkdError(f"{path}: file not found (listed in {Path(schema.where).name})")
+    try:
+        parquet = pq.ParquetFile(path)
+        _check_header(parquet.schema_arrow.names, schema, path)
+        return parquet.read(columns=_needed_columns(schema)).to_pandas()
+    except (pa.ArrowException, OSError) as exc:
+        raise HarkdError(f"{path}: cannot read Parquet file ({' '.join(str(exc).split())})") from None
+
+
+def _numeric(frame: pd.DataFrame, column: str, path: Path, first_row: int) -> np.ndarray:
+    values = frame[column]
+    if not pd.api.types.is_numeric_dtype(values):
+        coerced = pd.to_numeric(values, errors="coerce")
+        bad = np.flatnonzero(coerced.isna().to_numpy() & values.notna().to_numpy())
+        if bad.size:
+            raise HarkdError(f"{path}: row {bad[0] + first_row}: column {column!r} holds {values.iloc[bad[0]]!r}, "
+                             f"not a number")
+        values = coerced
+    return values.to_numpy(np.float64, na_value=np.nan)
+
+
+def _label_text(frame: pd.DataFrame, column: str, path: Path, first_row: int) -> np.ndarray:
+    values = frame[column]
+    missing = np.flatnonzero(values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy())
+    if missing.size:
+        raise HarkdError(f"{path}: row {missing[0] + first_row}: empty label in column {column!r}")
+    if pd.api.types.is_float_dtype(values) or pd.api.types.is_bool_dtype(values):
+        raise HarkdError(f"{path}: label column {column!r} has type {values.dtype}; labels must be class names "
+                         f"(text) or integer codes")
+    return values.astype(str).to_numpy(object)
+
+
+def _time_seconds(frame: pd.DataFrame, schema: _Schema, path: Path, first_row: int) -> np.ndarray:
+    values = frame[schema.time_column]
+    if pd.api.types.is_datetime64_any_dtype(values):  # Parquet timestamps carry their own unit
+        seconds = values.to_numpy("datetime64[ns]").astype(np.int64) * 1e-9
+        seconds[values.isna().to_numpy()] = np.nan
+        return seconds
+    return _numeric(frame, schema.time_column, path, first_row) * schema.time_scale
+
+
+def _check_timing(time: np.ndarray, rows: np.ndarray, schema: _Schema, path: Path) -> None:
+    """Sorted sample times must follow rate_hz; a jump longer than the interpolation limit is missing data."""
+    column = schema.time_column
+    if time.size < 2:
+        return
+    step = np.diff(time)
+    same = np.flatnonzero(step == 0)
+    if same.size:
+        raise HarkdError(f"{path}: rows {rows[same[0]]} and {rows[same[0] + 1]} have the same {column!r} value")
+    measured = 1.0 / float(np.median(step))
+    if abs(measured - schema.rate_hz) > RATE_TOLERANCE * schema.rate_hz:
+        raise HarkdError(f"{path}: column {column!r} gives {measured:.4g} Hz, but rate_hz is {schema.rate_hz:g} "
+                         f"(off by more than {RATE_TOLERANCE:.0%}; is time_unit right?)")
+    jumps = np.flatnonzero(step * schema.rate_hz - 1 > schema.max_gap)
+    if jumps.size:
+        j = jumps[0]
+        raise HarkdError(f"{path}: rows {rows[j]}-{rows[j + 1]}: {column!r} jumps by {step[j]:.4g} s, more than "
+                         f"max_gap_s ({schema.max_gap_s:g} s) of missing data; split the session into separate files")
+
+
+def _check_nan_runs(signals: np.ndarray, rows: np.ndarray, schema: _Schema, path: Path) -> None:
+    """Name the column and file rows of a NaN run too long to interpolate (fill_short_gaps only knows indices)."""
+    for c in np.flatnonzero(np.isnan(signals).any(axis=0)):
+        if np.isnan(signals[:, c]).all():
+            raise HarkdError(f"{path}: column {schema.channels[c].column!r} has no value at all")
+        edges = np.diff(np.concatenate([[0], np.isnan(signals[:, c]).astype(np.int8), [0]]))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        longest = int(np.argmax(ends - starts))
+        length = int(ends[longest] - starts[longest])
+        if length > schema.max_gap:
+            raise HarkdError(f"{path}: rows {rows[starts[longest]]}-{rows[ends[longest] - 1]}: column "
+                             f"{schema.channels[c].column!r} is missing (NaN) for {length} samples, more than the "
+                             f"{schema.max_gap} that may be interpolated (max_gap_s = {schema.max_gap_s:g} s)")
+
+
+def _read_session(session: _Session, schema: _Schema) -> _Table:
+    path = session.file
+    is_csv = path.suffix.lower() == ".csv"
+    frame = _read_csv(path, schema) if is_csv else _read_parquet(path, schema)
+    if frame.empty:
+        raise HarkdError(f"{path}: no data rows")
+    first_row = 2 if is_csv else 1  # CSV rows are line numbers (header = 1); Parquet rows count from 1
+    rows = np.arange(len(frame)) + first_row
+    order = np.arange(len(frame))
+    if schema.time_column:
+        time = _time_seconds(frame, schema, path, first_row)
+        missing = np.flatnonzero(np.isnan(time))
+        if missing.size:
+            raise HarkdError(f"{path}: row {rows[missing[0]]}: no value in time column {schema.time_column!r}")
+        order = np.argsort(time, kind="stable")
+        rows = rows[order]
+        _check_timing(time[order], rows, schema, path)
+
+    signals = np.stack([_numeric(frame, c.column, path, first_row) for c in schema.channels], axis=1)[order]
+    _check_nan_runs(signals, rows, schema, path)
+    signals, interpolated = fill_short_gaps(signals, schema.rate_hz, str(path), schema.max_gap_s)
+    annotations = {}
+    for name in schema.annotations:
+        track = _numeric(frame, name, path, first_row)[order]
+        bad = np.flatnonzero(np.isnan(track) | (track != np.round(track)))
+        if bad.size:
+            raise HarkdError(f"{path}: row {rows[bad[0]]}: annotation column {name!r} needs an integer, "
+                             f"got {track[bad[0]]}")
+        annotations[name] = track.astype(np.int64)
+    labels = _label_text(frame, schema.label_column, path, first_row)[order]
+    return _Table(session, signals, labels, rows, annotations, interpolated)
+
+
+# --- classes --------------------------------------------------------------------------------------------------------
+
+def _classes(schema: _Schema, tables: Sequence[_Table]) -> tuple[tuple[str, ...], int | None, list[np.ndarray]]:
+    """The class list (`classes` as given, else the sorted labels; null last if unlisted), the null class index and
+    every table's labels as indices into the class list."""
+    if schema.classes is not None:
+        names = list(schema.classes)
+    else:
+        seen = set(pd.unique(np.concatenate([t.labels for t in tables]))) - {schema.null_label}
+        # Integer codes sort by value (2 before 10); anything else sorts as text.
+        integer = all(re.fullmatch(r"-?\d+", s) for s in seen)
+        names = sorted(seen, key=int if integer else str)
+    if schema.null_label is not None and schema.null_label not in names:
+        names.append(schema.null_label)
+    codes = []
+    for table in tables:
+        codes.append(pd.Index(names).get_indexer(table.labels).astype(np.int64))
+        unknown = np.flatnonzero(codes[-1] < 0)  # only when `classes` is given
+        if unknown.size:
+            i = unknown[0]
+            raise HarkdError(f"{table.session.file}: row {table.rows[i]}: label {table.labels[i]!r} is not in "
+                             f"classes of {Path(schema.where).name} ({', '.join(schema.classes)})")
+    null_class = names.index(schema.null_label) if schema.null_label is not None else None
+    return tuple(names), null_class, codes
+
+
+# --- public API -----------------------------------------------------------------------------------------------------
+
+def locate_generic(tree: Path) -> Path | None:
+    """The folder holding dataset.yaml: `tree` itself or one of its direct subfolders; None when there is none."""
+    tree = Path(tree)
+    if (tree / SCHEMA_FILE).is_file():
+        return tree
+    found = sorted(p.parent for p in tree.glob(f"*/{SCHEMA_FILE}") if p.is_file())
+    if len(found) > 1:
+        raise HarkdError(f"{tree}: several folders hold a {SCHEMA_FILE} ({', '.join(p.name for p in found)}); "
+                         f"point at one of them")
+    return found[0] if found else None
+
+
+def load_generic(path: Path) -> list[Recording]:
+    """Read a generic dataset: `path` is its folder or its dataset.yaml. Returns one Recording per session."""
+    path = Path(path)
+    yaml_path = path / SCHEMA_FILE if path.is_dir() else path
+    if path.is_dir() and not yaml_path.is_file():
+        raise HarkdError(f"{path}: no {SCHEMA_FILE} in this folder (see docs/generic-format.md)")
+    schema = _read_schema(yaml_path)
+    tables = [_read_session(s, schema) for s in schema.sessions]
+    class_names, null_class, labels = _classes(schema, tables)
+    channels = tuple(c.spec for c in schema.channels)
+    return [Recording(signals=t.signals, channels=channels, labels=codes,
+                      class_names=class_names, subject=t.session.subject, session=t.session.session,
+                      rate_hz=schema.rate_hz, null_class=null_class, annotations=t.annotations,
+                      interpolated_samples=t.interpolated, source=str(t.session.file))
+            for t, codes in zip(tables, labels)]
+
+
+def _file_stem(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "x"
+
+
+def write_generic(recordings: Sequence[Recording], folder: Path, fmt: str = "csv", *, name: str | None = None,
+                  overwrite: bool = False) -> Path:
+    """Write recordings as a generic dataset folder (dataset.yaml + one file per session); returns the YAML path.
+
+    Columns are named after ChannelSpec.name, labels are written as class names, and a `time` column in seconds is
+    added, so that the folder documents itself and load_generic reads back the same recordings.
+    """
+    if fmt not in ("csv", "parquet"):
+        raise HarkdError(f"write_generic: fmt must be 'csv' or 'parquet', got {fmt!r}")
+    class_names = check_same_classes(recordings)
+    first = recordings[0]
+    for rec in recordings[1:]:
+        for what in ("channels", "rate_hz", "null_class"):
+            if getattr(rec, what) != getattr(first, what):
+                raise HarkdError(f"write_generic: {rec.source or rec.session}: {what} differs from the first recording")
+        if set(rec.annotations) != set(first.annotations):
+            raise HarkdError(f"write_generic: {rec.source or rec.session}: annotation names differ from the first "
+                             f"recording")
+    twice = sorted(n for n, k in Counter(f"{r.subject}/{r.session}" for r in recordings).items() if k > 1)
+    if twice:
+        raise HarkdError(f"write_generic: subject/session {twice[0]!r} appears in more than one recording")
+    folder = Path(folder)
+    yaml_path = folder / SCHEMA_FILE
+    if yaml_path.exists() and not overwrite:
+        raise HarkdError(f"{yaml_path}: already exists (pass overwrite=True to replace it)")
+    columns = [c.name for c in first.channels]
+    clash = {"time", "label"} & (set(columns) | set(first.annotations)) | set(columns) & set(first.annotations)
+    if clash:
+        raise HarkdError(f"write_generic: column name(s) {sorted(clash)} would be used twice")
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sessions, used = [], set()
+    for rec in recordings:
+        stem = _file_stem(f"{rec.subject}_{rec.session}")
+        file, n = f"{stem}.{fmt}", 1
+        while file in used:  # sanitising can map different sessions to one name
+            n += 1
+            file = f"{stem}_{n}.{fmt}"
+        used.add(file)
+        frame = pd.DataFrame({"time": np.arange(len(rec.labels)) / rec.rate_hz,
+                              **{col: rec.signals[:, i] for i, col in enumerate(columns)},
+                              "label": np.asarray(class_names, dtype=object)[rec.labels],
+                              **rec.annotations})
+        if fmt == "csv":
+            frame.to_csv(folder / file, index=False)
+        else:
+            frame.to_parquet(folder / file, index=False)
+        sessions.append({"file": file, "subject": str(rec.subject), "session": str(rec.session)})
+
+    schema: dict[str, Any] = {
+        "name": name or folder.resolve().name,
+        "rate_hz": float(first.rate_hz),
+        "label_column": "label",
+        "time_column": "time",
+        "classes": list(class_names),
+    }
+    if first.null_class is not None:
+        schema["null_label"] = class_names[first.null_class]
+    schema["channels"] = [{"column": col, **spec.to_dict()} for col, spec in zip(columns, first.channels)]
+    schema["sessions"] = sessions
+    if first.annotations:
+        schema["annotations"] = list(first.annotations)
+    yaml_path.write_text(yaml.safe_dump(schema, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return yaml_path

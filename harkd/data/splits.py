@@ -1,0 +1,105 @@
+"""Subject-wise splits (leave-one-subject-out, fixed lists) and normalisation fit on training windows only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from harkd.data.windowing import WindowSet
+from harkd.errors import HarkdError
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Window indices of one split. Validation windows always come from training subjects."""
+
+    name: str
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    test_subjects: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"{self.name}: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test windows"
+
+
+def _validation(windows: WindowSet, train_subjects: Sequence[str], val_subjects: int, val_fraction: float,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split the training subjects' windows into train and validation.
+
+    Whole subjects are held out when enough remain for training (the honest choice for cross-subject model
+    selection); with too few training subjects (e.g. OpenPack's two) a seeded random fraction of windows is used.
+    """
+    rng = np.random.default_rng(seed)
+    candidates = np.flatnonzero(np.isin(windows.subjects, list(train_subjects)))
+    if val_subjects > 0 and len(train_subjects) > val_subjects:
+        held = rng.choice(sorted(train_subjects), size=val_subjects, replace=False)
+        is_val = np.isin(windows.subjects[candidates], held)
+        return candidates[~is_val], candidates[is_val]
+    if not 0 < val_fraction < 1:
+        raise HarkdError(f"split: val_fraction must be in (0, 1), got {val_fraction}")
+    shuffled = rng.permutation(candidates)
+    n_val = max(1, int(round(val_fraction * len(candidates))))
+    return np.sort(shuffled[n_val:]), np.sort(shuffled[:n_val])
+
+
+def _check_subjects(windows: WindowSet, subjects: Sequence[str], what: str) -> None:
+    unknown = sorted(set(subjects) - set(windows.subject_ids))
+    if unknown:
+        raise HarkdError(f"split: unknown {what} subject(s) {unknown}; subjects in the data: {windows.subject_ids}")
+
+
+def fixed_split(windows: WindowSet, test_subjects: Sequence[str], train_subjects: Sequence[str] | None = None, *,
+                val_subjects: int = 1, val_fraction: float = 0.15, seed: int = 0, name: str = "fixed") -> Fold:
+    """Train on `train_subjects` (default: everyone not tested), test on `test_subjects`."""
+    test_subjects = [str(s) for s in test_subjects]
+    _check_subjects(windows, test_subjects, "test")
+    if train_subjects is None:
+        train_subjects = [s for s in windows.subject_ids if s not in test_subjects]
+    train_subjects = [str(s) for s in train_subjects]
+    _check_subjects(windows, train_subjects, "train")
+    overlap = sorted(set(train_subjects) & set(test_subjects))
+    if overlap:
+        raise HarkdError(f"split: subject(s) {overlap} are in both train and test")
+    if not train_subjects:
+        raise HarkdError("split: no training subjects left")
+    train, val = _validation(windows, train_subjects, val_subjects, val_fraction, seed)
+    test = np.flatnonzero(np.isin(windows.subjects, test_subjects))
+    return Fold(name, train, val, test, tuple(test_subjects))
+
+
+def leave_one_subject_out(windows: WindowSet, *, val_subjects: int = 1, val_fraction: float = 0.15,
+                          seed: int = 0) -> list[Fold]:
+    """One fold per subject, tested on that subject alone."""
+    if len(windows.subject_ids) < 2:
+        raise HarkdError(f"leave-one-subject-out needs at least 2 subjects, the data has {windows.subject_ids}")
+    return [fixed_split(windows, [s], val_subjects=val_subjects, val_fraction=val_fraction, seed=seed,
+                        name=f"loso-{s}") for s in windows.subject_ids]
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Per-channel standardisation; fit it on training windows only."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> "Normaliser":
+        if len(x) == 0:
+            raise HarkdError("cannot fit normalisation on zero windows")
+        mean = x.mean(axis=(0, 2), dtype=np.float64)
+        std = x.std(axis=(0, 2), dtype=np.float64)
+        # Constant channels (e.g. OpenPack v0.3.0's all-zero quaternions) are centred, not blown up.
+        std[std < 1e-8] = 1.0
+        return cls(mean.astype(np.float32), std.astype(np.float32))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean[None, :, None]) / self.std[None, :, None]).astype(np.float32)
+
+
+def fit_normaliser(windows: WindowSet, fold: Fold) -> Normaliser:
+    """Statistics from the fold's training windows alone: validation and test windows never leak in."""
+    return Normaliser.fit(windows.x[fold.train])

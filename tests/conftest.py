@@ -1,0 +1,62 @@
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+def shared_archive(name: str) -> Path:
+    """A publisher archive from ../shared/datasets; the test is skipped where the folder is absent."""
+    path = SHARED_DATASETS / name
+    if not path.is_file():
+        pytest.skip(f"{path} not available")
+    return path
+
+
+def run_cli(*args: str, data_root: Path, check: bool = False) -> subprocess.CompletedProcess:
+    """`harkd ARGS` in a subprocess, as a user runs it: real exit code, real stderr."""
+    env = {**os.environ, "HARKD_DATA": str(data_root)}
+    result = subprocess.run([sys.executable, "-m", "harkd", *args], capture_output=True, text=True, env=env,
+                            stdin=subprocess.DEVNULL, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"harkd {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("harkd: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session")
+def installed_root(tmp_path_factory):
+    """All three shared archives installed once, through the CLI, into a fresh data root."""
+    root = tmp_path_factory.mktemp("harkd-data")
+    for name, archive in (("openpack", "openpack-sample.tar.xz"), ("hapt", "uci-hapt.tar.xz"),
+                          ("dsads", "dsads.tar.xz")):
+        run_cli("data", "install", name, "--from", str(shared_archive(archive)), data_root=root, check=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def unpacked_archive(tmp_path_factory):
+    """unpacked_archive('dsads.tar.xz') -> the folder it was extracted into, once per test session."""
+    trees: dict[str, Path] = {}
+
+    def unpack(name: str) -> Path:
+        if name not in trees:
+            tree = tmp_path_factory.mktemp(name.split(".")[0])
+            with tarfile.open(shared_archive(name)) as tar:
+                tar.extractall(tree, filter="data")
+            trees[name] = tree
+        return trees[name]
+
+    return unpack

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from harkd.data.recording import Recording, sensor_channels
+from harkd.data.registry import WindowConfig
+from harkd.data.splits import Normaliser, fit_normaliser, fixed_split, leave_one_subject_out
+from harkd.data.windowing import make_windows
+from harkd.errors import HarkdError
+
+CHANNELS = tuple(sensor_channels("right_wrist", "acc", "g"))
+
+
+@pytest.fixture()
+def windows():
+    rng = np.random.default_rng(0)
+    recs = [Recording(rng.normal(loc=10 * i, scale=i + 1, size=(200, 3)), CHANNELS, rng.integers(0, 3, 200),
+                      ("a", "b", "c"), f"s{i}", "x", 50.0) for i in range(5)]
+    return make_windows(recs, WindowConfig(20, 10))
+
+
+def test_loso_never_shares_a_subject_between_train_val_and_test(windows):
+    folds = leave_one_subject_out(windows, val_subjects=1, seed=3)
+    assert [f.test_subjects for f in folds] == [(s,) for s in windows.subject_ids]
+    for fold in folds:
+        train, val, test = (set(windows.subjects[i]) for i in (fold.train, fold.val, fold.test))
+        assert train and val and test
+        assert not (train & test) and not (val & test) and not (train & val)
+        assert len(fold.train) + len(fold.val) + len(fold.test) == len(windows)
+
+
+def test_validation_falls_back_to_a_window_fraction_with_one_training_subject(windows):
+    two = windows.subset(np.flatnonzero(np.isin(windows.subjects, ["s0", "s1"])))
+    fold = fixed_split(two, ["s1"], val_subjects=1, val_fraction=0.25, seed=0)
+    assert set(two.subjects[fold.val]) == {"s0"} and set(two.subjects[fold.test]) == {"s1"}
+    assert len(fold.val) == round(0.25 * (len(fold.val) + len(fold.train)))
+    assert not set(fold.val) & set(fold.train)
+
+
+def test_fixed_split_rejects_unknown_and_overlapping_subjects(windows):
+    with pytest.raises(HarkdError, match=r"unknown test subject\(s\) \['s9'\]"):
+        fixed_split(windows, ["s9"])
+    with pytest.raises(HarkdError, match="both train and test"):
+        fixed_split(windows, ["s1"], ["s1", "s2"])
+
+
+def test_normaliser_is_fit_on_training_windows_only(windows):
+    fold = leave_one_subject_out(windows)[0]
+    norm = fit_normaliser(windows, fold)
+    train = windows.x[fold.train]
+    np.testing.assert_allclose(norm.mean, train.mean(axis=(0, 2)), rtol=1e-5)
+    np.testing.assert_allclose(norm.std, train.std(axis=(0, 2)), rtol=1e-5)
+    # Changing every validation and test window leaves the statistics untouched.
+    poisoned = windows.subset(np.arange(len(windows)))
+    poisoned.x = poisoned.x.copy()
+    poisoned.x[np.concatenate([fold.val, fold.test])] = 1e6
+    again = fit_normaliser(poisoned, fold)
+    np.testing.assert_array_equal(again.mean, norm.mean)
+    np.testing.assert_array_equal(again.std, norm.std)
+    assert np.abs(norm(train).mean(axis=(0, 2))).max() < 1e-3
+
+
+def test_constant_channels_are_centred_not_divided_by_zero():
+    x = np.zeros((4, 2, 5), dtype=np.float32)
+    x[:, 1] = np.arange(4)[:, None]
+    norm = Normaliser.fit(x)
+    assert norm.std[0] == 1.0 and np.isfinite(norm(x)).all()
