@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from harkd.data.recording import ChannelSpec, Recording, sensor_channels
+from harkd.data.recording import Recording, sensor_channels
 from harkd.errors import HarkdError
 
 
