@@ -14,8 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from harkd import __version__
-from harkd.data.install import INSTALL_MARKER, data_root, installed_path
-from harkd.data.loaders.generic import load_generic
+from harkd.data.install import INSTALL_MARKER, data_root, installed_path, read_dataset
 from harkd.data.recording import ChannelSpec, Recording, check_same_classes
 from harkd.data.registry import WindowConfig, dataset_names, get_dataset
 from harkd.data.windowing import WindowSet, make_windows
@@ -92,14 +91,6 @@ def _unpack_recordings(arrays: Mapping[str, np.ndarray]) -> list[Recording]:
     return recordings
 
 
-def _parse(name: str, path: Path, options: Mapping[str, Any]) -> list[Recording]:
-    if name in dataset_names():
-        return get_dataset(name).load_checked(path, options)
-    if options:
-        raise HarkdError(f"dataset {name}: options {sorted(options)} are not supported for the generic format")
-    return load_generic(path)
-
-
 def load_recordings(name: str, options: Mapping[str, Any] | None = None, *, root: Path | None = None,
                     cache: bool = True) -> list[Recording]:
     """The recordings of an installed dataset; parsed text is cached beside the data."""
@@ -108,17 +99,19 @@ def load_recordings(name: str, options: Mapping[str, Any] | None = None, *, root
     target = _cache_file("recordings", name, path, options, {})
     if cache and (arrays := _read_cache(target)) is not None:
         return _unpack_recordings(arrays)
-    recordings = _parse(name, path, options)
+    recordings = read_dataset(name, path, options)
     if cache:
         _write_atomic(target, _pack_recordings(recordings))
     return recordings
 
 
 def default_windowing(name: str, root: Path | None = None) -> WindowConfig:
+    """The publisher-appropriate windowing of a registered dataset; for the generic format 2 s windows with 50%
+    overlap at the declared rate (our default, common in wearable HAR), majority label, Null dropped."""
     if name in dataset_names():
         return get_dataset(name).default_windowing
-    installed_path(name, root)  # a clear error if it is not installed
-    raise HarkdError(f"dataset {name!r} (generic format) has no default windowing; give 'windowing' in the config")
+    length = max(1, round(2.0 * load_recordings(name, root=root)[0].rate_hz))
+    return WindowConfig(length=length, stride=max(1, length // 2))
 
 
 def load_windows(name: str, windowing: WindowConfig | None = None, options: Mapping[str, Any] | None = None, *,

@@ -16,13 +16,14 @@ import zipfile
 import zlib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import platformdirs
 from tqdm import tqdm
 
 from harkd import __version__
-from harkd.data.loaders.generic import locate_generic
+from harkd.data.loaders.generic import load_generic, locate_generic
+from harkd.data.recording import Recording
 from harkd.data.registry import dataset_names, get_dataset
 from harkd.errors import HarkdError
 
@@ -134,9 +135,18 @@ def _locator(name: str) -> Callable[[Path], Path | None]:
     return locate_generic
 
 
+def read_dataset(name: str, path: Path, options: Mapping[str, Any] | None = None) -> list[Recording]:
+    """Parse a dataset folder: the publisher's layout for a registered name, else harkd's generic format."""
+    if name in dataset_names():
+        return get_dataset(name).load_checked(path, options)
+    if options:
+        raise HarkdError(f"dataset {name}: options {sorted(options)} are not supported for the generic format")
+    return load_generic(path)
+
+
 def install_dataset(name: str, source: str, *, sha256: str | None = None, root: Path | None = None,
                     force: bool = False) -> Path:
-    """Verify, unpack and move into place; on any failure nothing is left under the data root."""
+    """Verify, unpack, parse once and move into place; on any failure nothing is left under the data root."""
     if not _NAME.match(name):
         raise HarkdError(f"dataset name {name!r}: use lower-case letters, digits, '-' and '_'")
     root = root or data_root()
@@ -166,6 +176,7 @@ def install_dataset(name: str, source: str, *, sha256: str | None = None, root: 
             what = f"the {name} publisher layout" if known else "a dataset.yaml (harkd's generic format)"
             extra = "" if known else f"; known datasets: {', '.join(dataset_names())}"
             raise HarkdError(f"{archive}: does not contain {what}{extra}")
+        read_dataset(name, layout)  # bad files are refused now, not at the first experiment
         record = {"name": name, "source": str(source), "archive": archive.name, "sha256": actual,
                   "installed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "harkd_version": __version__, "format": "registered" if name in dataset_names() else "generic"}
