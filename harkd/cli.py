@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -90,6 +91,23 @@ def data_info(
                        f"(original release: {counts['original_windows']})")
     if info["interpolated_samples"]:
         typer.echo(f"  {info['interpolated_samples']} missing values were interpolated (short NaN gaps)")
+
+
+@app.command("run", context_settings={"allow_extra_args": False})
+def run(
+    config: Path = typer.Argument(..., help="experiment YAML (see configs/)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. seeds=[0] "
+                                                               "teacher.train.epochs=5 split.folds=[p1]"),
+    out: Path = typer.Option(Path("runs/latest"), "--out", help="folder for results.json and report.md"),
+) -> None:
+    """Train teacher, semantic classifier and students with each KD method over folds and seeds."""
+    from harkd.experiment.config import load_config
+    from harkd.experiment.runner import run_experiment
+
+    cfg = load_config(config, overrides or [])
+    command = " ".join(["harkd", "run", str(config), *(overrides or []), "--out", str(out)])
+    run_experiment(cfg, out, command, log=lambda line: typer.echo(line, err=True))
+    typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'}")
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ import pytest
 
 from harkd.data.recording import Recording, sensor_channels
 from harkd.data.registry import WindowConfig
-from harkd.data.splits import Normaliser, fit_normaliser, fixed_split, leave_one_subject_out
+from harkd.data.splits import Normaliser, fit_normaliser, fixed_split, group_folds, leave_one_subject_out
 from harkd.data.windowing import make_windows
 from harkd.errors import HarkdError
 
@@ -64,3 +64,25 @@ def test_constant_channels_are_centred_not_divided_by_zero():
     x[:, 1] = np.arange(4)[:, None]
     norm = Normaliser.fit(x)
     assert norm.std[0] == 1.0 and np.isfinite(norm(x)).all()
+
+
+def test_group_folds_test_each_box_once_within_every_session():
+    rng = np.random.default_rng(0)
+    recs = []
+    for subject in ("u1", "u2"):
+        box = np.repeat([-1, 1, 2, 3, 4, 5, 6], 40)
+        recs.append(Recording(rng.normal(size=(len(box), 3)), CHANNELS, rng.integers(0, 3, len(box)), ("a", "b", "c"),
+                              subject, "S1", 50.0, annotations={"box": box}))
+    windows = make_windows(recs, WindowConfig(20, 20))
+    folds = group_folds(windows, "box", n_folds=3, seed=0)
+    tested = np.concatenate([f.test for f in folds])
+    assert sorted(tested.tolist()) == sorted(np.flatnonzero(windows.annotations["box"] >= 0).tolist())
+    for fold in folds:
+        test_keys = set(zip(windows.sessions[fold.test], windows.subjects[fold.test], windows.annotations["box"][fold.test]))
+        train_keys = set(zip(windows.sessions[fold.train], windows.subjects[fold.train], windows.annotations["box"][fold.train]))
+        assert not test_keys & train_keys
+        assert set(windows.subjects[fold.test]) == {"u1", "u2"}  # within-session: both subjects on both sides
+        assert -1 not in windows.annotations["box"][np.concatenate([fold.train, fold.val, fold.test])]
+    assert {b for b in windows.annotations["box"][folds[0].test]} == {1, 4}
+    with pytest.raises(HarkdError, match="unknown annotation 'crate'"):
+        group_folds(windows, "crate")

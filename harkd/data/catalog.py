@@ -18,7 +18,6 @@ from harkd.data.install import INSTALL_MARKER, data_root, installed_path, read_d
 from harkd.data.recording import ChannelSpec, Recording, check_same_classes
 from harkd.data.registry import WindowConfig, dataset_names, get_dataset
 from harkd.data.windowing import WindowSet, make_windows
-from harkd.errors import HarkdError
 
 # Bump when loaders or windowing change what they produce, so stale caches are never read.
 CACHE_FORMAT = 1

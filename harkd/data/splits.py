@@ -103,3 +103,33 @@ class Normaliser:
 def fit_normaliser(windows: WindowSet, fold: Fold) -> Normaliser:
     """Statistics from the fold's training windows alone: validation and test windows never leak in."""
     return Normaliser.fit(windows.x[fold.train])
+
+
+def group_folds(windows: WindowSet, group_by: str, n_folds: int = 3, *, val_fraction: float = 0.15,
+                seed: int = 0) -> list[Fold]:
+    """Within-session folds over an annotation (e.g. OpenPack's box): in every session, the k-th, (k+n)-th, ...
+    groups in order are tested in fold k and the others train, so every subject is in train and test.
+
+    Windows outside any group (annotation < 0) are left out. Validation is a seeded fraction of training windows.
+    """
+    if group_by not in windows.annotations:
+        raise HarkdError(f"split: unknown annotation {group_by!r}; the data has: {sorted(windows.annotations)}")
+    if n_folds < 2:
+        raise HarkdError(f"split: n_folds must be at least 2, got {n_folds}")
+    values = windows.annotations[group_by]
+    fold_of = np.full(len(windows), -1)
+    for session in np.unique(windows.sessions):
+        in_session = (windows.sessions == session) & (values >= 0)
+        for rank, value in enumerate(np.unique(values[in_session])):
+            fold_of[in_session & (values == value)] = rank % n_folds
+    rng = np.random.default_rng(seed)
+    folds = []
+    for k in range(n_folds):
+        test = np.flatnonzero(fold_of == k)
+        rest = rng.permutation(np.flatnonzero((fold_of >= 0) & (fold_of != k)))
+        if len(test) == 0 or len(rest) < 2:
+            raise HarkdError(f"split: too few {group_by} groups for {n_folds} folds")
+        n_val = max(1, int(round(val_fraction * len(rest))))
+        folds.append(Fold(f"{group_by}-fold{k}", np.sort(rest[n_val:]), np.sort(rest[:n_val]), test,
+                          tuple(sorted(set(windows.subjects[test].tolist())))))
+    return folds

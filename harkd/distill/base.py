@@ -1,0 +1,109 @@
+"""The distiller interface and registry: each KD strategy is a module returning named, already weighted losses."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harkd.errors import HarkdError
+from harkd.models.base import ModelOutput
+
+# Modules whose import registers distillers; imported on first lookup.
+_DISTILLER_MODULES = ("harkd.distill.none", "harkd.distill.logit", "harkd.distill.sc_logit", "harkd.distill.rep",
+                      "harkd.distill.tsak_all")
+# The arguments every constructor receives from build_distiller; the rest is the strategy's config.
+_COMMON_ARGS = ("student_dims", "teacher_dims", "n_classes")
+
+
+class Distiller(nn.Module):
+    """One KD strategy. forward returns {"loss_ce": ce_weight * CE(student, labels), <its KD terms>}, every term
+    already weighted, so the training step minimises the plain sum of the values and logs each by name.
+
+    Strategies detach every teacher tensor they read, so a KD loss never asks the teacher for gradients. Learned
+    connectors are this module's parameters: the optimiser must include distiller.parameters(), the exported student
+    excludes them.
+    """
+
+    def __init__(self, ce_weight: float = 1.0):
+        super().__init__()
+        self.ce_weight = float(ce_weight)
+
+    def forward(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
+                targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss_ce": self.ce_weight * F.cross_entropy(student_out.logits, targets),
+                **self.kd_terms(student_out, teacher_out)}
+
+    def kd_terms(self, student_out: ModelOutput, teacher_out: ModelOutput | None) -> dict[str, torch.Tensor]:
+        """The strategy's weighted KD losses, named loss_<what>."""
+        raise NotImplementedError
+
+
+def rep_dim(dims: Mapping[str, int], name: str, whose: str) -> int:
+    """The size of representation `name`, or an error naming the representations the model has."""
+    if name not in dims:
+        raise HarkdError(f"the {whose} has no representation {name!r}; it has: {sorted(dims)}")
+    return dims[name]
+
+
+_REGISTRY: dict[str, tuple[type[Distiller], dict[str, Any]]] = {}
+
+
+def register_distiller(name: str, **bound: Any) -> Callable[[type[Distiller]], type[Distiller]]:
+    """Class decorator: makes `name` resolvable; `bound` fixes constructor arguments for this name (so one class
+    can serve several strategies) and hides them from the user's config."""
+
+    def decorate(cls: type[Distiller]) -> type[Distiller]:
+        if name in _REGISTRY:
+            raise ValueError(f"distiller {name!r} registered twice")
+        _REGISTRY[name] = (cls, bound)
+        return cls
+
+    return decorate
+
+
+def _ensure_loaded() -> None:
+    for module in _DISTILLER_MODULES:
+        importlib.import_module(module)
+
+
+def distiller_names() -> list[str]:
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> tuple[type[Distiller], dict[str, Any]]:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise HarkdError(f"unknown KD strategy {name!r}; known strategies: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def distiller_defaults(name: str) -> dict[str, Any]:
+    """The config keys of strategy `name` with their default values."""
+    cls, bound = _entry(name)
+    params = inspect.signature(cls).parameters
+    return {k: p.default for k, p in params.items() if k not in _COMMON_ARGS and k not in bound}
+
+
+def distiller_summary(name: str) -> str:
+    """The first line of the strategy's docstring, for listings."""
+    return (_entry(name)[0].__doc__ or "").strip().splitlines()[0]
+
+
+def build_distiller(name: str, student_dims: Mapping[str, int], teacher_dims: Mapping[str, int], n_classes: int,
+                    **config: Any) -> Distiller:
+    """Build strategy `name` for a student/teacher pair given their rep_dims; unknown config keys are errors."""
+    cls, bound = _entry(name)
+    valid = distiller_defaults(name)
+    unknown = set(config) - set(valid)
+    if unknown:
+        raise HarkdError(f"KD strategy {name}: unknown option(s) {sorted(unknown)}; "
+                         f"valid options: {sorted(valid) or 'none'}")
+    return cls(student_dims=dict(student_dims), teacher_dims=dict(teacher_dims), n_classes=n_classes,
+               **bound, **config)

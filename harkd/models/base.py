@@ -1,0 +1,94 @@
+"""The model interface every harkd model shares: ModelOutput, HarModel and the registry of model names."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from harkd.errors import HarkdError
+
+# Modules whose import registers models; imported on first lookup so `import harkd.models` stays light.
+_MODEL_MODULES = ("harkd.models.tsak", "harkd.models.students")
+
+
+@dataclass
+class ModelOutput:
+    """What a model's forward returns.
+
+    logits: (B, K) class scores. reps: named representations (B, D), part of the model's interface and what
+    feature-based KD matches. head_logits: extra (B, K) logits of auxiliary heads (the TSAK teacher's per-rep heads,
+    and "semantic" when the stage-2 classifier has been applied); empty for single-head models.
+    """
+
+    logits: torch.Tensor
+    reps: dict[str, torch.Tensor] = field(default_factory=dict)
+    head_logits: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class HarModel(nn.Module):
+    """Base of the registered models: forward(x: (B, C, T) float32) -> ModelOutput; rep_dims names its reps' sizes."""
+
+    rep_dims: dict[str, int]
+
+
+# The arguments every constructor receives from build_model; everything else is a model's own config.
+_COMMON_ARGS = ("in_channels", "n_classes", "channel_groups")
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable:
+    """Class decorator: makes `name` resolvable by build_model. The constructor takes in_channels and n_classes."""
+
+    def decorate(cls: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def _ensure_loaded() -> None:
+    for module in _MODEL_MODULES:
+        importlib.import_module(module)
+
+
+def model_names() -> list[str]:
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def _model_class(name: str) -> Callable[..., nn.Module]:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise HarkdError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """A model's own config keys (beyond in_channels, n_classes, channel_groups) with their default values."""
+    params = inspect.signature(_model_class(name)).parameters
+    return {k: p.default for k, p in params.items() if k not in _COMMON_ARGS}
+
+
+def build_model(name: str, in_channels: int, n_classes: int, channel_groups: Sequence[Sequence[int]] | None = None,
+                **kwargs: Any) -> nn.Module:
+    """Build a registered model; an unknown name or config key is an error listing the valid ones.
+
+    channel_groups describes the input (one list of channel indices per position/sensor token), like in_channels;
+    models that do not group their input (the students) ignore it, so a runner may always pass it.
+    """
+    cls = _model_class(name)
+    valid = model_defaults(name)
+    unknown = set(kwargs) - set(valid)
+    if unknown:
+        raise HarkdError(f"model {name}: unknown option(s) {sorted(unknown)}; valid options: {sorted(valid) or 'none'}")
+    if "channel_groups" in inspect.signature(cls).parameters:
+        kwargs["channel_groups"] = channel_groups
+    return cls(in_channels=in_channels, n_classes=n_classes, **kwargs)

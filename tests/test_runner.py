@@ -1,0 +1,102 @@
+"""harkd run end to end on a small synthetic dataset in the generic format, and the frozen-teacher contract."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from harkd.data.install import install_dataset
+from harkd.data.loaders.generic import write_generic
+from harkd.data.synthetic import make_recordings
+from harkd.distill.compose import build_method
+from harkd.errors import HarkdError
+from harkd.experiment.config import MethodSpec, load_config, parse_config
+from harkd.experiment.runner import run_experiment
+from harkd.models.base import build_model
+from harkd.train.engine import TrainConfig, fit, predict
+
+QUICK = {"epochs": 2, "batch_size": 32, "patience": 2}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("root")
+    folder = tmp_path_factory.mktemp("src") / "synth"
+    write_generic(make_recordings(n_subjects=3, duration_s=40, rate_hz=25, seed=0), folder)
+    import tarfile, hashlib
+    archive = folder.parent / "synth.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="synth")
+    install_dataset("synth", str(archive), sha256=hashlib.sha256(archive.read_bytes()).hexdigest(), root=root)
+    return root
+
+
+def config(**changes):
+    raw = {
+        "dataset": "synth",
+        "windowing": {"length": 50, "stride": 25},
+        "split": {"kind": "loso", "val_subjects": 1, "folds": ["S01"]},
+        "seeds": [0],
+        "teacher": {"model": "tsak_teacher", "train": QUICK},
+        "semantic": {"train": QUICK},
+        "students": {"channels": {"position": "right_wrist", "modality": "acc"}, "models": ["cnn_student"],
+                     "train": QUICK},
+        "methods": ["none", "logit", "sc_logit", "combi_rep"],
+        "latency_runs": 5,
+    }
+    raw.update(changes)
+    return raw
+
+
+def test_run_writes_one_row_per_fold_seed_role_model_method(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARKD_DATA", str(data_root))
+    results = run_experiment(parse_config(config()), tmp_path / "out", command="test", log=lambda _: None)
+    on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert on_disk["rows"] == results["rows"]
+    roles = [(r["role"], r["method"]) for r in results["rows"]]
+    assert roles == [("teacher", "-"), ("semantic", "-"), ("student", "none"), ("student", "logit"),
+                     ("student", "sc_logit"), ("student", "combi_rep")]
+    required = {"dataset", "fold", "seed", "role", "method", "channels", "macro_f1", "accuracy", "params", "flops",
+                "latency_ms_cpu"}
+    for row in results["rows"]:
+        assert required <= row.keys()
+        assert 0.0 <= row["macro_f1"] <= 1.0 and row["params"] > 0 and row["flops"] > 0
+        assert row["fold"] == "loso-S01"
+    student, teacher = results["rows"][2], results["rows"][0]
+    assert student["n_channels"] == 3 and teacher["n_channels"] > student["n_channels"]
+    assert (tmp_path / "out" / "report.md").is_file()
+    assert not list((tmp_path / "out").glob(".staging-*"))
+
+
+def test_unknown_names_and_keys_are_one_line_errors(tmp_path):
+    with pytest.raises(HarkdError, match=r"unknown key\(s\) \['epoch'\]; valid keys"):
+        parse_config(config(teacher={"model": "tsak_teacher", "train": {"epoch": 3}}))
+    with pytest.raises(HarkdError, match=r"unknown key\(s\) \['studnets'\]"):
+        parse_config({**config(), "studnets": {}})
+    with pytest.raises(HarkdError, match="unknown model 'resnet'; known models:"):
+        build_model("resnet", 3, 2)
+    with pytest.raises(HarkdError, match="unknown KD strategy 'fitnet'"):
+        build_method(MethodSpec.parse("fitnet", "methods[0]"), {"feat": 8}, {"attn": 8}, 3)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config()))
+    with pytest.raises(HarkdError, match=r"unknown split 'kfold'"):
+        load_config(path, ["split.kind=kfold"])
+
+
+def test_teacher_gets_no_gradient_and_stays_in_eval_mode(tmp_path):
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 6, 50), torch.randint(0, 3, (64,))
+    teacher = build_model("tsak_teacher", 6, 3, [[0, 1, 2], [3, 4, 5]])
+    teacher.eval().requires_grad_(False)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    targets = predict(teacher, x)
+    assert not targets.logits.requires_grad
+    student = build_model("cnn_student", 3, 3)
+    distiller = build_method(MethodSpec.parse("tsak_all", "m"), student.rep_dims, teacher.rep_dims, 3)
+    targets.head_logits["semantic"] = targets.logits.clone()
+    fit(student, (x[:, :3], y), (x[:48, :3], y[:48]), TrainConfig(epochs=1, batch_size=16), tmp_path, seed=0,
+        distiller=distiller, teacher={"train": targets})
+    assert not teacher.training
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
