@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from harkd.data.recording import Recording
 from harkd.errors import HarkdError
-
-# Modules whose import registers a dataset; imported on first lookup so `import harkd` stays light.
-_LOADER_MODULES = ("harkd.data.loaders.dsads", "harkd.data.loaders.hapt", "harkd.data.loaders.openpack")
+from harkd.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -79,30 +76,18 @@ def find_layout(tree: Path, marker: str, levels_up: int, max_depth: int = 2) -> 
     return None
 
 
-_REGISTRY: dict[str, DatasetSpec] = {}
+_DATASETS: Registry[DatasetSpec] = Registry(
+    "dataset", "datasets", ("harkd.data.loaders.dsads", "harkd.data.loaders.hapt", "harkd.data.loaders.openpack"),
+    hint=" (or your own data with a dataset.yaml, see docs/generic-format.md)")
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    if spec.name in _REGISTRY:
-        raise ValueError(f"dataset {spec.name!r} registered twice")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def _ensure_loaded() -> None:
-    for module in _LOADER_MODULES:
-        importlib.import_module(module)
+    return _DATASETS.add(spec.name, spec)
 
 
 def dataset_names() -> list[str]:
-    _ensure_loaded()
-    return sorted(_REGISTRY)
+    return _DATASETS.names()
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    _ensure_loaded()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise HarkdError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(_REGISTRY))} "
-                         f"(or your own data with a dataset.yaml, see docs/generic-format.md)") from None
+    return _DATASETS.get(name)

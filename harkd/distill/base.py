@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any, Callable, Mapping
 
@@ -11,11 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from harkd.errors import HarkdError
+from harkd.registry import Registry
 from harkd.models.base import ModelOutput
 
-# Modules whose import registers distillers; imported on first lookup.
-_DISTILLER_MODULES = ("harkd.distill.none", "harkd.distill.logit", "harkd.distill.sc_logit", "harkd.distill.rep",
-                      "harkd.distill.tsak_all")
 # The arguments every constructor receives from build_distiller; the rest is the strategy's config.
 _COMMON_ARGS = ("student_dims", "teacher_dims", "n_classes")
 
@@ -50,7 +47,9 @@ def rep_dim(dims: Mapping[str, int], name: str, whose: str) -> int:
     return dims[name]
 
 
-_REGISTRY: dict[str, tuple[type[Distiller], dict[str, Any]]] = {}
+_STRATEGIES: Registry[tuple[type[Distiller], dict[str, Any]]] = Registry("KD strategy", "strategies", (
+    "harkd.distill.none", "harkd.distill.logit", "harkd.distill.sc_logit", "harkd.distill.rep",
+    "harkd.distill.tsak_all"))
 
 
 def register_distiller(name: str, **bound: Any) -> Callable[[type[Distiller]], type[Distiller]]:
@@ -58,48 +57,32 @@ def register_distiller(name: str, **bound: Any) -> Callable[[type[Distiller]], t
     can serve several strategies) and hides them from the user's config."""
 
     def decorate(cls: type[Distiller]) -> type[Distiller]:
-        if name in _REGISTRY:
-            raise ValueError(f"distiller {name!r} registered twice")
-        _REGISTRY[name] = (cls, bound)
+        _STRATEGIES.add(name, (cls, bound))
         return cls
 
     return decorate
 
 
-def _ensure_loaded() -> None:
-    for module in _DISTILLER_MODULES:
-        importlib.import_module(module)
-
-
 def distiller_names() -> list[str]:
-    _ensure_loaded()
-    return sorted(_REGISTRY)
-
-
-def _entry(name: str) -> tuple[type[Distiller], dict[str, Any]]:
-    _ensure_loaded()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise HarkdError(f"unknown KD strategy {name!r}; known strategies: {', '.join(sorted(_REGISTRY))}") from None
+    return _STRATEGIES.names()
 
 
 def distiller_defaults(name: str) -> dict[str, Any]:
     """The config keys of strategy `name` with their default values."""
-    cls, bound = _entry(name)
+    cls, bound = _STRATEGIES.get(name)
     params = inspect.signature(cls).parameters
     return {k: p.default for k, p in params.items() if k not in _COMMON_ARGS and k not in bound}
 
 
 def distiller_summary(name: str) -> str:
     """The first line of the strategy's docstring, for listings."""
-    return (_entry(name)[0].__doc__ or "").strip().splitlines()[0]
+    return (_STRATEGIES.get(name)[0].__doc__ or "").strip().splitlines()[0]
 
 
 def build_distiller(name: str, student_dims: Mapping[str, int], teacher_dims: Mapping[str, int], n_classes: int,
                     **config: Any) -> Distiller:
     """Build strategy `name` for a student/teacher pair given their rep_dims; unknown config keys are errors."""
-    cls, bound = _entry(name)
+    cls, bound = _STRATEGIES.get(name)
     valid = distiller_defaults(name)
     unknown = set(config) - set(valid)
     if unknown:

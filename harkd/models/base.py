@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -11,9 +10,8 @@ import torch
 from torch import nn
 
 from harkd.errors import HarkdError
+from harkd.registry import Registry
 
-# Modules whose import registers models; imported on first lookup so `import harkd.models` stays light.
-_MODEL_MODULES = ("harkd.models.tsak", "harkd.models.students")
 
 
 @dataclass
@@ -38,42 +36,22 @@ class HarModel(nn.Module):
 
 # The arguments every constructor receives from build_model; everything else is a model's own config.
 _COMMON_ARGS = ("in_channels", "n_classes", "channel_groups")
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "models",
+                                                       ("harkd.models.tsak", "harkd.models.students"))
 
 
 def register_model(name: str) -> Callable:
     """Class decorator: makes `name` resolvable by build_model. The constructor takes in_channels and n_classes."""
-
-    def decorate(cls: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-def _ensure_loaded() -> None:
-    for module in _MODEL_MODULES:
-        importlib.import_module(module)
+    return lambda cls: _MODELS.add(name, cls)
 
 
 def model_names() -> list[str]:
-    _ensure_loaded()
-    return sorted(_REGISTRY)
-
-
-def _model_class(name: str) -> Callable[..., nn.Module]:
-    _ensure_loaded()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise HarkdError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}") from None
+    return _MODELS.names()
 
 
 def model_defaults(name: str) -> dict[str, Any]:
     """A model's own config keys (beyond in_channels, n_classes, channel_groups) with their default values."""
-    params = inspect.signature(_model_class(name)).parameters
+    params = inspect.signature(_MODELS.get(name)).parameters
     return {k: p.default for k, p in params.items() if k not in _COMMON_ARGS}
 
 
@@ -84,7 +62,7 @@ def build_model(name: str, in_channels: int, n_classes: int, channel_groups: Seq
     channel_groups describes the input (one list of channel indices per position/sensor token), like in_channels;
     models that do not group their input (the students) ignore it, so a runner may always pass it.
     """
-    cls = _model_class(name)
+    cls = _MODELS.get(name)
     valid = model_defaults(name)
     unknown = set(kwargs) - set(valid)
     if unknown:
