@@ -1,0 +1,79 @@
+"""Teacher vs students, side by side in one run: parameters, FLOPs per window and batch-1 CPU latency.
+
+    python benchmarks/bench_cost.py [--config configs/dsads.yaml] [--runs 500]
+
+Models are built at the config's shapes (teacher channels, student channels, window length, classes) without data;
+latency is the median of --runs forward passes at batch 1 on one thread after warm-up, measured in alternating
+rounds so that a busy machine slows every model alike. Writes benchmarks/results/cost_<dataset>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+from pathlib import Path
+
+import torch
+
+from harkd.cost import count_flops, count_params, cpu_latency_ms
+from harkd.experiment.config import load_config
+from harkd.models.base import build_model
+from harkd.models.tsak import REP_NAMES, TwoStageTeacher
+
+HERE = Path(__file__).resolve().parent
+
+# Channel counts and window length per shipped dataset config, so no data is needed to size the models.
+SHAPES = {"dsads": {"teacher": 45, "student": 3, "length": 125, "classes": 19, "groups": 15}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=HERE.parent / "configs" / "dsads.yaml")
+    parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    shape = SHAPES[cfg.dataset]
+    n_teacher, n_student, length, k = shape["teacher"], shape["student"], shape["length"], shape["classes"]
+    group = n_teacher // shape["groups"]
+    groups = [list(range(i, i + group)) for i in range(0, n_teacher, group)]
+
+    teacher = build_model(cfg.teacher.name, n_teacher, k, groups, **cfg.teacher.params).eval()
+    semantic = build_model(cfg.semantic.name, sum(teacher.rep_dims[n] for n in REP_NAMES), k,
+                           **cfg.semantic.params)
+    models = {"teacher": (teacher, n_teacher), "teacher+semantic": (TwoStageTeacher(teacher, semantic).eval(),
+                                                                     n_teacher)}
+    for spec in cfg.students:
+        models[f"student {spec.name}"] = (build_model(spec.name, n_student, k, **spec.params).eval(), n_student)
+
+    latencies: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name, (model, channels) in models.items():
+            latencies[name].append(cpu_latency_ms(model, (1, channels, length), runs=args.runs // args.rounds))
+    rows = {}
+    for name, (model, channels) in models.items():
+        rows[name] = {"params": count_params(model), "flops": count_flops(model, (1, channels, length)),
+                      "latency_ms_cpu": round(statistics.median(latencies[name]), 4), "channels": channels}
+    t = rows["teacher"]
+    for name, row in rows.items():
+        if name.startswith("student"):
+            row["params_reduction"] = round(1 - row["params"] / t["params"], 4)
+            row["flops_reduction"] = round(1 - row["flops"] / t["flops"], 4)
+            row["speedup"] = round(t["latency_ms_cpu"] / row["latency_ms_cpu"], 2)
+    result = {"config": str(args.config), "window": length, "classes": k, "models": rows,
+              "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread",
+              "command": f"python benchmarks/bench_cost.py --config {args.config} --runs {args.runs}"}
+    out = HERE / "results" / f"cost_{cfg.dataset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'model':<24}{'params':>10}{'MFLOPs':>9}{'latency ms':>12}{'params -%':>11}{'FLOPs -%':>10}{'speed-up':>10}")
+    for name, row in rows.items():
+        extra = (f"{100 * row['params_reduction']:>10.1f}%{100 * row['flops_reduction']:>9.1f}%"
+                 f"{row['speedup']:>9.1f}x" if "speedup" in row else "")
+        print(f"{name:<24}{row['params']:>10,}{row['flops'] / 1e6:>9.3f}{row['latency_ms_cpu']:>12.3f}{extra}")
+
+
+if __name__ == "__main__":
+    main()
