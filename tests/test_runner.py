@@ -1,6 +1,8 @@
 """harkd run end to end on a small synthetic dataset in the generic format, and the frozen-teacher contract."""
 
+import hashlib
 import json
+import tarfile
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ import yaml
 from harkd.data.install import install_dataset
 from harkd.data.loaders.generic import write_generic
 from harkd.data.synthetic import make_recordings
+from conftest import assert_one_line_error, run_cli
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
 from harkd.experiment.config import MethodSpec, load_config, parse_config
@@ -24,7 +27,6 @@ def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
     folder = tmp_path_factory.mktemp("src") / "synth"
     write_generic(make_recordings(n_subjects=3, duration_s=40, rate_hz=25, seed=0), folder)
-    import tarfile, hashlib
     archive = folder.parent / "synth.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname="synth")
@@ -100,3 +102,13 @@ def test_teacher_gets_no_gradient_and_stays_in_eval_mode(tmp_path):
     assert not teacher.training
     assert all(p.grad is None for p in teacher.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_cli_run_rejects_an_unknown_method_before_training(data_root, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config()))
+    result = run_cli("run", str(path), "methods=[none,fitnet]", "--out", str(tmp_path / "out"), data_root=data_root)
+    assert_one_line_error(result, "unknown KD strategy 'fitnet'", "known strategies: attn_rep")
+    assert not (tmp_path / "out").exists()
+    result = run_cli("run", str(path), "teacher.params={depth: 3}", "--out", str(tmp_path / "out"), data_root=data_root)
+    assert_one_line_error(result, "model tsak_teacher: unknown option(s) ['depth']")

@@ -87,6 +87,17 @@ def sensor_groups(channels: tuple[ChannelSpec, ...]) -> list[list[int]]:
     return list(groups.values())
 
 
+def check_names(config: ExperimentConfig) -> None:
+    """Build every model and method once on toy shapes, so a wrong name or option fails before any training."""
+    teacher = build_model(config.teacher.name, 6, 2, [[0, 1, 2], [3, 4, 5]], **config.teacher.params)
+    if all(name in teacher.rep_dims for name in REP_NAMES):
+        build_model(config.semantic.name, sum(teacher.rep_dims[n] for n in REP_NAMES), 2, **config.semantic.params)
+    for spec in config.students:
+        student = build_model(spec.name, 3, 2, **spec.params)
+        for method in config.methods:
+            build_method(method, student.rep_dims, teacher.rep_dims, 2)
+
+
 class _OnReps(nn.Module):
     """Lets the engine train stage 2 on precomputed rep tensors (the teacher's reps, concatenated)."""
 
@@ -138,6 +149,7 @@ class Runner:
 
     def run(self) -> dict[str, Any]:
         cfg = self.config
+        check_names(cfg)
         quiet_lightning()
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         clock = time.perf_counter()
