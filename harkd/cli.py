@@ -28,8 +28,9 @@ def data_install(
     """Verify an archive's checksum and unpack it into the data root (HARKD_DATA or the user cache)."""
     from harkd.data.install import install_dataset
 
-    path = install_dataset(name, source, sha256=sha256, force=force)
-    typer.echo(f"installed {name} at {path}")
+    path, fresh = install_dataset(name, source, sha256=sha256, force=force)
+    typer.echo(f"installed {name} at {path}" if fresh else f"{name} is already installed at {path} "
+               f"from the same archive")
 
 
 @data_app.command("list")

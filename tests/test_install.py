@@ -42,8 +42,13 @@ def test_known_archive_is_verified_without_a_sums_file(tmp_path):
     root = tmp_path / "root"
     run_cli("data", "install", "openpack", "--from", str(copy), data_root=root, check=True)
     assert leftovers(root) == ["openpack"]
-    assert_one_line_error(run_cli("data", "install", "openpack", "--from", str(copy), data_root=root),
-                          "already installed", "--force")
+    again = run_cli("data", "install", "openpack", "--from", str(copy), data_root=root, check=True)
+    assert "already installed" in again.stdout  # the same archive again: a no-op, exit 0
+    other = tmp_path / "other.tar.xz"
+    other.write_bytes(copy.read_bytes() + b"\0" * 1024)  # tar ignores trailing zero blocks
+    result = run_cli("data", "install", "openpack", "--from", str(other), "--sha256",
+                     hashlib.sha256(other.read_bytes()).hexdigest(), data_root=root)
+    assert_one_line_error(result, "already installed", "from another archive", "--force")
     run_cli("data", "install", "openpack", "--from", str(copy), "--force", data_root=root, check=True)
     assert leftovers(root) == ["openpack"]
 

@@ -145,14 +145,15 @@ def read_dataset(name: str, path: Path, options: Mapping[str, Any] | None = None
 
 
 def install_dataset(name: str, source: str, *, sha256: str | None = None, root: Path | None = None,
-                    force: bool = False) -> Path:
-    """Verify, unpack, parse once and move into place; on any failure nothing is left under the data root."""
+                    force: bool = False) -> tuple[Path, bool]:
+    """Verify, unpack, parse once and move into place; on any failure nothing is left under the data root.
+
+    Returns the installed folder and whether it was (re)installed now (False: the same archive was already there).
+    """
     if not _NAME.match(name):
         raise HarkdError(f"dataset name {name!r}: use lower-case letters, digits, '-' and '_'")
     root = root or data_root()
     final = root / name
-    if final.exists() and not force:
-        raise HarkdError(f"dataset {name!r} is already installed at {final}; add --force to replace it")
     is_url = urllib.parse.urlparse(source).scheme in ("http", "https", "ftp", "file")
     archive = None if is_url else Path(source).expanduser()
     if archive is not None and not archive.is_file():
@@ -167,6 +168,13 @@ def install_dataset(name: str, source: str, *, sha256: str | None = None, root: 
         if actual != expected:
             raise HarkdError(f"{archive}: sha256 mismatch (expected {expected}, got {actual}): "
                              f"corrupted or wrong archive")
+        if final.exists() and not force:
+            # The same archive again is a no-op, so set-up commands can be rerun; another one needs --force.
+            if (final / INSTALL_MARKER).is_file() and json.loads((final / INSTALL_MARKER).read_text()).get(
+                    "sha256") == actual:
+                return final, False
+            raise HarkdError(f"dataset {name!r} is already installed at {final} from another archive; "
+                             f"add --force to replace it")
         unpacked = staging / "unpacked"
         unpacked.mkdir()
         _unpack(archive, unpacked)
@@ -184,6 +192,6 @@ def install_dataset(name: str, source: str, *, sha256: str | None = None, root: 
         if final.exists():  # --force: the old copy moves into staging and goes with it
             os.replace(final, staging / "previous")
         os.replace(layout, final)
-        return final
+        return final, True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
