@@ -112,3 +112,10 @@ def test_cli_run_rejects_an_unknown_method_before_training(data_root, tmp_path):
     assert not (tmp_path / "out").exists()
     result = run_cli("run", str(path), "teacher.params={depth: 3}", "--out", str(tmp_path / "out"), data_root=data_root)
     assert_one_line_error(result, "model tsak_teacher: unknown option(s) ['depth']")
+
+
+def test_two_sizes_of_one_student_are_reported_apart():
+    cfg = parse_config(config(students={"models": [{"model": "cnn_student", "params": {"width": 64}}, "cnn_student"]}))
+    assert [s.label for s in cfg.students] == ["cnn_student(width=64)", "cnn_student"]
+    with pytest.raises(HarkdError, match="share the label"):
+        parse_config(config(students={"models": ["cnn_student", {"model": "cnn_student", "label": "cnn_student"}]}))

@@ -33,15 +33,20 @@ def _check_keys(values: Any, valid: set[str], where: str, required: set[str] = f
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """A registered model with its options; `label` names it in results (two sizes of one model stay apart)."""
+
     name: str
     params: dict
+    label: str = ""
 
     @classmethod
     def parse(cls, values: Any, where: str) -> "ModelSpec":
         if isinstance(values, str):
-            return cls(values, {})
-        values = _check_keys(values, {"model", "params"}, where, {"model"})
-        return cls(str(values["model"]), dict(values.get("params") or {}))
+            return cls(values, {}, values)
+        values = _check_keys(values, {"model", "params", "label"}, where, {"model"})
+        name, params = str(values["model"]), dict(values.get("params") or {})
+        default = name + ("(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")" if params else "")
+        return cls(name, params, str(values.get("label") or default))
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,13 @@ class ExperimentConfig:
     raw: dict
 
 
+def _unique_labels(specs: tuple[ModelSpec, ...], where: str) -> tuple[ModelSpec, ...]:
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise HarkdError(f"{where}: two models share the label {labels}; give each a distinct 'label'")
+    return specs
+
+
 TOP_KEYS = {"dataset", "dataset_options", "windowing", "split", "seeds", "teacher", "semantic", "students",
             "methods", "latency_runs"}
 
@@ -151,8 +163,8 @@ def parse_config(raw: Mapping[str, Any], where: str = "config") -> ExperimentCon
                                  f"{where}.semantic"),
         semantic_train=TrainConfig.from_mapping(semantic.get("train"), f"{where}.semantic.train"),
         student_channels=ChannelQuery.parse(students.get("channels")),
-        students=tuple(ModelSpec.parse(m, f"{where}.students.models[{i}]")
-                       for i, m in enumerate(students["models"] or [])),
+        students=_unique_labels(tuple(ModelSpec.parse(m, f"{where}.students.models[{i}]")
+                                      for i, m in enumerate(students["models"] or [])), f"{where}.students.models"),
         student_train=TrainConfig.from_mapping(students.get("train"), f"{where}.students.train"),
         methods=parsed_methods,
         latency_runs=int(raw.get("latency_runs", 200)),

@@ -224,11 +224,11 @@ class Runner:
                 student = build_model(spec.name, len(student_view.channels), n_classes, **spec.params)
                 distiller = build_method(method, student.rep_dims, teacher.rep_dims, n_classes)
                 s_fit = fit(student, (xs.train, y["train"]), (xs.val, y["val"]), cfg.student_train,
-                            fold_dir / f"{spec.name}-{method.name}", seed=seed, distiller=distiller,
+                            fold_dir / f"{spec.label}-{method.name}", seed=seed, distiller=distiller,
                             teacher=targets if distiller is not None else None)
                 preds, f1, acc = evaluate(student, xs.test, y_test)
-                cost = self._cost(f"student/{spec.name}", student, (len(student_view.channels), window_len))
-                rows.append(self._row(fold, seed, "student", spec.name, method.name, s_channels,
+                cost = self._cost(f"student/{spec.label}", student, (len(student_view.channels), window_len))
+                rows.append(self._row(fold, seed, "student", spec.label, method.name, s_channels,
                                       len(student_view.channels), y_test, preds, f1, acc, cost, s_fit, n_classes))
         return rows
 
