@@ -32,7 +32,7 @@ from harkd.data.splits import Fold, fit_normaliser, fixed_split, group_folds, le
 from harkd.data.windowing import WindowSet, make_windows
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
-from harkd.experiment.config import ExperimentConfig, ModelSpec, SplitSpec
+from harkd.experiment.config import ExperimentConfig, SplitSpec
 from harkd.experiment.report import format_summary_table, write_report
 from harkd.experiment.summary import summarise
 from harkd.metrics import confusion
@@ -268,4 +268,4 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, command: str = "",
     return Runner(config, out_dir, command, log).run()
 
 
-__all__ = ["run_experiment", "make_folds", "experiment_windows", "sensor_groups", "ModelSpec"]
+__all__ = ["run_experiment", "make_folds", "experiment_windows", "sensor_groups", "check_names"]
