@@ -13,8 +13,9 @@ from harkd.errors import HarkdError
 from harkd.registry import Registry
 from harkd.models.base import ModelOutput
 
-# The arguments every constructor receives from build_distiller; the rest is the strategy's config.
-_COMMON_ARGS = ("student_dims", "teacher_dims", "n_classes")
+# The arguments constructors receive from build_distiller; the rest is the strategy's config. The *_maps ones (the
+# models' map_dims) only go to strategies whose constructor names them.
+_COMMON_ARGS = ("student_dims", "teacher_dims", "n_classes", "student_maps", "teacher_maps")
 
 
 class Distiller(nn.Module):
@@ -47,9 +48,7 @@ def rep_dim(dims: Mapping[str, int], name: str, whose: str) -> int:
     return dims[name]
 
 
-_STRATEGIES: Registry[tuple[type[Distiller], dict[str, Any]]] = Registry("KD strategy", "strategies", (
-    "harkd.distill.none", "harkd.distill.logit", "harkd.distill.sc_logit", "harkd.distill.rep",
-    "harkd.distill.tsak_all"))
+_STRATEGIES: Registry[tuple[type[Distiller], dict[str, Any]]] = Registry("KD strategy", "strategies", package="harkd.distill")
 
 
 def register_distiller(name: str, **bound: Any) -> Callable[[type[Distiller]], type[Distiller]]:
@@ -80,13 +79,18 @@ def distiller_summary(name: str) -> str:
 
 
 def build_distiller(name: str, student_dims: Mapping[str, int], teacher_dims: Mapping[str, int], n_classes: int,
+                    student_maps: Mapping[str, int] | None = None, teacher_maps: Mapping[str, int] | None = None,
                     **config: Any) -> Distiller:
-    """Build strategy `name` for a student/teacher pair given their rep_dims; unknown config keys are errors."""
+    """Build strategy `name` for a student/teacher pair given their rep_dims (and map_dims, for map-based
+    strategies); unknown config keys are errors."""
     cls, bound = _STRATEGIES.get(name)
     valid = distiller_defaults(name)
     unknown = set(config) - set(valid)
     if unknown:
         raise HarkdError(f"KD strategy {name}: unknown option(s) {sorted(unknown)}; "
                          f"valid options: {sorted(valid) or 'none'}")
+    params = inspect.signature(cls).parameters
+    maps = {key: dict(value or {}) for key, value in (("student_maps", student_maps), ("teacher_maps", teacher_maps))
+            if key in params}
     return cls(student_dims=dict(student_dims), teacher_dims=dict(teacher_dims), n_classes=n_classes,
-               **bound, **config)
+               **maps, **bound, **config)

@@ -30,7 +30,8 @@ class CompositeKD(Distiller):
 
 
 def build_method(method: Any, student_dims: Mapping[str, int], teacher_dims: Mapping[str, int],
-                 n_classes: int) -> Distiller | None:
+                 n_classes: int, student_maps: Mapping[str, int] | None = None,
+                 teacher_maps: Mapping[str, int] | None = None) -> Distiller | None:
     """The distiller of a method with `.name` and `.terms` (mappings {"distiller": name, **config}).
 
     None when there are no terms (the student alone, trained on CE). Several terms share one CE on the labels, so
@@ -39,7 +40,7 @@ def build_method(method: Any, student_dims: Mapping[str, int], teacher_dims: Map
     terms: Sequence[Mapping[str, Any]] = method.terms
     if not terms:
         return None
-    parts = [build_distiller(term["distiller"], student_dims, teacher_dims, n_classes,
+    parts = [build_distiller(term["distiller"], student_dims, teacher_dims, n_classes, student_maps, teacher_maps,
                              **{k: v for k, v in term.items() if k != "distiller"}) for term in terms]
     if len(parts) == 1:
         return parts[0]

@@ -95,7 +95,7 @@ def check_names(config: ExperimentConfig) -> None:
     for spec in config.students:
         student = build_model(spec.name, 3, 2, **spec.params)
         for method in config.methods:
-            build_method(method, student.rep_dims, teacher.rep_dims, 2)
+            build_method(method, student.rep_dims, teacher.rep_dims, 2, student.map_dims, teacher.map_dims)
 
 
 class _OnReps(nn.Module):
@@ -216,13 +216,14 @@ class Runner:
         if all(name in out["train"].reps for name in REP_NAMES):
             rows.append(self._semantic_stage(seed, fold, teacher, out, y, n_classes, t_channels,
                                              len(teacher_view.channels), window_len, fold_dir, head_logits))
-        targets = {"train": TeacherTargets(out["train"].logits, out["train"].reps, head_logits)}
+        targets = {"train": TeacherTargets(out["train"].logits, out["train"].reps, head_logits, out["train"].maps)}
 
         for spec in cfg.students:
             for method in cfg.methods:
                 torch.manual_seed(seed)
                 student = build_model(spec.name, len(student_view.channels), n_classes, **spec.params)
-                distiller = build_method(method, student.rep_dims, teacher.rep_dims, n_classes)
+                distiller = build_method(method, student.rep_dims, teacher.rep_dims, n_classes, student.map_dims,
+                                         teacher.map_dims)
                 s_fit = fit(student, (xs.train, y["train"]), (xs.val, y["val"]), cfg.student_train,
                             fold_dir / f"{spec.label}-{method.name}", seed=seed, distiller=distiller,
                             teacher=targets if distiller is not None else None)

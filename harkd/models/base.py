@@ -20,24 +20,28 @@ class ModelOutput:
 
     logits: (B, K) class scores. reps: named representations (B, D), part of the model's interface and what
     feature-based KD matches. head_logits: extra (B, K) logits of auxiliary heads (the TSAK teacher's per-rep heads,
-    and "semantic" when the stage-2 classifier has been applied); empty for single-head models.
+    and "semantic" when the stage-2 classifier has been applied); empty for single-head models. maps: named
+    intermediate feature maps (B, C, T') over time, what map-based KD (FitNets, attention transfer, NST, stage
+    distillation) matches; their channel counts are in the model's map_dims.
     """
 
     logits: torch.Tensor
     reps: dict[str, torch.Tensor] = field(default_factory=dict)
     head_logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class HarModel(nn.Module):
-    """Base of the registered models: forward(x: (B, C, T) float32) -> ModelOutput; rep_dims names its reps' sizes."""
+    """Base of the registered models: forward(x: (B, C, T) float32) -> ModelOutput; rep_dims names its reps' sizes,
+    map_dims its feature maps' channel counts."""
 
     rep_dims: dict[str, int]
+    map_dims: dict[str, int] = {}
 
 
 # The arguments every constructor receives from build_model; everything else is a model's own config.
 _COMMON_ARGS = ("in_channels", "n_classes", "channel_groups")
-_MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "models",
-                                                       ("harkd.models.tsak", "harkd.models.students"))
+_MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "models", package="harkd.models")
 
 
 def register_model(name: str) -> Callable:

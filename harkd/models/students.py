@@ -27,7 +27,8 @@ def _conv_stack(in_channels: int, width: int, depth: int, kernel: int, causal: b
 
 @register_model("cnn_student")
 class CNNStudent(HarModel):
-    """Strided conv blocks, global average pooling, a linear head; reps={"feat": pooled features}."""
+    """Strided conv blocks, global average pooling, a linear head; reps={"feat": pooled features},
+    maps={"feat": the last conv block's output}."""
 
     def __init__(self, in_channels: int, n_classes: int, width: int = 32, depth: int = 3, kernel: int = 3,
                  dropout: float = 0.1):
@@ -36,15 +37,18 @@ class CNNStudent(HarModel):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(width, n_classes)
         self.rep_dims = {"feat": width}
+        self.map_dims = {"feat": width}
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        feat = self.features(x).mean(-1)
-        return ModelOutput(logits=self.head(self.dropout(feat)), reps={"feat": feat})
+        feature_map = self.features(x)
+        feat = feature_map.mean(-1)
+        return ModelOutput(logits=self.head(self.dropout(feat)), reps={"feat": feat}, maps={"feat": feature_map})
 
 
 @register_model("causal_student")
 class CausalStudent(HarModel):
-    """Causal strided conv blocks, then a GRU over the downsampled sequence; reps={"feat": last GRU state}."""
+    """Causal strided conv blocks, then a GRU over the downsampled sequence; reps={"feat": last GRU state},
+    maps={"feat": the GRU's output sequence}."""
 
     def __init__(self, in_channels: int, n_classes: int, width: int = 16, depth: int = 3, kernel: int = 3,
                  hidden: int = 32, dropout: float = 0.1):
@@ -54,8 +58,10 @@ class CausalStudent(HarModel):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, n_classes)
         self.rep_dims = {"feat": hidden}
+        self.map_dims = {"feat": hidden}
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         sequence, _ = self.gru(self.features(x).transpose(1, 2))
         feat = sequence[:, -1]
-        return ModelOutput(logits=self.head(self.dropout(feat)), reps={"feat": feat})
+        return ModelOutput(logits=self.head(self.dropout(feat)), reps={"feat": feat},
+                           maps={"feat": sequence.transpose(1, 2)})

@@ -75,6 +75,7 @@ class TSAKTeacher(HarModel):
         self.combine = nn.Sequential(nn.Linear(attn_dim + hidden, combi_dim), nn.ReLU())
         self.dropout = nn.Dropout(dropout)
         self.rep_dims = {"attn": attn_dim, "causal": hidden, "combi": combi_dim}
+        self.map_dims = {"encoder": n_tokens * width, "causal": hidden}
         self.heads = nn.ModuleDict({name: nn.Linear(dim, n_classes) for name, dim in self.rep_dims.items()})
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
@@ -92,7 +93,8 @@ class TSAKTeacher(HarModel):
         reps = {"attn": attn, "causal": causal, "combi": self.combine(torch.cat([attn, causal], 1))}
         head_logits = {name: head(self.dropout(reps[name])) for name, head in self.heads.items()}
         logits = torch.stack(list(head_logits.values())).mean(0)
-        return ModelOutput(logits=logits, reps=reps, head_logits=head_logits)
+        return ModelOutput(logits=logits, reps=reps, head_logits=head_logits,
+                           maps={"encoder": features, "causal": sequence.transpose(1, 2)})
 
     @staticmethod
     def loss(output: ModelOutput, targets: torch.Tensor) -> torch.Tensor:
@@ -130,9 +132,9 @@ class TwoStageTeacher(nn.Module):
     def __init__(self, teacher: TSAKTeacher, semantic: SemanticClassifier):
         super().__init__()
         self.teacher, self.semantic = teacher, semantic
-        self.rep_dims = teacher.rep_dims
+        self.rep_dims, self.map_dims = teacher.rep_dims, teacher.map_dims
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         out = self.teacher(x)
-        return ModelOutput(logits=out.logits, reps=out.reps,
+        return ModelOutput(logits=out.logits, reps=out.reps, maps=out.maps,
                            head_logits={**out.head_logits, "semantic": self.semantic(out).logits})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -61,14 +61,15 @@ class TeacherTargets:
     logits: torch.Tensor
     reps: dict[str, torch.Tensor]
     head_logits: dict[str, torch.Tensor]
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def take(self, index: torch.Tensor) -> ModelOutput:
-        return ModelOutput(self.logits[index], {k: v[index] for k, v in self.reps.items()},
-                           {k: v[index] for k, v in self.head_logits.items()})
+        pick = lambda named: {k: v[index] for k, v in named.items()}  # noqa: E731
+        return ModelOutput(self.logits[index], pick(self.reps), pick(self.head_logits), pick(self.maps))
 
     def to(self, device: torch.device) -> "TeacherTargets":
-        return TeacherTargets(self.logits.to(device), {k: v.to(device) for k, v in self.reps.items()},
-                              {k: v.to(device) for k, v in self.head_logits.items()})
+        move = lambda named: {k: v.to(device) for k, v in named.items()}  # noqa: E731
+        return TeacherTargets(self.logits.to(device), move(self.reps), move(self.head_logits), move(self.maps))
 
 
 @torch.inference_mode()
@@ -80,7 +81,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> Teacher
     cat = lambda key, attr: torch.cat([getattr(o, attr)[key] for o in outs]).cpu()  # noqa: E731
     return TeacherTargets(torch.cat([o.logits for o in outs]).cpu(),
                           {k: cat(k, "reps") for k in outs[0].reps},
-                          {k: cat(k, "head_logits") for k in outs[0].head_logits})
+                          {k: cat(k, "head_logits") for k in outs[0].head_logits},
+                          {k: cat(k, "maps") for k in outs[0].maps})
 
 
 class FitModule(L.LightningModule):
