@@ -34,10 +34,12 @@ class Distiller(nn.Module):
     def forward(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
                 targets: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"loss_ce": self.ce_weight * F.cross_entropy(student_out.logits, targets),
-                **self.kd_terms(student_out, teacher_out)}
+                **self.kd_terms(student_out, teacher_out, targets)}
 
-    def kd_terms(self, student_out: ModelOutput, teacher_out: ModelOutput | None) -> dict[str, torch.Tensor]:
-        """The strategy's weighted KD losses, named loss_<what>."""
+    def kd_terms(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
+                 targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The strategy's weighted KD losses, named loss_<what>; `targets` are the labels (for strategies that treat
+        the true class apart, e.g. DKD or conditional smoothing)."""
         raise NotImplementedError
 
 

@@ -19,10 +19,11 @@ class CompositeKD(Distiller):
         super().__init__(ce_weight)
         self.parts = nn.ModuleList(parts)
 
-    def kd_terms(self, student_out: ModelOutput, teacher_out: ModelOutput) -> dict[str, torch.Tensor]:
+    def kd_terms(self, student_out: ModelOutput, teacher_out: ModelOutput,
+                 targets: torch.Tensor) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
         for part in self.parts:
-            for name, loss in part.kd_terms(student_out, teacher_out).items():
+            for name, loss in part.kd_terms(student_out, teacher_out, targets).items():
                 if name in terms:
                     raise HarkdError(f"two KD terms of one method are both named {name!r}; list each strategy once")
                 terms[name] = loss

@@ -35,6 +35,7 @@ class LogitKD(Distiller):
     def target_logits(self, teacher_out: ModelOutput) -> torch.Tensor:
         return teacher_out.logits
 
-    def kd_terms(self, student_out: ModelOutput, teacher_out: ModelOutput) -> dict[str, torch.Tensor]:
+    def kd_terms(self, student_out: ModelOutput, teacher_out: ModelOutput,
+                 targets: torch.Tensor) -> dict[str, torch.Tensor]:
         target = self.target_logits(teacher_out).detach()
         return {self.term: self.weight * soft_kl(student_out.logits, target, self.temperature)}

@@ -18,5 +18,6 @@ class NoKD(Distiller):
                  ce_weight: float = 1.0):
         super().__init__(ce_weight)
 
-    def kd_terms(self, student_out: ModelOutput, teacher_out: ModelOutput | None) -> dict[str, torch.Tensor]:
+    def kd_terms(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
+                 targets: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}

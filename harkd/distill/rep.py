@@ -30,7 +30,8 @@ class RepKD(Distiller):
         self.connector = nn.Linear(rep_dim(student_dims, student_rep, "student"),
                                    rep_dim(teacher_dims, teacher_rep, "teacher"))
 
-    def kd_terms(self, student_out: ModelOutput, teacher_out: ModelOutput) -> dict[str, torch.Tensor]:
+    def kd_terms(self, student_out: ModelOutput, teacher_out: ModelOutput,
+                 targets: torch.Tensor) -> dict[str, torch.Tensor]:
         projected = F.normalize(self.connector(student_out.reps[self.student_rep]), dim=1)
         target = F.normalize(teacher_out.reps[self.teacher_rep].detach(), dim=1)
         loss = (projected - target).pow(2).sum(1).mean()
