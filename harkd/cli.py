@@ -111,6 +111,21 @@ def run(
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'}")
 
 
+@app.command("methods")
+def methods(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """Every KD strategy a method's terms may name, with its one-line summary and its options' defaults."""
+    from harkd.distill import distiller_defaults, distiller_names, distiller_summary
+
+    listing = {name: {"summary": distiller_summary(name), "options": distiller_defaults(name)}
+               for name in distiller_names()}
+    if as_json:
+        typer.echo(json.dumps(listing, indent=2))
+        return
+    for name, entry in listing.items():
+        typer.echo(f"{name:<12} {entry['summary']}")
+        typer.echo(f"{'':<12} " + " ".join(f"{k}={v}" for k, v in entry["options"].items()))
+
+
 def main() -> None:
     try:
         app()

@@ -1,4 +1,4 @@
-"""KD strategies by name (none, logit, sc_logit, attn_rep, causal_rep, combi_rep, tsak_all) and their composition."""
+"""KD strategies by name (`harkd methods` lists them with their options) and their composition."""
 
 from harkd.distill.base import (Distiller, build_distiller, distiller_defaults, distiller_names, distiller_summary,
                                 register_distiller)

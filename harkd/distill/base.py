@@ -50,7 +50,23 @@ def rep_dim(dims: Mapping[str, int], name: str, whose: str) -> int:
     return dims[name]
 
 
-_STRATEGIES: Registry[tuple[type[Distiller], dict[str, Any]]] = Registry("KD strategy", "strategies", package="harkd.distill")
+def map_dim(dims: Mapping[str, int], name: str, whose: str) -> int:
+    """The channel count of feature map `name`, or an error naming the feature maps the model has."""
+    if name not in dims:
+        raise HarkdError(f"the {whose} has no feature map {name!r}; it has: {sorted(dims)}")
+    return dims[name]
+
+
+def match_length(feature_map: torch.Tensor, length: int) -> torch.Tensor:
+    """A (B, C, T) map resampled linearly to `length` time steps (unchanged when T already matches), so strategies
+    can compare student and teacher maps of different time resolutions."""
+    if feature_map.shape[-1] == length:
+        return feature_map
+    return F.interpolate(feature_map, size=length, mode="linear", align_corners=False)
+
+
+_STRATEGIES: Registry[tuple[type[Distiller], dict[str, Any]]] = Registry("KD strategy", "strategies",
+                                                                         package="harkd.distill")
 
 
 def register_distiller(name: str, **bound: Any) -> Callable[[type[Distiller]], type[Distiller]]:

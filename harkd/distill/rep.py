@@ -16,8 +16,10 @@ from harkd.models.base import ModelOutput
 @register_distiller("causal_rep", teacher_rep="causal")
 @register_distiller("combi_rep", teacher_rep="combi")
 class RepKD(Distiller):
-    """A linear connector maps the student's rep onto the teacher rep's size; the loss is the squared distance of
-    the two L2-normalised vectors (= 2 - 2 cos), summed over features and averaged over the batch.
+    """Squared distance of L2-normalised connector(student rep) and the teacher rep the name gives (2 - 2 cos).
+
+    A linear connector maps the student's rep onto the teacher rep's size; the loss is the squared distance of the
+    two L2-normalised vectors (= 2 - 2 cos), summed over features and averaged over the batch.
 
     Normalised so that one weight suits all three teacher reps, whose scales differ (LayerNorm output, LSTM state,
     ReLU features), and so that the connector cannot shrink the loss by shrinking its output.
