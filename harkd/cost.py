@@ -10,7 +10,9 @@ FLOP convention: one multiply-accumulate (MAC) = 2 FLOPs, counted for the layers
 - BatchNorm / LayerNorm / GroupNorm: 1 MAC per output element (the affine scale and shift at inference).
 Biases, activations, softmax, pooling, gate nonlinearities and residual additions are not counted: they are
 elementwise and small next to the products. Counting uses forward hooks on those module types; a leaf module with
-parameters of any other type is an error, so a model can never be under-counted silently. (torch's
+parameters of any other type is an error, so a model can never be under-counted silently. A module whose own
+parameters enter products (e.g. a Hopfield memory's stored patterns) counts those itself: an `own_macs(args, kwargs,
+output)` method, hooked like a rule, while its children are counted by theirs. (torch's
 FlopCounterMode is not used: on CPU it misses recurrent layers, which run through fused aten kernels.)
 """
 
@@ -79,11 +81,12 @@ def _counted_modules(module: nn.Module, name: str = "model") -> list[nn.Module]:
     """The modules to hook; a counted module's children are its own rule's business (MHA's out_proj, for one)."""
     if isinstance(module, _COUNTED):
         return [module]
+    own = [module] if hasattr(module, "own_macs") else []
     children = list(module.named_children())
-    if not children and any(True for _ in module.parameters(recurse=False)):
+    if not children and not own and any(True for _ in module.parameters(recurse=False)):
         raise HarkdError(f"count_flops: no FLOP rule for {type(module).__name__} ({name}); "
                          f"supported: {', '.join(t.__name__ for t in _COUNTED)}")
-    return [m for child_name, child in children for m in _counted_modules(child, f"{name}.{child_name}")]
+    return own + [m for child_name, child in children for m in _counted_modules(child, f"{name}.{child_name}")]
 
 
 def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
@@ -92,8 +95,8 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
 
     def hook(module, args, kwargs, output):
         nonlocal total
-        rule = next(rule for types, rule in _RULES if isinstance(module, types))
-        total += rule(module, args, kwargs, output)
+        rule = next((rule for types, rule in _RULES if isinstance(module, types)), None)
+        total += rule(module, args, kwargs, output) if rule else module.own_macs(args, kwargs, output)
 
     handles = [m.register_forward_hook(hook, with_kwargs=True) for m in _counted_modules(model)]
     was_training = model.training
