@@ -126,6 +126,55 @@ def methods(as_json: bool = typer.Option(False, "--json", help="machine-readable
         typer.echo(f"{'':<12} " + " ".join(f"{k}={v}" for k, v in entry["options"].items()))
 
 
+@app.command("search-head", context_settings={"allow_extra_args": False})
+def search_head(
+    config: Path = typer.Argument(..., help="search YAML: a run config's data and student sections plus `search` "
+                                            "(see configs/dsads-head-search.yaml)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. students.train.epochs=2"),
+    trials: Optional[int] = typer.Option(None, "--trials", help="finished trials in total, resumed ones included "
+                                                                "(default: search.trials)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for search.json, search.png and search.db "
+                                                           "(default: runs/<config name>)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default: "
+                                                                  "sqlite:///OUT/search.db)"),
+) -> None:
+    """SMLDist's classifier-head search: the best head for the student under the config's cost budget."""
+    from harkd.search import load_search_config, run_head_search
+
+    cfg = load_search_config(config, overrides or [])
+    out = out or Path("runs") / config.stem
+    command = " ".join(["harkd", "search-head", str(config), *(overrides or []), "--out", str(out)]
+                       + (["--trials", str(trials)] if trials is not None else [])
+                       + (["--storage", storage] if storage else []))
+    results = run_head_search(cfg, out, config.stem, trials, storage, command,
+                              log=lambda line: typer.echo(line, err=True))
+    best = results["best"]
+    if best is None:
+        typer.echo(f"no head within the budget among {results['finished']} trials; wrote {out / 'search.json'}")
+        return
+    options = " ".join(f"{k}={v}" for k, v in best["options"].items() if k != "head")
+    typer.echo(f"best head: {best['head']} ({options}): {best['params']:,} params, {best['flops'] / 1e6:.3f} "
+               f"MFLOPs, val F1 {best['val_f1']:.3f} (trial {best['number']} of {results['finished']})")
+    typer.echo(f"wrote {out / 'search.json'} and {out / 'search.png'}")
+
+
+@app.command("compare")
+def compare(
+    runs: list[Path] = typer.Argument(..., help="two or more run folders (or their results.json), same folds and "
+                                                "seeds"),
+    out: Path = typer.Option(..., "--out", help="folder for the merged results.json and report.md"),
+) -> None:
+    """Merge runs (e.g. the KD zoo, TSAK and SMLDist, each with its own teacher) into one comparison table."""
+    from harkd.experiment.compare import merge_results, read_results
+    from harkd.experiment.report import format_summary_table, write_results
+
+    command = " ".join(["harkd", "compare", *map(str, runs), "--out", str(out)])
+    merged = merge_results([read_results(run) for run in runs], command)
+    write_results(merged, out)
+    typer.echo(format_summary_table(merged["summary"]))
+    typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'}")
+
+
 def main() -> None:
     try:
         app()

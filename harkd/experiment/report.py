@@ -10,6 +10,8 @@ import io
 import json
 import os
 import re
+import shutil
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -174,6 +176,12 @@ def _setup_lines(results: Mapping[str, Any]) -> list[str]:
     methods = list(dict.fromkeys(r["method"] for r in rows if r["role"] == "student"))
     if methods:
         lines.append(f"- KD methods: {', '.join(methods)}")
+    if "shared_runs" in results:  # a comparison of several runs (harkd compare)
+        lines += [f"- merged from: {', '.join(run['source'] for run in results['config']['runs'])} (wall time is "
+                  f"their sum)",
+                  f"- {results['shared_runs']['count']} run(s) present in several inputs were taken from the first; "
+                  f"their macro-F1 differed by at most {100 * results['shared_runs']['max_abs_macro_f1_difference']:.2f}"
+                  f" points"]
     return lines
 
 
@@ -218,3 +226,17 @@ def write_report(results: Mapping[str, Any], out_dir: Path) -> Path:
     path = out_dir / "report.md"
     _write_atomic(path, ("\n\n".join(parts) + "\n").encode())
     return path
+
+
+def write_results(results: Mapping[str, Any], out_dir: Path) -> None:
+    """out_dir/results.json and the report: they appear together or not at all."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        (staging / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_report(results, staging)
+        for path in staging.iterdir():
+            os.replace(path, out_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

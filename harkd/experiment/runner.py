@@ -7,7 +7,6 @@ so a student's epoch costs what the student costs.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -33,7 +32,7 @@ from harkd.data.windowing import WindowSet, make_windows
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
 from harkd.experiment.config import ExperimentConfig, SplitSpec
-from harkd.experiment.report import format_summary_table, write_report
+from harkd.experiment.report import format_summary_table, write_results
 from harkd.experiment.summary import summarise
 from harkd.metrics import confusion
 from harkd.models.base import ModelOutput, build_model
@@ -186,7 +185,7 @@ class Runner:
             "confusion": {k: v.tolist() for k, v in self.confusion.items()},
         }
         results["summary"] = summarise(rows)
-        self._write(results)
+        write_results(results, self.out_dir)
         self.log(format_summary_table(results["summary"]))
         return results
 
@@ -250,18 +249,6 @@ class Runner:
                           (n_channels, window_len))
         return self._row(fold, seed, "semantic", cfg.semantic.name, "-", channels, n_channels, y["test"].numpy(),
                          preds, f1, acc, cost, s_fit, n_classes)
-
-    def _write(self, results: dict) -> None:
-        """results.json and the report appear together or not at all."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.out_dir))
-        try:
-            (staging / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-            write_report(results, staging)
-            for path in staging.iterdir():
-                os.replace(path, self.out_dir / path.name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def run_experiment(config: ExperimentConfig, out_dir: Path, command: str = "",
