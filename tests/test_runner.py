@@ -108,7 +108,7 @@ def test_cli_run_rejects_an_unknown_method_before_training(data_root, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config()))
     result = run_cli("run", str(path), "methods=[none,fitnet]", "--out", str(tmp_path / "out"), data_root=data_root)
-    assert_one_line_error(result, "unknown KD strategy 'fitnet'", "known strategies: attn_rep")
+    assert_one_line_error(result, "unknown KD strategy 'fitnet'", "known strategies: at, attn_rep")
     assert not (tmp_path / "out").exists()
     result = run_cli("run", str(path), "teacher.params={depth: 3}", "--out", str(tmp_path / "out"), data_root=data_root)
     assert_one_line_error(result, "model tsak_teacher: unknown option(s) ['depth']")

@@ -47,6 +47,14 @@ class WindowSet:
         idx = ChannelQuery.parse(query).indices(self.channels)
         return replace(self, x=self.x[:, idx], channels=tuple(self.channels[i] for i in idx))
 
+    def activity_targets(self) -> tuple[np.ndarray, list[str]]:
+        """Training targets and their class names: Null is never a target, so the other classes are renumbered
+        0..K-1 in order and Null windows (if any are kept) get -1."""
+        keep = [c for c in range(len(self.class_names)) if c != self.null_class]
+        remap = np.full(len(self.class_names), -1)
+        remap[keep] = np.arange(len(keep))
+        return remap[self.y], [self.class_names[c] for c in keep]
+
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.y, minlength=len(self.class_names))
         return {name: int(n) for name, n in zip(self.class_names, counts)}

@@ -192,7 +192,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_config(path: Path, overrides: list[str] | None = None) -> ExperimentConfig:
+def read_config(path: Path, overrides: list[str] | None = None) -> dict:
+    """A config file's data with the overrides applied, not yet validated (each command has its schema)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -200,4 +201,8 @@ def load_config(path: Path, overrides: list[str] | None = None) -> ExperimentCon
         raise HarkdError(f"{path}: config file not found") from None
     except yaml.YAMLError as exc:
         raise HarkdError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
-    return parse_config(apply_overrides(raw or {}, overrides or []), where=str(path))
+    return apply_overrides(raw or {}, overrides or [])
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    return parse_config(read_config(path, overrides), where=str(path))

@@ -9,6 +9,7 @@ from torch import nn
 
 from harkd.errors import HarkdError
 from harkd.models.base import HarModel, ModelOutput, register_model
+from harkd.models.heads import HEADS, AttentionPool, mlp_head
 from harkd.models.memory import HopfieldMemory
 
 # Block rows: (kernel, expanded channels, output channels, squeeze-excitation, activation, stride).
@@ -33,7 +34,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         (5, 32, 24, False, "hardswish", 2)]},
 }
 _ACTIVATIONS = {"relu": nn.ReLU, "hardswish": nn.Hardswish}
-HEADS = ("linear", "memory", "linear+memory")
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -112,9 +112,10 @@ def _stage_groups(strides: Sequence[int]) -> list[list[int]]:
 @register_model("mobilenet_v3_1d")
 class MobileNetV3_1D(HarModel):
     """Stem conv (stride 2) + hard-swish, inverted residual blocks grouped into stages, a final 1x1 conv +
-    hard-swish, global average pooling, then a head: "linear", "memory" (HopfieldMemory with patterns_per_class
-    stored patterns per class, of size memory_dim, default the feature size) or "linear+memory" (both, mixed by
-    learned softmax-normalised weights).
+    hard-swish, global average pooling, then a head: "linear", "mlp" (one hidden layer of head_hidden units),
+    "memory" (HopfieldMemory with patterns_per_class stored patterns per class, of size memory_dim, default the
+    feature size), "linear+memory" (both, mixed by learned softmax-normalised weights) or "attention" (AttentionPool
+    with attention_dim-sized keys instead of the average, then linear).
 
     reps={"feat": pooled features} (+ "memory": the retrieved Hopfield state, with a memory head);
     maps={"stage1".."stageN": each stage's last block output}. `preset` is "tiny", "small", "large" or a mapping
@@ -123,7 +124,8 @@ class MobileNetV3_1D(HarModel):
 
     def __init__(self, in_channels: int, n_classes: int, preset: str | Mapping[str, Any] = "small",
                  width: float = 1.0, head: str = "linear", dropout: float = 0.2, patterns_per_class: int = 4,
-                 memory_dim: int | None = None, memory_steps: int = 1, memory_beta: float | None = None):
+                 memory_dim: int | None = None, memory_steps: int = 1, memory_beta: float | None = None,
+                 head_hidden: int = 32, attention_dim: int = 16):
         super().__init__()
         if head not in HEADS:
             raise HarkdError(f"mobilenet_v3_1d: unknown head {head!r}; heads: {', '.join(HEADS)}")
@@ -144,8 +146,10 @@ class MobileNetV3_1D(HarModel):
                                      for i, group in enumerate(groups)})
         last = make_divisible(table["last"] * width)
         self.last_conv = nn.Sequential(nn.Conv1d(c_in, last, 1, bias=False), nn.BatchNorm1d(last), nn.Hardswish())
+        self.pool = AttentionPool(last, attention_dim) if head == "attention" else None
         self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(last, n_classes) if "linear" in head else None
+        self.linear = nn.Linear(last, n_classes) if head in ("linear", "linear+memory", "attention") else None
+        self.mlp = mlp_head(last, head_hidden, n_classes) if head == "mlp" else None
         self.memory = (HopfieldMemory(last, n_classes, patterns_per_class * n_classes, memory_dim,
                                       memory_beta, memory_steps) if "memory" in head else None)
         # Mixed head: logits = w_linear * linear + w_memory * memory, w = softmax(mix); equal at initialisation.
@@ -158,11 +162,12 @@ class MobileNetV3_1D(HarModel):
         out = self.stem(x)
         for name, stage in self.stages.items():
             out = maps[name] = stage(out)
-        feat = self.last_conv(out).mean(-1)
+        final = self.last_conv(out)
+        feat = final.mean(-1) if self.pool is None else self.pool(final)
         dropped = self.dropout(feat)
         reps = {"feat": feat}
         if self.memory is None:
-            return ModelOutput(logits=self.linear(dropped), reps=reps, maps=maps)
+            return ModelOutput(logits=(self.mlp or self.linear)(dropped), reps=reps, maps=maps)
         memory_logits, reps["memory"] = self.memory(dropped)
         if self.linear is None:
             return ModelOutput(logits=memory_logits, reps=reps, maps=maps)
