@@ -1,0 +1,350 @@
+"""SMLDist's search over heterogeneous classifier heads (ours: the paper's search is unpublished).
+
+An Optuna study (seeded TPE) over the head type, the head's size options and optionally the width of one student
+model, scored by macro-F1 on the validation windows of the first fold (training subjects only; test subjects are
+never used). A trial whose whole student, on one window, is over the parameter or FLOP budget is pruned before any
+training, with the reason in its user attributes. Trials live in an RDB storage (SQLite in OUT by default), so a
+rerun resumes: `trials` counts finished trials (complete or pruned) in total.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import optuna
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
+from tqdm import tqdm
+
+from harkd import __version__
+from harkd.cost import count_flops, count_params
+from harkd.data.recording import ChannelQuery
+from harkd.data.registry import WindowConfig
+from harkd.distill.compose import build_method
+from harkd.errors import HarkdError
+from harkd.experiment.config import MethodSpec, ModelSpec, SplitSpec, _check_keys, read_config
+from harkd.experiment.runner import _views, experiment_windows, make_folds, sensor_groups
+from harkd.models.base import build_model, model_defaults
+from harkd.models.heads import HEAD_OPTIONS, HEADS
+from harkd.train.engine import TeacherTargets, TrainConfig, fit, predict, quiet_lightning
+
+# Choices per size option unless `search.sizes` replaces them: small enough for a few-thousand-parameter student.
+DEFAULT_SIZES: dict[str, tuple[int, ...]] = {"head_hidden": (8, 16, 32, 64), "memory_dim": (4, 8, 16, 32),
+                                             "patterns_per_class": (1, 2, 4), "attention_dim": (4, 8, 16, 32)}
+TOP_KEYS = {"dataset", "dataset_options", "windowing", "split", "seeds", "teacher", "students", "search"}
+SEARCH_KEYS = {"budget", "heads", "widths", "sizes", "trials", "method"}
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits on the whole student's parameters and FLOPs per window; None is no limit."""
+
+    params: int | None = None
+    flops: int | None = None
+
+    def exceeded(self, params: int, flops: int) -> str:
+        """Why a model is over budget, or "" when it fits."""
+        over = [f"{name} {value:,} > {limit:,}" for name, value, limit in
+                (("params", params, self.params), ("flops", flops, self.flops)) if limit is not None and value > limit]
+        return "over budget: " + ", ".join(over) if over else ""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """dataset, dataset_options, windowing and split carry ExperimentConfig's names: the runner's data helpers read
+    them."""
+
+    dataset: str
+    dataset_options: dict
+    windowing: WindowConfig | None
+    split: SplitSpec
+    seed: int
+    student_channels: ChannelQuery
+    student: ModelSpec
+    student_train: TrainConfig
+    teacher_channels: ChannelQuery
+    teacher: ModelSpec | None
+    teacher_train: TrainConfig
+    method: MethodSpec
+    budget: Budget
+    heads: tuple[str, ...]
+    widths: tuple[float, ...]
+    sizes: dict[str, tuple[int, ...]]
+    trials: int
+    raw: dict
+
+
+def _positive(value: Any, cast: type, where: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or cast(value) != value:
+        raise HarkdError(f"{where}: expected a positive {cast.__name__}, got {value!r}")
+    return cast(value)
+
+
+def _positive_list(values: Any, cast: type, where: str) -> tuple:
+    if not isinstance(values, list) or not values:
+        raise HarkdError(f"{where}: expected a non-empty list, got {values!r}")
+    parsed = tuple(_positive(v, cast, where) for v in values)
+    if len(set(parsed)) != len(parsed):
+        raise HarkdError(f"{where}: values must be distinct, got {values!r}")
+    return parsed
+
+
+def parse_search_config(raw: Mapping[str, Any], where: str = "config") -> SearchConfig:
+    """A run config's data, teacher and student sections (one student model, with a `head` option) plus `search`."""
+    raw = _check_keys(raw, TOP_KEYS, where, {"dataset", "students", "search"})
+    students = _check_keys(raw["students"], {"channels", "models", "train"}, f"{where}.students", {"models"})
+    models = students["models"]
+    if not isinstance(models, list) or len(models) != 1:
+        raise HarkdError(f"{where}.students.models: a head search takes exactly one student model, got {models!r}")
+    student = ModelSpec.parse(models[0], f"{where}.students.models[0]")
+    if "head" not in model_defaults(student.name):
+        raise HarkdError(f"{where}.students.models[0]: model {student.name} has no head option to search; "
+                         f"use mobilenet_v3_1d")
+    search = _check_keys(raw["search"], SEARCH_KEYS, f"{where}.search")
+    heads = search.get("heads", list(HEADS))
+    if not isinstance(heads, list) or not heads or len(set(heads)) != len(heads) or set(heads) - set(HEADS):
+        raise HarkdError(f"{where}.search.heads: expected a list of distinct heads from {', '.join(HEADS)}; "
+                         f"got {heads!r}")
+    sizes = _check_keys(search.get("sizes"), set(DEFAULT_SIZES), f"{where}.search.sizes")
+    budget = _check_keys(search.get("budget"), {"params", "flops"}, f"{where}.search.budget")
+    method = MethodSpec.parse(search.get("method", "none"), f"{where}.search.method")
+    teacher = _check_keys(raw.get("teacher"), {"channels", "model", "params", "train"}, f"{where}.teacher")
+    if method.terms and "model" not in teacher:
+        raise HarkdError(f"{where}: search.method {method.name!r} distils from a teacher; add a teacher section "
+                         f"{{channels, model, params, train}}")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or len(seeds) != 1 or not isinstance(seeds[0], int):
+        raise HarkdError(f"{where}.seeds: a head search uses one seed (e.g. [0]), got {seeds!r}")
+    windowing = raw.get("windowing")
+    default_width = student.params.get("width", model_defaults(student.name)["width"])
+    return SearchConfig(
+        dataset=str(raw["dataset"]),
+        dataset_options=dict(raw.get("dataset_options") or {}),
+        windowing=None if windowing is None else WindowConfig.from_mapping(windowing, f"{where}.windowing"),
+        split=SplitSpec.parse(raw.get("split"), f"{where}.split"),
+        seed=seeds[0],
+        student_channels=ChannelQuery.parse(students.get("channels")),
+        student=student,
+        student_train=TrainConfig.from_mapping(students.get("train"), f"{where}.students.train"),
+        teacher_channels=ChannelQuery.parse(teacher.get("channels")),
+        teacher=(ModelSpec.parse({"model": teacher["model"], "params": teacher.get("params")}, f"{where}.teacher")
+                 if method.terms else None),
+        teacher_train=TrainConfig.from_mapping(teacher.get("train"), f"{where}.teacher.train"),
+        method=method,
+        budget=Budget(**{k: _positive(v, int, f"{where}.search.budget.{k}") for k, v in budget.items()}),
+        heads=tuple(heads),
+        widths=_positive_list(search.get("widths", [default_width]), float, f"{where}.search.widths"),
+        sizes={k: _positive_list(sizes[k], int, f"{where}.search.sizes.{k}") if k in sizes else v
+               for k, v in DEFAULT_SIZES.items()},
+        trials=_positive(search.get("trials", 20), int, f"{where}.search.trials"),
+        raw=copy.deepcopy(dict(raw)),
+    )
+
+
+def load_search_config(path: Path, overrides: list[str] | None = None) -> SearchConfig:
+    return parse_search_config(read_config(path, overrides), where=str(path))
+
+
+def suggest_options(trial: optuna.Trial, config: SearchConfig) -> dict[str, Any]:
+    """The student options of one trial: a head, its size options and (when several are listed) a width."""
+    head = trial.suggest_categorical("head", list(config.heads))
+    width = trial.suggest_categorical("width", list(config.widths)) if len(config.widths) > 1 else config.widths[0]
+    return {"head": head, "width": width,
+            **{name: trial.suggest_categorical(name, list(config.sizes[name])) for name in HEAD_OPTIONS[head]}}
+
+
+@dataclass
+class _Data:
+    """What every trial trains on: the first fold's student inputs, and the frozen teacher's outputs for KD."""
+
+    fold: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    n_classes: int
+    teacher_rep_dims: dict[str, int]
+    teacher_map_dims: dict[str, int]
+    targets: dict[str, TeacherTargets] | None
+
+
+def _prepare(config: SearchConfig, work: Path, log: Callable[[str], None]) -> _Data:
+    windows, *protocol_subjects = experiment_windows(config)
+    labels, class_names = windows.activity_targets()
+    fold = make_folds(windows, config.split, config.seed, tuple(protocol_subjects))[0]
+    y_train, y_val = (torch.from_numpy(labels[idx]) for idx in (fold.train, fold.val))
+    student = _views(windows.select(config.student_channels), fold)
+    log(f"{config.dataset} {fold.describe()}; searching on the {len(fold.val)} validation windows of training "
+        f"subjects, {len(class_names)} classes")
+    data = _Data(fold.name, student.train, y_train, student.val, y_val, len(class_names), {}, {}, None)
+    if config.teacher is None:
+        return data
+    # KD during the search: the teacher is trained once per run and its outputs computed once for every trial.
+    teacher_view = windows.select(config.teacher_channels)
+    inputs = _views(teacher_view, fold)
+    torch.manual_seed(config.seed)
+    teacher = build_model(config.teacher.name, len(teacher_view.channels), data.n_classes,
+                          sensor_groups(teacher_view.channels), **config.teacher.params)
+    result = fit(teacher, (inputs.train, y_train), (inputs.val, y_val), config.teacher_train, work / "teacher",
+                 seed=config.seed)
+    log(f"teacher {config.teacher.name}: val F1 {result.best_val_f1:.3f}")
+    teacher.eval().requires_grad_(False)
+    data.teacher_rep_dims, data.teacher_map_dims = teacher.rep_dims, teacher.map_dims
+    data.targets = {"train": predict(teacher, inputs.train)}
+    return data
+
+
+class _Objective:
+    """One trial: build the student, cost it, prune it when over budget, else train it and return val macro-F1."""
+
+    def __init__(self, config: SearchConfig, data: _Data, work: Path):
+        self.config, self.data, self.work = config, data, work
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg, data = self.config, self.data
+        options = suggest_options(trial, cfg)
+        torch.manual_seed(cfg.seed)
+        student = build_model(cfg.student.name, data.x_train.shape[1], data.n_classes, **{**cfg.student.params,
+                                                                                          **options})
+        params = count_params(student)
+        flops = count_flops(student, (1, *data.x_train.shape[1:]))
+        for key, value in {"head": options["head"], "options": options, "params": params, "flops": flops}.items():
+            trial.set_user_attr(key, value)
+        reason = cfg.budget.exceeded(params, flops)
+        if reason:
+            trial.set_user_attr("reason", reason)
+            raise optuna.TrialPruned(reason)
+        # Training is seeded and deterministic: a point already trained would score the same again.
+        twin = next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                     if t.params == trial.params), None)
+        if twin is not None:
+            trial.set_user_attr("duplicate_of", twin.number)
+            return twin.value
+        distiller = build_method(cfg.method, student.rep_dims, data.teacher_rep_dims, data.n_classes,
+                                 student.map_dims, data.teacher_map_dims)
+        result = fit(student, (data.x_train, data.y_train), (data.x_val, data.y_val), cfg.student_train,
+                     self.work / f"trial{trial.number}", seed=cfg.seed, distiller=distiller,
+                     teacher=data.targets if distiller is not None else None)
+        trial.set_user_attr("epochs", result.epochs)
+        trial.set_user_attr("train_time_s", round(result.train_time_s, 2))
+        return result.best_val_f1
+
+
+def _identity(config: SearchConfig) -> str:
+    """What makes trials comparable: the whole config but the trial count."""
+    raw = copy.deepcopy(config.raw)
+    raw["search"] = {k: v for k, v in (raw.get("search") or {}).items() if k != "trials"}
+    return json.dumps(raw, sort_keys=True, default=str)
+
+
+def _open_study(config: SearchConfig, storage: str, name: str) -> optuna.Study:
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
+    except SQLAlchemyError as exc:  # a bad URL or an unreachable database; the first line says which
+        raise HarkdError(f"storage {storage}: {str(exc).splitlines()[0]}") from None
+    stored = study.user_attrs.get("config")
+    if stored is None:
+        study.set_user_attr("config", _identity(config))
+    elif stored != _identity(config):
+        raise HarkdError(f"study {name!r} in {storage} was made with a different config; restore it, or search "
+                         f"into a new --out or --storage")
+    return study
+
+
+def _describe(trial: optuna.trial.FrozenTrial) -> str:
+    attrs = trial.user_attrs
+    options = " ".join(f"{k}={v}" for k, v in attrs.get("options", {}).items() if k != "head")
+    cost = f"{attrs.get('params', 0):,} params, {attrs.get('flops', 0) / 1e6:.3f} MFLOPs"
+    outcome = (f"val F1 {trial.value:.3f}" if trial.state == TrialState.COMPLETE
+               else attrs.get("reason", trial.state.name.lower()))
+    if "duplicate_of" in attrs:
+        outcome += f" (trial {attrs['duplicate_of']}'s point, not retrained)"
+    return f"trial {trial.number}: {attrs.get('head')} {options}: {cost}, {outcome}"
+
+
+def _trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    return {"number": trial.number, "state": trial.state.name, "head": attrs.get("head"),
+            "options": attrs.get("options"), "params": attrs.get("params"), "flops": attrs.get("flops"),
+            "val_f1": round(trial.value, 5) if trial.state == TrialState.COMPLETE else None,
+            **{k: attrs[k] for k in ("reason", "duplicate_of", "epochs", "train_time_s") if k in attrs}}
+
+
+def _plot(rows: list[dict], best: dict | None, budget: Budget, title: str, path: Path) -> None:
+    """Val F1 against FLOPs per head; over-budget heads (never trained) as crosses on the x axis."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for head in dict.fromkeys(r["head"] for r in rows if r["val_f1"] is not None):
+        points = [r for r in rows if r["head"] == head and r["val_f1"] is not None]
+        ax.scatter([r["flops"] / 1e6 for r in points], [r["val_f1"] for r in points], label=head, alpha=0.8)
+    over = [r for r in rows if r["state"] == "PRUNED"]
+    if over:
+        ax.scatter([r["flops"] / 1e6 for r in over], [0.0] * len(over), marker="x", color="grey",
+                   label="over budget (not trained)")
+    if budget.flops is not None:
+        ax.axvline(budget.flops / 1e6, color="red", linestyle="--", label=f"FLOP budget {budget.flops:,}")
+    if best is not None:
+        ax.scatter([best["flops"] / 1e6], [best["val_f1"]], s=200, facecolors="none", edgecolors="black",
+                   label=f"best: {best['head']}")
+    ax.set_xlabel("MFLOPs per window")
+    ax.set_ylabel("validation macro-F1")
+    ax.set_title(title + (f" (params <= {budget.params:,})" if budget.params is not None else ""))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    path.write_bytes(buffer.getvalue())
+
+
+def run_head_search(config: SearchConfig, out_dir: Path, study_name: str, trials: int | None = None,
+                    storage: str | None = None, command: str = "",
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the trials the study misses towards `trials` finished ones; write OUT/search.json and search.png."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{(out_dir / 'search.db').resolve()}"
+    trials = config.trials if trials is None else trials
+    if trials < 1:
+        raise HarkdError(f"--trials must be >= 1, got {trials}")
+    # A failing trial's error is re-raised (one line at the CLI); optuna's own warning would add its traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = _open_study(config, storage, study_name)
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    if done < trials:
+        log(f"study {study_name!r}: {done} of {trials} trials finished; running {trials - done}")
+        quiet_lightning()
+        # Reseeded by the trials already stored, so a resumed run does not redraw the first run's points.
+        study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
+        with tempfile.TemporaryDirectory(prefix="harkd-search-") as work:
+            data = _prepare(config, Path(work), log)
+            study.set_user_attr("fold", data.fold)
+            with tqdm(total=trials, initial=done, desc="head search", unit="trial", disable=None) as bar:
+                def report(_, trial):
+                    log(_describe(trial))
+                    bar.update()
+
+                study.optimize(_Objective(config, data, Path(work)), n_trials=trials - done, callbacks=[report])
+    rows = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
+    complete = [r for r in rows if r["val_f1"] is not None]
+    best = min(complete, key=lambda r: (-r["val_f1"], r["flops"], r["params"], r["number"]), default=None)
+    results = {"harkd_version": __version__, "command": command, "study": study_name, "storage": storage,
+               "dataset": config.dataset, "fold": study.user_attrs.get("fold"), "method": config.method.name,
+               "budget": {"params": config.budget.params, "flops": config.budget.flops},
+               "finished": sum(r["state"] in ("COMPLETE", "PRUNED") for r in rows), "trials": rows,
+               "best": None if best is None else {k: best[k] for k in ("number", "head", "options", "params",
+                                                                       "flops", "val_f1")},
+               "config": config.raw}
+    (out_dir / "search.json").write_text(json.dumps(results, indent=1) + "\n")
+    _plot(rows, best, config.budget, f"{study_name}: head search", out_dir / "search.png")
+    return results
