@@ -100,14 +100,17 @@ def run(
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. seeds=[0] "
                                                                "teacher.train.epochs=5 split.folds=[p1]"),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="folder for results.json and report.md"),
+    jobs: int = typer.Option(1, "--jobs", help="train this many (seed, fold) units at once, each in its own "
+                                               "process; the CPU cores are shared out between them"),
 ) -> None:
     """Train teacher, semantic classifier and students with each KD method over folds and seeds."""
     from harkd.experiment.config import load_config
     from harkd.experiment.runner import run_experiment
 
     cfg = load_config(config, overrides or [])
-    command = " ".join(["harkd", "run", str(config), *(overrides or []), "--out", str(out)])
-    run_experiment(cfg, out, command, log=lambda line: typer.echo(line, err=True))
+    command = " ".join(["harkd", "run", str(config), *(overrides or []), "--out", str(out)]
+                       + (["--jobs", str(jobs)] if jobs != 1 else []))
+    run_experiment(cfg, out, command, log=lambda line: typer.echo(line, err=True), jobs=jobs)
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'}")
 
 

@@ -7,11 +7,13 @@ so a student's epoch costs what the student costs.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +33,7 @@ from harkd.data.splits import Fold, fit_normaliser, fixed_split, group_folds, le
 from harkd.data.windowing import WindowSet, make_windows
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
-from harkd.experiment.config import ExperimentConfig, SplitSpec
+from harkd.experiment.config import ExperimentConfig, SplitSpec, parse_config
 from harkd.experiment.report import format_summary_table, write_results
 from harkd.experiment.summary import summarise
 from harkd.metrics import confusion
@@ -109,7 +111,7 @@ class _OnReps(nn.Module):
 
 
 @dataclass
-class _Split:
+class Views:
     """Normalised inputs of one channel view for one fold."""
 
     train: torch.Tensor
@@ -117,34 +119,141 @@ class _Split:
     test: torch.Tensor
 
 
-def _views(windows: WindowSet, fold: Fold) -> _Split:
+def fold_views(windows: WindowSet, fold: Fold) -> Views:
     norm = fit_normaliser(windows, fold)  # training windows only
-    return _Split(*(torch.from_numpy(norm(windows.x[idx])) for idx in (fold.train, fold.val, fold.test)))
+    return Views(*(torch.from_numpy(norm(windows.x[idx])) for idx in (fold.train, fold.val, fold.test)))
+
+
+@dataclass
+class RunData:
+    """What every (seed, fold) unit of a run reads: the two channel views, the activity targets, the class names."""
+
+    teacher_view: WindowSet
+    student_view: WindowSet
+    labels: np.ndarray
+    class_names: list[str]
+    protocol_subjects: tuple[tuple[str, ...] | None, tuple[str, ...] | None]
+
+    @classmethod
+    def load(cls, cfg: ExperimentConfig) -> "RunData":
+        windows, *protocol_subjects = experiment_windows(cfg)
+        labels, class_names = windows.activity_targets()  # Null is never a target
+        return cls(windows.select(cfg.teacher_channels), windows.select(cfg.student_channels), labels, class_names,
+                   tuple(protocol_subjects))
+
+    def folds(self, cfg: ExperimentConfig, seed: int) -> list[Fold]:
+        return make_folds(self.teacher_view, cfg.split, seed, self.protocol_subjects)
+
+
+@dataclass
+class FoldResult:
+    """One (seed, fold) unit's rows (without costs: the parent measures those once) and confusion matrices."""
+
+    rows: list[dict]
+    confusion: dict[str, np.ndarray]
+
+
+class FoldRunner:
+    """Trains one (seed, fold) unit: teacher, semantic classifier, every student with every method."""
+
+    def __init__(self, cfg: ExperimentConfig, data: RunData, work: Path):
+        self.cfg, self.data, self.work = cfg, data, work
+
+    def _row(self, fold: Fold, seed: int, role: str, model: str, method: str, channels: str, n_channels: int,
+             y: np.ndarray, preds: np.ndarray, f1: float, acc: float, result: FitResult,
+             confusions: dict[str, np.ndarray]) -> dict[str, Any]:
+        confusions[f"{role}/{model}/{method}"] = confusion(y, preds, len(self.data.class_names))
+        return {"dataset": self.cfg.dataset, "fold": fold.name, "test_subjects": list(fold.test_subjects),
+                "seed": seed, "role": role, "model": model, "method": method, "channels": channels,
+                "n_channels": n_channels, "macro_f1": round(f1, 5), "accuracy": round(acc, 5),
+                "epochs": result.epochs, "train_time_s": round(result.train_time_s, 2)}
+
+    def run(self, seed: int, fold: Fold) -> FoldResult:
+        cfg, data = self.cfg, self.data
+        n_classes = len(data.class_names)
+        y = {s: torch.from_numpy(data.labels[getattr(fold, s)]) for s in ("train", "val", "test")}
+        y_test = y["test"].numpy()
+        xt, xs = fold_views(data.teacher_view, fold), fold_views(data.student_view, fold)
+        t_channels, s_channels = cfg.teacher_channels.describe(), cfg.student_channels.describe()
+        n_teacher, n_student = len(data.teacher_view.channels), len(data.student_view.channels)
+        fold_dir = self.work / f"{fold.name}-seed{seed}"
+        confusions: dict[str, np.ndarray] = {}
+
+        torch.manual_seed(seed)
+        teacher = build_model(cfg.teacher.name, n_teacher, n_classes, sensor_groups(data.teacher_view.channels),
+                              **cfg.teacher.params)
+        t_fit = fit(teacher, (xt.train, y["train"]), (xt.val, y["val"]), cfg.teacher_train, fold_dir / "teacher",
+                    seed=seed)
+        preds, f1, acc = evaluate(teacher, xt.test, y_test)
+        rows = [self._row(fold, seed, "teacher", cfg.teacher.name, "-", t_channels, n_teacher, y_test, preds, f1, acc,
+                          t_fit, confusions)]
+        # The teacher is frozen from here on: eval mode, no gradients; its outputs are computed once.
+        teacher.eval().requires_grad_(False)
+        out = {s: predict(teacher, getattr(xt, s)) for s in ("train", "val", "test")}
+        head_logits = dict(out["train"].head_logits)
+        if all(name in out["train"].reps for name in REP_NAMES):
+            rows.append(self._semantic_stage(seed, fold, teacher, out, y, t_channels, n_teacher, fold_dir,
+                                             head_logits, confusions))
+        targets = {"train": TeacherTargets(out["train"].logits, out["train"].reps, head_logits, out["train"].maps)}
+
+        for spec in cfg.students:
+            for method in cfg.methods:
+                torch.manual_seed(seed)
+                student = build_model(spec.name, n_student, n_classes, **spec.params)
+                distiller = build_method(method, student.rep_dims, teacher.rep_dims, n_classes, student.map_dims,
+                                         teacher.map_dims)
+                s_fit = fit(student, (xs.train, y["train"]), (xs.val, y["val"]), cfg.student_train,
+                            fold_dir / f"{spec.label}-{method.name}", seed=seed, distiller=distiller,
+                            teacher=targets if distiller is not None else None)
+                preds, f1, acc = evaluate(student, xs.test, y_test)
+                rows.append(self._row(fold, seed, "student", spec.label, method.name, s_channels, n_student, y_test,
+                                      preds, f1, acc, s_fit, confusions))
+        return FoldResult(rows, confusions)
+
+    def _semantic_stage(self, seed, fold, teacher, out, y, channels, n_channels, fold_dir, head_logits,
+                        confusions) -> dict:
+        """TSAK stage 2 on the frozen teacher's reps; its logits on the training windows become SC-Logit targets."""
+        cfg = self.cfg
+        dims = [teacher.rep_dims[name] for name in REP_NAMES]
+        stacked = {s: torch.cat([out[s].reps[name] for name in REP_NAMES], 1) for s in out}
+        torch.manual_seed(seed)
+        semantic = build_model(cfg.semantic.name, sum(dims), len(self.data.class_names), **cfg.semantic.params)
+        adapter = _OnReps(semantic, dims)
+        s_fit = fit(adapter, (stacked["train"], y["train"]), (stacked["val"], y["val"]), cfg.semantic_train,
+                    fold_dir / "semantic", seed=seed)
+        preds, f1, acc = evaluate(adapter, stacked["test"], y["test"].numpy())
+        head_logits["semantic"] = predict(adapter, stacked["train"]).logits
+        return self._row(fold, seed, "semantic", cfg.semantic.name, "-", channels, n_channels, y["test"].numpy(),
+                         preds, f1, acc, s_fit, confusions)
+
+
+# One FoldRunner per worker process, built once by the pool's initializer (the windows load from the cache).
+_WORKER: FoldRunner | None = None
+
+
+def _init_worker(raw: dict, work: Path, threads: int) -> None:
+    global _WORKER
+    torch.set_num_threads(threads)
+    quiet_lightning()
+    cfg = parse_config(raw)
+    _WORKER = FoldRunner(cfg, RunData.load(cfg), work)
+
+
+def _run_unit(seed: int, fold_index: int) -> FoldResult:
+    assert _WORKER is not None
+    return _WORKER.run(seed, _WORKER.data.folds(_WORKER.cfg, seed)[fold_index])
 
 
 class Runner:
-    def __init__(self, config: ExperimentConfig, out_dir: Path, command: str, log: Callable[[str], None] = print):
-        self.config, self.out_dir, self.command, self.log = config, Path(out_dir), command, log
-        self.costs: dict[str, dict[str, float]] = {}
-        self.confusion: dict[str, np.ndarray] = {}
+    """A whole run: every (seed, fold) unit, in this process or in `jobs` worker processes, then costs (measured
+    once per model, in this process, after training so the latency timings have the machine to themselves),
+    results.json and the report."""
 
-    def _cost(self, key: str, model: nn.Module, in_shape: tuple[int, int]) -> dict[str, float]:
-        """Params, FLOPs and batch-1 CPU latency per window; the architecture is the same in every fold."""
-        if key not in self.costs:
-            shape = (1, *in_shape)
-            self.costs[key] = {"params": count_params(model), "flops": count_flops(model, shape),
-                               "latency_ms_cpu": cpu_latency_ms(model, shape, runs=self.config.latency_runs)}
-        return self.costs[key]
-
-    def _row(self, fold: Fold, seed: int, role: str, model: str, method: str, channels: str, n_channels: int,
-             y: np.ndarray, preds: np.ndarray, f1: float, acc: float, cost: dict, result: FitResult,
-             n_classes: int) -> dict[str, Any]:
-        key = f"{role}/{model}/{method}"
-        self.confusion[key] = self.confusion.get(key, 0) + confusion(y, preds, n_classes)
-        return {"dataset": self.config.dataset, "fold": fold.name, "test_subjects": list(fold.test_subjects),
-                "seed": seed, "role": role, "model": model, "method": method, "channels": channels,
-                "n_channels": n_channels, "macro_f1": round(f1, 5), "accuracy": round(acc, 5), **cost,
-                "epochs": result.epochs, "train_time_s": round(result.train_time_s, 2)}
+    def __init__(self, config: ExperimentConfig, out_dir: Path, command: str, log: Callable[[str], None] = print,
+                 jobs: int = 1):
+        if jobs < 1:
+            raise HarkdError(f"--jobs must be at least 1, got {jobs}")
+        self.config, self.out_dir, self.command, self.log, self.jobs = config, Path(out_dir), command, log, jobs
 
     def run(self) -> dict[str, Any]:
         cfg = self.config
@@ -152,108 +261,99 @@ class Runner:
         quiet_lightning()
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         clock = time.perf_counter()
-        windows, *protocol_subjects = experiment_windows(cfg)
-        # Null is never a target: classes are renumbered to the activities present in the data.
-        keep = [c for c in range(len(windows.class_names)) if c != windows.null_class]
-        remap = np.full(len(windows.class_names), -1)
-        remap[keep] = np.arange(len(keep))
-        class_names = [windows.class_names[c] for c in keep]
-        labels = remap[windows.y]
-        teacher_view, student_view = windows.select(cfg.teacher_channels), windows.select(cfg.student_channels)
-        self.log(f"{cfg.dataset}: {len(windows)} windows, {len(class_names)} classes; teacher "
-                 f"{len(teacher_view.channels)} channels ({cfg.teacher_channels.describe()}), student "
-                 f"{len(student_view.channels)} channels ({cfg.student_channels.describe()})")
-        rows: list[dict] = []
+        data = RunData.load(cfg)
+        self.log(f"{cfg.dataset}: {len(data.labels)} windows, {len(data.class_names)} classes; teacher "
+                 f"{len(data.teacher_view.channels)} channels ({cfg.teacher_channels.describe()}), student "
+                 f"{len(data.student_view.channels)} channels ({cfg.student_channels.describe()})")
+        plan = [(seed, i, fold) for seed in cfg.seeds for i, fold in enumerate(data.folds(cfg, seed))]
         work = Path(tempfile.mkdtemp(prefix="harkd-run-"))
         try:
-            plan = [(seed, fold) for seed in cfg.seeds
-                    for fold in make_folds(windows, cfg.split, seed, tuple(protocol_subjects))]
-            for seed, fold in tqdm(plan, desc="folds x seeds", unit="fold", disable=None):
-                fold_rows = self._run_fold(seed, fold, teacher_view, student_view, labels, len(class_names), work)
-                rows += fold_rows
-                best = max((r for r in fold_rows if r["role"] == "student"), key=lambda r: r["macro_f1"])
-                self.log(f"seed {seed} {fold.describe()}: teacher {fold_rows[0]['macro_f1']:.3f}, best student "
-                         f"{best['model']}/{best['method']} {best['macro_f1']:.3f}")
+            units = self._train(plan, data, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        rows = [row for unit in units for row in unit.rows]
+        confusions: dict[str, np.ndarray] = {}
+        for unit in units:
+            for key, matrix in unit.confusion.items():
+                confusions[key] = confusions.get(key, 0) + matrix
+        costs = self._costs(data)
+        for row in rows:
+            row.update(costs[(row["role"], row["model"])])
         results = {
             "harkd_version": __version__, "started": started, "command": self.command,
-            "wall_time_s": round(time.perf_counter() - clock, 1),
+            "wall_time_s": round(time.perf_counter() - clock, 1), "jobs": self.jobs,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                        f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}",
-            "config": cfg.raw, "class_names": class_names, "rows": rows,
-            "confusion": {k: v.tolist() for k, v in self.confusion.items()},
+            "config": cfg.raw, "class_names": data.class_names, "rows": rows,
+            "confusion": {k: v.tolist() for k, v in confusions.items()},
         }
         results["summary"] = summarise(rows)
         write_results(results, self.out_dir)
         self.log(format_summary_table(results["summary"]))
         return results
 
-    def _run_fold(self, seed: int, fold: Fold, teacher_view: WindowSet, student_view: WindowSet,
-                  labels: np.ndarray, n_classes: int, work: Path) -> list[dict]:
-        cfg = self.config
-        y = {s: torch.from_numpy(labels[getattr(fold, s)]) for s in ("train", "val", "test")}
-        y_test = y["test"].numpy()
-        xt, xs = _views(teacher_view, fold), _views(student_view, fold)
-        t_channels, s_channels = cfg.teacher_channels.describe(), cfg.student_channels.describe()
-        window_len = teacher_view.x.shape[2]
-        fold_dir = work / f"{fold.name}-seed{seed}"
+    def _log_unit(self, seed: int, fold: Fold, unit: FoldResult) -> None:
+        best = max((r for r in unit.rows if r["role"] == "student"), key=lambda r: r["macro_f1"])
+        self.log(f"seed {seed} {fold.describe()}: teacher {unit.rows[0]['macro_f1']:.3f}, best student "
+                 f"{best['model']}/{best['method']} {best['macro_f1']:.3f}")
 
-        torch.manual_seed(seed)
-        teacher = build_model(cfg.teacher.name, len(teacher_view.channels), n_classes,
-                              sensor_groups(teacher_view.channels), **cfg.teacher.params)
-        t_fit = fit(teacher, (xt.train, y["train"]), (xt.val, y["val"]), cfg.teacher_train, fold_dir / "teacher",
-                    seed=seed)
-        preds, f1, acc = evaluate(teacher, xt.test, y_test)
-        t_cost = self._cost(f"teacher/{cfg.teacher.name}", teacher, (len(teacher_view.channels), window_len))
-        rows = [self._row(fold, seed, "teacher", cfg.teacher.name, "-", t_channels, len(teacher_view.channels),
-                          y_test, preds, f1, acc, t_cost, t_fit, n_classes)]
-        # The teacher is frozen from here on: eval mode, no gradients; its outputs are computed once.
-        teacher.eval().requires_grad_(False)
-        out = {s: predict(teacher, getattr(xt, s)) for s in ("train", "val", "test")}
-        head_logits = dict(out["train"].head_logits)
-        if all(name in out["train"].reps for name in REP_NAMES):
-            rows.append(self._semantic_stage(seed, fold, teacher, out, y, n_classes, t_channels,
-                                             len(teacher_view.channels), window_len, fold_dir, head_logits))
-        targets = {"train": TeacherTargets(out["train"].logits, out["train"].reps, head_logits, out["train"].maps)}
+    def _train(self, plan: list[tuple[int, int, Fold]], data: RunData, work: Path) -> list[FoldResult]:
+        """Every unit's result, in plan order whatever order they finish in."""
+        bar = tqdm(total=len(plan), desc="folds x seeds", unit="fold", disable=None)
+        if self.jobs == 1:
+            runner, units = FoldRunner(self.config, data, work), []
+            for seed, _, fold in plan:
+                units.append(runner.run(seed, fold))
+                self._log_unit(seed, fold, units[-1])
+                bar.update()
+            bar.close()
+            return units
+        # Spawned workers, one torch thread each by default: the models are small, so one thread per process
+        # and several processes use the cores better than one process with several threads.
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        results: dict[int, FoldResult] = {}
+        with ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(self.config.raw, work, threads)) as pool:
+            futures = {pool.submit(_run_unit, seed, i): k for k, (seed, i, _) in enumerate(plan)}
+            try:
+                for future in as_completed(futures):
+                    k = futures[future]
+                    results[k] = future.result()
+                    self._log_unit(plan[k][0], plan[k][2], results[k])
+                    bar.update()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
+        bar.close()
+        return [results[k] for k in range(len(plan))]
 
+    def _costs(self, data: RunData) -> dict[tuple[str, str], dict[str, float]]:
+        """Params, FLOPs and batch-1 CPU latency per window for each model of the run (the same in every fold)."""
+        cfg, n_classes = self.config, len(data.class_names)
+        n_teacher, n_student = len(data.teacher_view.channels), len(data.student_view.channels)
+        length = data.teacher_view.x.shape[2]
+        torch.manual_seed(0)
+        teacher = build_model(cfg.teacher.name, n_teacher, n_classes, sensor_groups(data.teacher_view.channels),
+                              **cfg.teacher.params).eval()
+        models = {("teacher", cfg.teacher.name): (teacher, n_teacher)}
+        if all(name in teacher.rep_dims for name in REP_NAMES):
+            semantic = build_model(cfg.semantic.name, sum(teacher.rep_dims[n] for n in REP_NAMES), n_classes,
+                                   **cfg.semantic.params)
+            models[("semantic", cfg.semantic.name)] = (TwoStageTeacher(teacher, semantic).eval(), n_teacher)
         for spec in cfg.students:
-            for method in cfg.methods:
-                torch.manual_seed(seed)
-                student = build_model(spec.name, len(student_view.channels), n_classes, **spec.params)
-                distiller = build_method(method, student.rep_dims, teacher.rep_dims, n_classes, student.map_dims,
-                                         teacher.map_dims)
-                s_fit = fit(student, (xs.train, y["train"]), (xs.val, y["val"]), cfg.student_train,
-                            fold_dir / f"{spec.label}-{method.name}", seed=seed, distiller=distiller,
-                            teacher=targets if distiller is not None else None)
-                preds, f1, acc = evaluate(student, xs.test, y_test)
-                cost = self._cost(f"student/{spec.label}", student, (len(student_view.channels), window_len))
-                rows.append(self._row(fold, seed, "student", spec.label, method.name, s_channels,
-                                      len(student_view.channels), y_test, preds, f1, acc, cost, s_fit, n_classes))
-        return rows
-
-    def _semantic_stage(self, seed, fold, teacher, out, y, n_classes, channels, n_channels, window_len, fold_dir,
-                        head_logits) -> dict:
-        """TSAK stage 2 on the frozen teacher's reps; its logits on the training windows become SC-Logit targets."""
-        cfg = self.config
-        dims = [teacher.rep_dims[name] for name in REP_NAMES]
-        stacked = {s: torch.cat([out[s].reps[name] for name in REP_NAMES], 1) for s in out}
-        torch.manual_seed(seed)
-        semantic = build_model(cfg.semantic.name, sum(dims), n_classes, **cfg.semantic.params)
-        adapter = _OnReps(semantic, dims)
-        s_fit = fit(adapter, (stacked["train"], y["train"]), (stacked["val"], y["val"]), cfg.semantic_train,
-                    fold_dir / "semantic", seed=seed)
-        preds, f1, acc = evaluate(adapter, stacked["test"], y["test"].numpy())
-        head_logits["semantic"] = predict(adapter, stacked["train"]).logits
-        cost = self._cost(f"semantic/{cfg.semantic.name}", TwoStageTeacher(teacher, semantic).eval(),
-                          (n_channels, window_len))
-        return self._row(fold, seed, "semantic", cfg.semantic.name, "-", channels, n_channels, y["test"].numpy(),
-                         preds, f1, acc, cost, s_fit, n_classes)
+            models[("student", spec.label)] = (build_model(spec.name, n_student, n_classes, **spec.params).eval(),
+                                               n_student)
+        costs = {}
+        for key, (model, channels) in models.items():
+            shape = (1, channels, length)
+            costs[key] = {"params": count_params(model), "flops": count_flops(model, shape),
+                          "latency_ms_cpu": cpu_latency_ms(model, shape, runs=cfg.latency_runs)}
+        return costs
 
 
 def run_experiment(config: ExperimentConfig, out_dir: Path, command: str = "",
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    return Runner(config, out_dir, command, log).run()
+                   log: Callable[[str], None] = print, jobs: int = 1) -> dict[str, Any]:
+    return Runner(config, out_dir, command, log, jobs).run()
 
 
 __all__ = ["run_experiment", "make_folds", "experiment_windows", "sensor_groups", "check_names"]

@@ -32,7 +32,7 @@ from harkd.data.registry import WindowConfig
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
 from harkd.experiment.config import MethodSpec, ModelSpec, SplitSpec, _check_keys, read_config
-from harkd.experiment.runner import _views, experiment_windows, make_folds, sensor_groups
+from harkd.experiment.runner import experiment_windows, fold_views, make_folds, sensor_groups
 from harkd.models.base import build_model, model_defaults
 from harkd.models.heads import HEAD_OPTIONS, HEADS
 from harkd.train.engine import TeacherTargets, TrainConfig, fit, predict, quiet_lightning
@@ -183,7 +183,7 @@ def _prepare(config: SearchConfig, work: Path, log: Callable[[str], None]) -> _D
     labels, class_names = windows.activity_targets()
     fold = make_folds(windows, config.split, config.seed, tuple(protocol_subjects))[0]
     y_train, y_val = (torch.from_numpy(labels[idx]) for idx in (fold.train, fold.val))
-    student = _views(windows.select(config.student_channels), fold)
+    student = fold_views(windows.select(config.student_channels), fold)
     log(f"{config.dataset} {fold.describe()}; searching on the {len(fold.val)} validation windows of training "
         f"subjects, {len(class_names)} classes")
     data = _Data(fold.name, student.train, y_train, student.val, y_val, len(class_names), {}, {}, None)
@@ -191,7 +191,7 @@ def _prepare(config: SearchConfig, work: Path, log: Callable[[str], None]) -> _D
         return data
     # KD during the search: the teacher is trained once per run and its outputs computed once for every trial.
     teacher_view = windows.select(config.teacher_channels)
-    inputs = _views(teacher_view, fold)
+    inputs = fold_views(teacher_view, fold)
     torch.manual_seed(config.seed)
     teacher = build_model(config.teacher.name, len(teacher_view.channels), data.n_classes,
                           sensor_groups(teacher_view.channels), **config.teacher.params)
