@@ -17,7 +17,7 @@ from harkd.train.engine import TrainConfig
 SPLIT_KINDS = ("loso", "fixed", "protocol", "groups")
 
 
-def _check_keys(values: Any, valid: set[str], where: str, required: set[str] = frozenset()) -> dict:
+def check_keys(values: Any, valid: set[str], where: str, required: set[str] = frozenset()) -> dict:
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
@@ -43,7 +43,7 @@ class ModelSpec:
     def parse(cls, values: Any, where: str) -> "ModelSpec":
         if isinstance(values, str):
             return cls(values, {}, values)
-        values = _check_keys(values, {"model", "params", "label"}, where, {"model"})
+        values = check_keys(values, {"model", "params", "label"}, where, {"model"})
         name, params = str(values["model"]), dict(values.get("params") or {})
         default = name + ("(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")" if params else "")
         return cls(name, params, str(values.get("label") or default))
@@ -63,7 +63,7 @@ class SplitSpec:
 
     @classmethod
     def parse(cls, values: Any, where: str = "split") -> "SplitSpec":
-        values = _check_keys(values, {f for f in cls.__dataclass_fields__}, where)
+        values = check_keys(values, {f for f in cls.__dataclass_fields__}, where)
         kind = values.get("kind", "loso")
         if kind not in SPLIT_KINDS:
             raise HarkdError(f"{where}.kind: unknown split {kind!r}; valid: {', '.join(SPLIT_KINDS)}")
@@ -94,7 +94,7 @@ class MethodSpec:
     def parse(cls, values: Any, where: str) -> "MethodSpec":
         if isinstance(values, str):  # a registered distiller with its defaults
             return cls(values, () if values == "none" else ({"distiller": values},))
-        values = _check_keys(values, {"name", "terms"}, where, {"name", "terms"})
+        values = check_keys(values, {"name", "terms"}, where, {"name", "terms"})
         terms = []
         for i, term in enumerate(values["terms"] or []):
             if not isinstance(term, Mapping) or "distiller" not in term:
@@ -135,10 +135,10 @@ TOP_KEYS = {"dataset", "dataset_options", "windowing", "split", "seeds", "teache
 
 
 def parse_config(raw: Mapping[str, Any], where: str = "config") -> ExperimentConfig:
-    raw = _check_keys(raw, TOP_KEYS, where, {"dataset", "teacher", "students", "methods"})
-    teacher = _check_keys(raw["teacher"], {"channels", "model", "params", "train"}, f"{where}.teacher", {"model"})
-    semantic = _check_keys(raw.get("semantic"), {"model", "params", "train"}, f"{where}.semantic")
-    students = _check_keys(raw["students"], {"channels", "models", "train"}, f"{where}.students", {"models"})
+    raw = check_keys(raw, TOP_KEYS, where, {"dataset", "teacher", "students", "methods"})
+    teacher = check_keys(raw["teacher"], {"channels", "model", "params", "train"}, f"{where}.teacher", {"model"})
+    semantic = check_keys(raw.get("semantic"), {"model", "params", "train"}, f"{where}.semantic")
+    students = check_keys(raw["students"], {"channels", "models", "train"}, f"{where}.students", {"models"})
     methods = raw["methods"]
     if not isinstance(methods, list) or not methods:
         raise HarkdError(f"{where}.methods: expected a non-empty list of method names or {{name, terms}}")

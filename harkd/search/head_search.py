@@ -31,7 +31,7 @@ from harkd.data.recording import ChannelQuery
 from harkd.data.registry import WindowConfig
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
-from harkd.experiment.config import MethodSpec, ModelSpec, SplitSpec, _check_keys, read_config
+from harkd.experiment.config import MethodSpec, ModelSpec, SplitSpec, check_keys, read_config
 from harkd.experiment.runner import experiment_windows, fold_views, make_folds, sensor_groups
 from harkd.models.base import build_model, model_defaults
 from harkd.models.heads import HEAD_OPTIONS, HEADS
@@ -101,8 +101,8 @@ def _positive_list(values: Any, cast: type, where: str) -> tuple:
 
 def parse_search_config(raw: Mapping[str, Any], where: str = "config") -> SearchConfig:
     """A run config's data, teacher and student sections (one student model, with a `head` option) plus `search`."""
-    raw = _check_keys(raw, TOP_KEYS, where, {"dataset", "students", "search"})
-    students = _check_keys(raw["students"], {"channels", "models", "train"}, f"{where}.students", {"models"})
+    raw = check_keys(raw, TOP_KEYS, where, {"dataset", "students", "search"})
+    students = check_keys(raw["students"], {"channels", "models", "train"}, f"{where}.students", {"models"})
     models = students["models"]
     if not isinstance(models, list) or len(models) != 1:
         raise HarkdError(f"{where}.students.models: a head search takes exactly one student model, got {models!r}")
@@ -110,15 +110,15 @@ def parse_search_config(raw: Mapping[str, Any], where: str = "config") -> Search
     if "head" not in model_defaults(student.name):
         raise HarkdError(f"{where}.students.models[0]: model {student.name} has no head option to search; "
                          f"use mobilenet_v3_1d")
-    search = _check_keys(raw["search"], SEARCH_KEYS, f"{where}.search")
+    search = check_keys(raw["search"], SEARCH_KEYS, f"{where}.search")
     heads = search.get("heads", list(HEADS))
     if not isinstance(heads, list) or not heads or len(set(heads)) != len(heads) or set(heads) - set(HEADS):
         raise HarkdError(f"{where}.search.heads: expected a list of distinct heads from {', '.join(HEADS)}; "
                          f"got {heads!r}")
-    sizes = _check_keys(search.get("sizes"), set(DEFAULT_SIZES), f"{where}.search.sizes")
-    budget = _check_keys(search.get("budget"), {"params", "flops"}, f"{where}.search.budget")
+    sizes = check_keys(search.get("sizes"), set(DEFAULT_SIZES), f"{where}.search.sizes")
+    budget = check_keys(search.get("budget"), {"params", "flops"}, f"{where}.search.budget")
     method = MethodSpec.parse(search.get("method", "none"), f"{where}.search.method")
-    teacher = _check_keys(raw.get("teacher"), {"channels", "model", "params", "train"}, f"{where}.teacher")
+    teacher = check_keys(raw.get("teacher"), {"channels", "model", "params", "train"}, f"{where}.teacher")
     if method.terms and "model" not in teacher:
         raise HarkdError(f"{where}: search.method {method.name!r} distils from a teacher; add a teacher section "
                          f"{{channels, model, params, train}}")

@@ -85,7 +85,7 @@ class _Table:
 
 # --- schema ---------------------------------------------------------------------------------------------------------
 
-def _check_keys(value: Any, where: str, required: set[str], optional: set[str]) -> dict:
+def check_keys(value: Any, where: str, required: set[str], optional: set[str]) -> dict:
     if not isinstance(value, dict):
         raise HarkdError(f"{where}: expected a mapping, got {_kind(value)}")
     valid = ", ".join(sorted(required | optional))
@@ -146,13 +146,13 @@ def _read_schema(yaml_path: Path) -> _Schema:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise HarkdError(f"{where}: not valid YAML ({at}{getattr(exc, 'problem', None) or exc})") from None
-    raw = _check_keys(raw, where, _TOP_REQUIRED, _TOP_OPTIONAL)
+    raw = check_keys(raw, where, _TOP_REQUIRED, _TOP_OPTIONAL)
     rate_hz = _number(raw["rate_hz"], f"{where}: rate_hz", positive=True)
 
     channels = []
     for i, entry in enumerate(_list(raw["channels"], f"{where}: channels")):
         at = f"{where}: channels[{i}]"
-        entry = _check_keys(entry, at, _CHANNEL_REQUIRED, _CHANNEL_OPTIONAL)
+        entry = check_keys(entry, at, _CHANNEL_REQUIRED, _CHANNEL_OPTIONAL)
         spec = ChannelSpec(*(_text(entry[k], f"{at}.{k}") for k in ("position", "modality", "axis")),
                            unit=_text(entry.get("unit", ""), f"{at}.unit", may_be_empty=True),
                            sensor=_text(entry["sensor"], f"{at}.sensor") if "sensor" in entry else "")
@@ -163,7 +163,7 @@ def _read_schema(yaml_path: Path) -> _Schema:
     sessions = []
     for i, entry in enumerate(_list(raw["sessions"], f"{where}: sessions")):
         at = f"{where}: sessions[{i}]"
-        entry = _check_keys(entry, at, _SESSION_REQUIRED, _SESSION_OPTIONAL)
+        entry = check_keys(entry, at, _SESSION_REQUIRED, _SESSION_OPTIONAL)
         file = yaml_path.parent / _text(entry["file"], f"{at}.file")
         if file.suffix.lower() not in (".csv", ".parquet"):
             raise HarkdError(f"{at}.file: {file.name!r} is neither .csv nor .parquet")
