@@ -225,3 +225,17 @@ def test_build_method_rejects_conflicting_ce_weights_and_duplicate_terms():
     twice = build_method(method({"distiller": "logit"}, {"distiller": "logit"}), STUDENT_DIMS, TEACHER_DIMS, 3)
     with pytest.raises(HarkdError, match="both named 'loss_logit'"):
         twice(*outputs()[:2], torch.tensor(TARGETS))
+
+
+def test_unlabelled_windows_skip_the_label_ce_and_label_reading_terms_see_the_teachers_prediction():
+    student, teacher = outputs()
+    unlabelled = torch.tensor([TARGETS[0], -1])
+    teacher_pick = torch.tensor([TARGETS[0], max(range(3), key=lambda k: TEACHER_LOGITS[1][k])])
+    for name in ("logit", "dkd"):
+        terms = build(name, ce_weight=1.0)(student, teacher, unlabelled)
+        reference = build(name, ce_weight=1.0)(student, teacher, teacher_pick)
+        assert terms["loss_ce"].item() == pytest.approx(cross_entropy(STUDENT_LOGITS[:1], TARGETS[:1]))
+        for key in set(terms) - {"loss_ce"}:
+            assert terms[key].item() == pytest.approx(reference[key].item())
+    nothing_labelled = build("logit")(student, teacher, torch.tensor([-1, -1]))
+    assert nothing_labelled["loss_ce"].item() == 0.0 and nothing_labelled["loss_logit"].item() > 0

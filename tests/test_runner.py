@@ -137,3 +137,33 @@ def test_parallel_units_give_the_serial_rows_in_plan_order(data_root, tmp_path, 
     assert len(set(totals.values())) == 1 and set(totals) == {"teacher/tsak_teacher/-", "semantic/tsak_semantic/-",
                                                                "student/cnn_student/none", "student/cnn_student/logit"}
     assert parallel["jobs"] == 2 and all(r["latency_ms_cpu"] > 0 for r in parallel["rows"])
+
+
+def test_calibration_windows_train_only_kd_students_and_are_never_scored(data_root, tmp_path, monkeypatch):
+    import harkd.experiment.runner as runner
+
+    monkeypatch.setenv("HARKD_DATA", str(data_root))
+    seen = []
+    real_fit = runner.fit
+
+    def recording_fit(model, train, val, *args, **kwargs):
+        seen.append((type(model).__name__, kwargs.get("distiller") is not None, len(train[1]),
+                     int((train[1] < 0).sum())))
+        return real_fit(model, train, val, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "fit", recording_fit)
+    plain = run_experiment(parse_config(config(methods=["none", "sc_logit"])), tmp_path / "plain", command="t",
+                           log=lambda _: None)
+    n_train_plain = seen[0][2]
+    seen.clear()
+    split = {"kind": "loso", "val_subjects": 1, "folds": ["S01"], "calibration": 0.5}
+    calibrated = run_experiment(parse_config(config(split=split, methods=["none", "sc_logit"])), tmp_path / "cal",
+                                command="t", log=lambda _: None)
+    (teacher, _, _, _), (_, _, semantic_n, _), none, kd = seen
+    assert teacher == "TSAKTeacher" and semantic_n == n_train_plain
+    assert none == ("CNNStudent", False, n_train_plain, 0)
+    n_scored = sum(map(sum, calibrated["confusion"]["student/cnn_student/none"]))
+    n_scored_plain = sum(map(sum, plain["confusion"]["student/cnn_student/none"]))
+    n_calibration = kd[3]
+    assert kd[:3] == ("CNNStudent", True, n_train_plain + n_calibration) and n_calibration > 0
+    assert n_scored + n_calibration == n_scored_plain

@@ -3,7 +3,8 @@ import pytest
 
 from harkd.data.recording import Recording, sensor_channels
 from harkd.data.registry import WindowConfig
-from harkd.data.splits import Normaliser, fit_normaliser, fixed_split, group_folds, leave_one_subject_out
+from harkd.data.splits import (Normaliser, fit_normaliser, fixed_split, group_folds, leave_one_subject_out,
+                               with_calibration)
 from harkd.data.windowing import make_windows
 from harkd.errors import HarkdError
 
@@ -86,3 +87,38 @@ def test_group_folds_test_each_box_once_within_every_session():
     assert {b for b in windows.annotations["box"][folds[0].test]} == {1, 4}
     with pytest.raises(HarkdError, match="unknown annotation 'crate'"):
         group_folds(windows, "crate")
+
+
+def segmented_windows():
+    """DSADS-like: per subject, recordings a01 and a02, each cut into 4 one-window segments "aXX/sYY", stored
+    out of time order; labels deliberately not in time order either."""
+    recs = []
+    for subject in ("p1", "p2"):
+        for activity, label in (("a01", 0), ("a02", 1)):
+            for segment in (3, 1, 4, 2):
+                x = np.full((20, 3), float(segment))
+                recs.append(Recording(x, CHANNELS, np.full(20, (label + segment) % 2), ("a", "b"), subject,
+                                      f"{activity}/s{segment:02d}", 50.0))
+    return make_windows(recs, WindowConfig(20, 20))
+
+
+def test_calibration_takes_the_first_part_in_time_of_every_test_recording():
+    windows = segmented_windows()
+    fold = leave_one_subject_out(windows, val_subjects=0, val_fraction=0.5)[1]
+    calibrated = with_calibration(windows, fold, 0.5)
+    sessions = lambda idx: sorted(str(s) for s in windows.sessions[idx])  # noqa: E731
+    assert sessions(calibrated.calibration) == ["a01/s01", "a01/s02", "a02/s01", "a02/s02"]
+    assert sessions(calibrated.test) == ["a01/s03", "a01/s04", "a02/s03", "a02/s04"]
+    assert set(windows.subjects[calibrated.calibration]) == {"p2"}
+    assert np.array_equal(np.sort(np.concatenate([calibrated.test, calibrated.calibration])), fold.test)
+    assert np.array_equal(calibrated.train, fold.train) and "+ 4 unlabelled calibration" in calibrated.describe()
+    with pytest.raises(HarkdError, match="calibration must be a fraction"):
+        with_calibration(windows, fold, 1.0)
+
+
+def test_a_session_without_segments_is_split_in_time_within_itself(windows):
+    fold = fixed_split(windows, ["s2"], val_subjects=1)
+    calibrated = with_calibration(windows, fold, 0.25)
+    n = len(fold.test)
+    assert np.array_equal(calibrated.calibration, fold.test[:round(0.25 * n)])
+    assert np.array_equal(calibrated.test, fold.test[round(0.25 * n):])

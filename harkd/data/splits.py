@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -13,16 +13,48 @@ from harkd.errors import HarkdError
 
 @dataclass(frozen=True)
 class Fold:
-    """Window indices of one split. Validation windows always come from training subjects."""
+    """Window indices of one split. Validation windows always come from training subjects. `calibration` windows
+    (empty unless asked for) come from the test subjects, are never scored and their labels are never read: the
+    teacher labels them (see `with_calibration`)."""
 
     name: str
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
     test_subjects: tuple[str, ...]
+    calibration: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def describe(self) -> str:
-        return f"{self.name}: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test windows"
+        extra = f" (+ {len(self.calibration)} unlabelled calibration)" if len(self.calibration) else ""
+        return f"{self.name}: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test windows{extra}"
+
+
+def recording_key(session: str) -> str:
+    """The recording a session belongs to: a session named "A/B" is segment B of recording A (DSADS's
+    "a01/s01"); any other session is a recording of its own."""
+    return session.rsplit("/", 1)[0]
+
+
+def with_calibration(windows: WindowSet, fold: Fold, fraction: float) -> Fold:
+    """Move the first `fraction` (in time) of every test recording into `fold.calibration`.
+
+    The setting: a new worker wears the full sensor kit for a short calibration session, the teacher labels it, and
+    the student is trained on those teacher outputs too; it is then scored on the rest of the worker's data, which
+    the baselines are scored on as well. The cut is by time within each recording (windows are stored in time order
+    per session, sessions of one recording in name order), never by label.
+    """
+    if not 0 < fraction < 1:
+        raise HarkdError(f"split: calibration must be a fraction in (0, 1), got {fraction}")
+    order = sorted(fold.test, key=lambda i: (windows.subjects[i], recording_key(str(windows.sessions[i])),
+                                             str(windows.sessions[i]), i))
+    by_recording: dict[tuple[str, str], list[int]] = {}
+    for i in order:
+        by_recording.setdefault((windows.subjects[i], recording_key(str(windows.sessions[i]))), []).append(i)
+    calibration = [i for ids in by_recording.values() for i in ids[:int(round(fraction * len(ids)))]]
+    if not calibration:
+        raise HarkdError(f"split: calibration {fraction} leaves no calibration window in fold {fold.name}")
+    calibration_array = np.sort(np.array(calibration, dtype=np.int64))
+    return replace(fold, test=np.setdiff1d(fold.test, calibration_array), calibration=calibration_array)
 
 
 def _validation(windows: WindowSet, train_subjects: Sequence[str], val_subjects: int, val_fraction: float,

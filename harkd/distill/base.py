@@ -33,8 +33,16 @@ class Distiller(nn.Module):
 
     def forward(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
                 targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"loss_ce": self.ce_weight * F.cross_entropy(student_out.logits, targets),
-                **self.kd_terms(student_out, teacher_out, targets)}
+        """Label -1 marks an unlabelled window (calibration data): CE skips it, and KD terms that read the label
+        see the teacher's prediction there instead."""
+        labelled = targets >= 0
+        if bool(labelled.all()):
+            ce = F.cross_entropy(student_out.logits, targets)
+        else:
+            ce = F.cross_entropy(student_out.logits[labelled], targets[labelled]) if bool(labelled.any()) \
+                else student_out.logits.sum() * 0.0
+            targets = torch.where(labelled, targets, teacher_out.logits.argmax(1))
+        return {"loss_ce": self.ce_weight * ce, **self.kd_terms(student_out, teacher_out, targets)}
 
     def kd_terms(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
                  targets: torch.Tensor) -> dict[str, torch.Tensor]:

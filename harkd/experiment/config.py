@@ -60,6 +60,7 @@ class SplitSpec:
     group_by: str | None = None
     n_folds: int = 3
     folds: tuple[str, ...] | None = None  # run only these folds (by name or test subject), e.g. for a quick check
+    calibration: float = 0.0  # > 0: this fraction of each test recording is unlabelled calibration data (splits.py)
 
     @classmethod
     def parse(cls, values: Any, where: str = "split") -> "SplitSpec":
@@ -73,7 +74,7 @@ class SplitSpec:
                    test_subjects=as_tuple(values.get("test_subjects")) or (),
                    train_subjects=as_tuple(values.get("train_subjects")), protocol=values.get("protocol"),
                    group_by=values.get("group_by"), n_folds=int(values.get("n_folds", 3)),
-                   folds=as_tuple(values.get("folds")))
+                   folds=as_tuple(values.get("folds")), calibration=float(values.get("calibration", 0.0)))
         if kind == "fixed" and not spec.test_subjects:
             raise HarkdError(f"{where}: kind 'fixed' needs test_subjects")
         if kind == "protocol" and not spec.protocol:

@@ -29,7 +29,8 @@ from harkd.cost import count_flops, count_params, cpu_latency_ms
 from harkd.data.catalog import load_recordings, load_windows
 from harkd.data.protocols import PROTOCOLS
 from harkd.data.recording import ChannelSpec
-from harkd.data.splits import Fold, fit_normaliser, fixed_split, group_folds, leave_one_subject_out
+from harkd.data.splits import (Fold, fit_normaliser, fixed_split, group_folds, leave_one_subject_out,
+                               with_calibration)
 from harkd.data.windowing import WindowSet, make_windows
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
@@ -39,7 +40,7 @@ from harkd.experiment.summary import summarise
 from harkd.metrics import confusion
 from harkd.models.base import ModelOutput, build_model
 from harkd.models.tsak import REP_NAMES, TwoStageTeacher
-from harkd.train.engine import FitResult, TeacherTargets, evaluate, fit, predict, quiet_lightning
+from harkd.train.engine import FitResult, concat_targets, evaluate, fit, predict, quiet_lightning
 
 
 def experiment_windows(config: ExperimentConfig) -> tuple[WindowSet, tuple[str, ...] | None, tuple[str, ...] | None]:
@@ -77,6 +78,8 @@ def make_folds(windows: WindowSet, split: SplitSpec, seed: int,
         if not chosen:
             raise HarkdError(f"split.folds {sorted(wanted)} match no fold; folds: {[f.name for f in folds]}")
         folds = chosen
+    if split.calibration:
+        folds = [with_calibration(windows, fold, split.calibration) for fold in folds]
     return folds
 
 
@@ -117,11 +120,13 @@ class Views:
     train: torch.Tensor
     val: torch.Tensor
     test: torch.Tensor
+    calibration: torch.Tensor
 
 
 def fold_views(windows: WindowSet, fold: Fold) -> Views:
     norm = fit_normaliser(windows, fold)  # training windows only
-    return Views(*(torch.from_numpy(norm(windows.x[idx])) for idx in (fold.train, fold.val, fold.test)))
+    return Views(*(torch.from_numpy(norm(windows.x[idx]))
+                   for idx in (fold.train, fold.val, fold.test, fold.calibration)))
 
 
 @dataclass
@@ -189,12 +194,16 @@ class FoldRunner:
                           t_fit, confusions)]
         # The teacher is frozen from here on: eval mode, no gradients; its outputs are computed once.
         teacher.eval().requires_grad_(False)
-        out = {s: predict(teacher, getattr(xt, s)) for s in ("train", "val", "test")}
-        head_logits = dict(out["train"].head_logits)
+        calibrated = len(fold.calibration) > 0
+        out = {s: predict(teacher, getattr(xt, s)) for s in ("train", "val", "test", "calibration")[:3 + calibrated]}
         if all(name in out["train"].reps for name in REP_NAMES):
             rows.append(self._semantic_stage(seed, fold, teacher, out, y, t_channels, n_teacher, fold_dir,
-                                             head_logits, confusions))
-        targets = {"train": TeacherTargets(out["train"].logits, out["train"].reps, head_logits, out["train"].maps)}
+                                             confusions))
+        # KD students train on the training windows and, with calibration, on the test subjects' calibration
+        # windows too: teacher outputs only, label -1 (the distillers' CE skips it). "none" never sees them.
+        targets = {"train": concat_targets(out["train"], out["calibration"]) if calibrated else out["train"]}
+        kd_train = (torch.cat([xs.train, xs.calibration]),
+                    torch.cat([y["train"], torch.full((len(fold.calibration),), -1)])) if calibrated else None
 
         for spec in cfg.students:
             for method in cfg.methods:
@@ -202,7 +211,8 @@ class FoldRunner:
                 student = build_model(spec.name, n_student, n_classes, **spec.params)
                 distiller = build_method(method, student.rep_dims, teacher.rep_dims, n_classes, student.map_dims,
                                          teacher.map_dims)
-                s_fit = fit(student, (xs.train, y["train"]), (xs.val, y["val"]), cfg.student_train,
+                train = kd_train if distiller is not None and kd_train is not None else (xs.train, y["train"])
+                s_fit = fit(student, train, (xs.val, y["val"]), cfg.student_train,
                             fold_dir / f"{spec.label}-{method.name}", seed=seed, distiller=distiller,
                             teacher=targets if distiller is not None else None)
                 preds, f1, acc = evaluate(student, xs.test, y_test)
@@ -210,9 +220,9 @@ class FoldRunner:
                                       preds, f1, acc, s_fit, confusions))
         return FoldResult(rows, confusions)
 
-    def _semantic_stage(self, seed, fold, teacher, out, y, channels, n_channels, fold_dir, head_logits,
-                        confusions) -> dict:
-        """TSAK stage 2 on the frozen teacher's reps; its logits on the training windows become SC-Logit targets."""
+    def _semantic_stage(self, seed, fold, teacher, out, y, channels, n_channels, fold_dir, confusions) -> dict:
+        """TSAK stage 2 on the frozen teacher's reps; its logits on the training (and calibration) windows are
+        added to `out` as head_logits["semantic"], the SC-Logit targets."""
         cfg = self.cfg
         dims = [teacher.rep_dims[name] for name in REP_NAMES]
         stacked = {s: torch.cat([out[s].reps[name] for name in REP_NAMES], 1) for s in out}
@@ -222,7 +232,8 @@ class FoldRunner:
         s_fit = fit(adapter, (stacked["train"], y["train"]), (stacked["val"], y["val"]), cfg.semantic_train,
                     fold_dir / "semantic", seed=seed)
         preds, f1, acc = evaluate(adapter, stacked["test"], y["test"].numpy())
-        head_logits["semantic"] = predict(adapter, stacked["train"]).logits
+        for split in set(out) - {"val", "test"}:
+            out[split].head_logits["semantic"] = predict(adapter, stacked[split]).logits
         return self._row(fold, seed, "semantic", cfg.semantic.name, "-", channels, n_channels, y["test"].numpy(),
                          preds, f1, acc, s_fit, confusions)
 

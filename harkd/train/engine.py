@@ -72,6 +72,13 @@ class TeacherTargets:
         return TeacherTargets(self.logits.to(device), move(self.reps), move(self.head_logits), move(self.maps))
 
 
+def concat_targets(first: TeacherTargets, second: TeacherTargets) -> TeacherTargets:
+    """The targets of two window sets, one after the other (training windows, then calibration windows)."""
+    join = lambda a, b: {k: torch.cat([a[k], b[k]]) for k in a}  # noqa: E731
+    return TeacherTargets(torch.cat([first.logits, second.logits]), join(first.reps, second.reps),
+                          join(first.head_logits, second.head_logits), join(first.maps, second.maps))
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> TeacherTargets:
     """All outputs of a model in eval mode, batched, on the model's device; returned on the CPU."""
