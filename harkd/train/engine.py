@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from harkd.errors import HarkdError
 from harkd.metrics import macro_f1
@@ -106,15 +106,21 @@ class FitModule(L.LightningModule):
         self.data = dict(data)
         self.teacher = dict(teacher or {})
         self._val_preds: list[torch.Tensor] = []
+        self._epoch_terms: dict[str, torch.Tensor] = {}
+        self._epoch_windows = 0
 
     def on_fit_start(self) -> None:
         self.data = {k: (x.to(self.device), y.to(self.device)) for k, (x, y) in self.data.items()}
         self.teacher = {k: t.to(self.device) for k, t in self.teacher.items()}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        n = len(self.data[split][1])
-        return DataLoader(TensorDataset(torch.arange(n)), batch_size=self.config.batch_size, shuffle=shuffle,
-                          drop_last=shuffle and n > self.config.batch_size)
+        # The sampler yields whole batches of indices and the dataset indexes them in one call: no per-window
+        # fetch-and-collate, which would cost more than a small student's step.
+        indices = TensorDataset(torch.arange(len(self.data[split][1])))
+        order = RandomSampler(indices) if shuffle else SequentialSampler(indices)
+        drop_last = shuffle and len(indices) > self.config.batch_size
+        batches = BatchSampler(order, self.config.batch_size, drop_last=drop_last)
+        return DataLoader(indices, sampler=batches, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -132,9 +138,16 @@ class FitModule(L.LightningModule):
             own_loss = getattr(self.model, "loss", None)
             terms = {"loss_ce": own_loss(out, y) if own_loss else F.cross_entropy(out.logits, y)}
         loss = sum(terms.values())
-        self.log_dict({k: v.detach() for k, v in terms.items()}, on_step=False, on_epoch=True,
-                      batch_size=len(index))
+        # Summed here and logged once per epoch: Lightning's per-step log_dict costs as much as a small student's
+        # forward pass (benchmarks/bench_train_overhead.py).
+        for name, value in terms.items():
+            self._epoch_terms[name] = self._epoch_terms.get(name, 0.0) + value.detach() * len(index)
+        self._epoch_windows += len(index)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict({name: total / self._epoch_windows for name, total in self._epoch_terms.items()})
+        self._epoch_terms, self._epoch_windows = {}, 0
 
     def validation_step(self, batch, _):
         (index,) = batch
