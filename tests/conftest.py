@@ -60,3 +60,22 @@ def unpacked_archive(tmp_path_factory):
         return trees[name]
 
     return unpack
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """A data root with "synth" installed: 3 subjects of seeded synthetic IMU + capacitive data, generic format."""
+    import hashlib
+
+    from harkd.data.install import install_dataset
+    from harkd.data.loaders.generic import write_generic
+    from harkd.data.synthetic import make_recordings
+
+    root = tmp_path_factory.mktemp("root")
+    folder = tmp_path_factory.mktemp("src") / "synth"
+    write_generic(make_recordings(n_subjects=3, duration_s=40, rate_hz=25, seed=0), folder)
+    archive = folder.parent / "synth.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="synth")
+    install_dataset("synth", str(archive), sha256=hashlib.sha256(archive.read_bytes()).hexdigest(), root=root)
+    return root

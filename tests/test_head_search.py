@@ -1,8 +1,6 @@
 """SMLDist's head search on a small synthetic dataset: trials, resume, budget, config errors; the new heads' costs."""
 
-import hashlib
 import json
-import tarfile
 
 import optuna
 import pytest
@@ -13,27 +11,12 @@ from typer.testing import CliRunner
 from conftest import assert_one_line_error, run_cli
 from harkd.cli import app
 from harkd.cost import count_flops, count_params
-from harkd.data.install import install_dataset
-from harkd.data.loaders.generic import write_generic
-from harkd.data.synthetic import make_recordings
 from harkd.errors import HarkdError
 from harkd.models import build_model
 from harkd.models.heads import AttentionPool
 from harkd.search import head_search, parse_search_config, run_head_search
 
 CLASSES = 5  # make_recordings' activities (its Null class is never a target)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("root")
-    folder = tmp_path_factory.mktemp("src") / "synth"
-    write_generic(make_recordings(n_subjects=3, duration_s=40, rate_hz=25, seed=0), folder)
-    archive = folder.parent / "synth.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(folder, arcname="synth")
-    install_dataset("synth", str(archive), sha256=hashlib.sha256(archive.read_bytes()).hexdigest(), root=root)
-    return root
 
 
 @pytest.fixture()

@@ -1,16 +1,11 @@
 """harkd run end to end on a small synthetic dataset in the generic format, and the frozen-teacher contract."""
 
-import hashlib
 import json
-import tarfile
 
 import pytest
 import torch
 import yaml
 
-from harkd.data.install import install_dataset
-from harkd.data.loaders.generic import write_generic
-from harkd.data.synthetic import make_recordings
 from conftest import assert_one_line_error, run_cli
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
@@ -20,18 +15,6 @@ from harkd.models.base import build_model
 from harkd.train.engine import TrainConfig, fit, predict
 
 QUICK = {"epochs": 2, "batch_size": 32, "patience": 2}
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("root")
-    folder = tmp_path_factory.mktemp("src") / "synth"
-    write_generic(make_recordings(n_subjects=3, duration_s=40, rate_hz=25, seed=0), folder)
-    archive = folder.parent / "synth.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(folder, arcname="synth")
-    install_dataset("synth", str(archive), sha256=hashlib.sha256(archive.read_bytes()).hexdigest(), root=root)
-    return root
 
 
 def config(**changes):
