@@ -89,7 +89,7 @@ def test_file_truncated_mid_row_names_file_and_row(tmp_path):
 
 def test_file_missing_rows_names_file_and_rows(tmp_path):
     write_segment(tmp_path, 1, 1, 1, segment_values(0, rows=100))
-    with pytest.raises(HarkdError, match=r"s01\.txt: rows 101-125 are missing"):
+    with pytest.raises(HarkdError, match=r"s01\.txt: rows 101-125: column \d+ is missing"):
         dsads.load(tmp_path)
 
 
@@ -114,7 +114,7 @@ def test_long_nan_run_names_file_and_rows(tmp_path):
     values = segment_values(1)
     values[20:50, 0] = np.nan  # 30 samples = 1.2 s
     write_segment(tmp_path, 1, 1, 1, values)
-    with pytest.raises(HarkdError, match=r"s01\.txt: rows 21-50 are missing"):
+    with pytest.raises(HarkdError, match=r"s01\.txt: rows 21-50: column \d+ is missing"):
         dsads.load(tmp_path)
     assert dsads.load(tmp_path, max_gap_s=2.0)[0].interpolated_samples == 30
 

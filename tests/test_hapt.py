@@ -135,7 +135,7 @@ def test_nan_runs(tmp_path):
     assert hapt.load(tmp_path)[1].interpolated_samples == 10
     gyro[10:70, 1] = np.nan  # 1.2 s
     write_experiment(raw, 2, 7, np.ones((200, 3)), gyro)
-    with pytest.raises(HarkdError, match=r"gyro_exp02_user07\.txt: rows 11-70 are missing"):
+    with pytest.raises(HarkdError, match=r"gyro_exp02_user07\.txt: rows 11-70: column \d+ is missing"):
         hapt.load(tmp_path)
 
 

@@ -161,28 +161,39 @@ class Recording:
         return int(sum(1 for s in starts if self.labels[s] != self.null_class))
 
 
-def fill_short_gaps(signals: np.ndarray, rate_hz: float, where: str, max_gap_s: float = 1.0,
-                    first_row: int = 1) -> tuple[np.ndarray, int]:
+def max_gap_samples(max_gap_s: float, rate_hz: float) -> int:
+    """The longest NaN run (in samples) that may be interpolated: max_gap_s at the rate, at least one sample."""
+    return max(1, int(round(max_gap_s * rate_hz)))
+
+
+def fill_short_gaps(signals: np.ndarray, rate_hz: float, where: str, max_gap_s: float = 1.0, first_row: int = 1,
+                    columns: Sequence[str] | None = None, rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Linearly interpolate NaN runs of at most `max_gap_s` per channel; longer runs are an error.
 
-    Returns the filled signals and how many values were interpolated. `first_row` is the file row of signals[0], so
-    that the error names rows as the user sees them in the file.
+    Returns the filled signals and how many values were interpolated. The error names the rows as the user sees them
+    in the file: `rows[i]` is the file row of signals[i] (default: first_row + i), and the column by its name in
+    `columns` (default: its index).
     """
     nan = np.isnan(signals)
     if not nan.any():
         return signals, 0
-    max_gap = max(1, int(round(max_gap_s * rate_hz)))
+    max_gap = max_gap_samples(max_gap_s, rate_hz)
+    rows = np.arange(signals.shape[0]) + first_row if rows is None else rows
     filled = signals.copy()
     t = np.arange(signals.shape[0])
     for c in np.flatnonzero(nan.any(axis=0)):
+        name = repr(columns[c]) if columns is not None else str(c)
         col_nan = nan[:, c]
+        if col_nan.all():
+            raise HarkdError(f"{where}: column {name} has no value at all")
         edges = np.diff(np.concatenate([[0], col_nan.astype(np.int8), [0]]))
         starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
         longest = int(np.argmax(ends - starts))
-        if ends[longest] - starts[longest] > max_gap or col_nan.all():
-            raise HarkdError(f"{where}: rows {starts[longest] + first_row}-{ends[longest] - 1 + first_row} are missing "
-                             f"(NaN) in column {c}: {ends[longest] - starts[longest]} samples, more than the "
-                             f"{max_gap} that may be interpolated ({max_gap_s} s)")
+        length = int(ends[longest] - starts[longest])
+        if length > max_gap:
+            raise HarkdError(f"{where}: rows {rows[starts[longest]]}-{rows[ends[longest] - 1]}: column {name} is "
+                             f"missing (NaN) for {length} samples, more than the {max_gap} that may be interpolated "
+                             f"(max_gap_s = {max_gap_s:g} s)")
         good = ~col_nan
         filled[col_nan, c] = np.interp(t[col_nan], t[good], signals[good, c])
     return filled, int(nan.sum())

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from harkd.data.recording import ChannelSpec, Recording, check_same_classes, fill_short_gaps
+from harkd.data.recording import ChannelSpec, Recording, check_same_classes, fill_short_gaps, max_gap_samples
 from harkd.errors import HarkdError
 
 SCHEMA_FILE = "dataset.yaml"
@@ -67,8 +67,7 @@ class _Schema:
 
     @property
     def max_gap(self) -> int:
-        """Longest run of samples that may be interpolated; the same rule as fill_short_gaps."""
-        return max(1, int(round(self.max_gap_s * self.rate_hz)))
+        return max_gap_samples(self.max_gap_s, self.rate_hz)
 
 
 @dataclass
@@ -321,21 +320,6 @@ def _check_timing(time: np.ndarray, rows: np.ndarray, schema: _Schema, path: Pat
                          f"max_gap_s ({schema.max_gap_s:g} s) of missing data; split the session into separate files")
 
 
-def _check_nan_runs(signals: np.ndarray, rows: np.ndarray, schema: _Schema, path: Path) -> None:
-    """Name the column and file rows of a NaN run too long to interpolate (fill_short_gaps only knows indices)."""
-    for c in np.flatnonzero(np.isnan(signals).any(axis=0)):
-        if np.isnan(signals[:, c]).all():
-            raise HarkdError(f"{path}: column {schema.channels[c].column!r} has no value at all")
-        edges = np.diff(np.concatenate([[0], np.isnan(signals[:, c]).astype(np.int8), [0]]))
-        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        longest = int(np.argmax(ends - starts))
-        length = int(ends[longest] - starts[longest])
-        if length > schema.max_gap:
-            raise HarkdError(f"{path}: rows {rows[starts[longest]]}-{rows[ends[longest] - 1]}: column "
-                             f"{schema.channels[c].column!r} is missing (NaN) for {length} samples, more than the "
-                             f"{schema.max_gap} that may be interpolated (max_gap_s = {schema.max_gap_s:g} s)")
-
-
 def _read_session(session: _Session, schema: _Schema) -> _Table:
     path = session.file
     is_csv = path.suffix.lower() == ".csv"
@@ -355,8 +339,8 @@ def _read_session(session: _Session, schema: _Schema) -> _Table:
         _check_timing(time[order], rows, schema, path)
 
     signals = np.stack([_numeric(frame, c.column, path, first_row) for c in schema.channels], axis=1)[order]
-    _check_nan_runs(signals, rows, schema, path)
-    signals, interpolated = fill_short_gaps(signals, schema.rate_hz, str(path), schema.max_gap_s)
+    signals, interpolated = fill_short_gaps(signals, schema.rate_hz, str(path), schema.max_gap_s,
+                                            columns=[c.column for c in schema.channels], rows=rows)
     annotations = {}
     for name in schema.annotations:
         track = _numeric(frame, name, path, first_row)[order]

@@ -117,7 +117,8 @@ def _read_stream(path: Path, columns: Sequence[str], max_gap_s: float) -> tuple[
     step = np.diff(t[order])
     typical = float(np.median(step))
     # NaN runs are filled in file order so that fill_short_gaps names the rows as they are in the file.
-    values, filled = fill_short_gaps(values, 1000.0 / typical, str(path), max_gap_s, first_row=first_row)
+    values, filled = fill_short_gaps(values, 1000.0 / typical, str(path), max_gap_s, first_row=first_row,
+                                     columns=list(columns[1:]))
     # Jitter of up to one sample period is not a gap, whatever max_gap_s says (as fill_short_gaps allows one sample).
     missing = step - typical
     if (missing > max(max_gap_s * 1000, typical)).any():
