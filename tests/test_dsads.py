@@ -89,7 +89,7 @@ def test_file_truncated_mid_row_names_file_and_row(tmp_path):
 
 def test_file_missing_rows_names_file_and_rows(tmp_path):
     write_segment(tmp_path, 1, 1, 1, segment_values(0, rows=100))
-    with pytest.raises(HarkdError, match=r"s01\.txt: rows 101-125: column \d+ is missing"):
+    with pytest.raises(HarkdError, match=r"s01\.txt: rows 101-125 are missing"):
         dsads.load(tmp_path)
 
 
