@@ -73,5 +73,6 @@ def test_short_gaps_interpolated_long_gaps_named():
     assert n == 2
     np.testing.assert_allclose(filled[:, 1], np.arange(10) * 2 + 1)
     x[2:6, 0] = np.nan
-    with pytest.raises(HarkdError, match=r"f.csv: rows 4-7: column 0 is missing \(NaN\) for 4 samples, more than the 2"):
+    with pytest.raises(HarkdError, match=r"f.csv: rows 4-7: column 0 is missing \(NaN\) for 4 samples, "
+                                         r"more than the 2 "):
         fill_short_gaps(x, rate_hz=2.0, where="f.csv", max_gap_s=1.0, first_row=2)

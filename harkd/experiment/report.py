@@ -177,11 +177,11 @@ def _setup_lines(results: Mapping[str, Any]) -> list[str]:
     if methods:
         lines.append(f"- KD methods: {', '.join(methods)}")
     if "shared_runs" in results:  # a comparison of several runs (harkd compare)
+        shared = results["shared_runs"]
         lines += [f"- merged from: {', '.join(run['source'] for run in results['config']['runs'])} (wall time is "
                   f"their sum)",
-                  f"- {results['shared_runs']['count']} run(s) present in several inputs were taken from the first; "
-                  f"their macro-F1 differed by at most {100 * results['shared_runs']['max_abs_macro_f1_difference']:.2f}"
-                  f" points"]
+                  f"- {shared['count']} run(s) present in several inputs were taken from the first; their macro-F1 "
+                  f"differed by at most {100 * shared['max_abs_macro_f1_difference']:.2f} points"]
     return lines
 
 
