@@ -54,6 +54,22 @@ class TrainConfig:
             raise HarkdError(f"{where}: {exc}") from None
 
 
+class _Rows(Mapping[str, torch.Tensor]):
+    """Read-only view of named tensors at one batch's rows, indexed on access."""
+
+    def __init__(self, named: Mapping[str, torch.Tensor], index: torch.Tensor):
+        self._named, self._index = named, index
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._named[name][self._index]
+
+    def __iter__(self):
+        return iter(self._named)
+
+    def __len__(self) -> int:
+        return len(self._named)
+
+
 @dataclass
 class TeacherTargets:
     """The frozen teacher's outputs for every window of one split, detached: what distillers read."""
@@ -64,8 +80,10 @@ class TeacherTargets:
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def take(self, index: torch.Tensor) -> ModelOutput:
-        pick = lambda named: {k: v[index] for k, v in named.items()}  # noqa: E731
-        return ModelOutput(self.logits[index], pick(self.reps), pick(self.head_logits), pick(self.maps))
+        """The batch's rows; named tensors are indexed when a distiller reads them, so a strategy that reads only
+        the logits does not pay for copying the teacher's feature maps every step."""
+        return ModelOutput(self.logits[index], _Rows(self.reps, index), _Rows(self.head_logits, index),
+                           _Rows(self.maps, index))
 
     def to(self, device: torch.device) -> "TeacherTargets":
         move = lambda named: {k: v.to(device) for k, v in named.items()}  # noqa: E731
@@ -121,6 +139,10 @@ class FitModule(L.LightningModule):
         drop_last = shuffle and len(indices) > self.config.batch_size
         batches = BatchSampler(order, self.config.batch_size, drop_last=drop_last)
         return DataLoader(indices, sampler=batches, batch_size=None)
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        # A batch is one index tensor; Lightning's generic collection walk costs more than moving it.
+        return [index.to(device) for index in batch]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
