@@ -1,5 +1,5 @@
-"""Training on Lightning: one module for supervised models and students with a distiller, early stopping on
-validation macro-F1 (validation windows come from training subjects), the best checkpoint restored at the end.
+"""Training with Lightning Fabric: one loop for supervised models and for students with a distiller, early stopping
+on validation macro-F1 (validation windows come from training subjects), the best checkpoint restored at the end.
 
 Data live in memory as tensors and batches are index tensors: the windows of a HAR dataset fit in memory, and the
 teacher's outputs are precomputed once per fold and seed (`TeacherTargets`), so a student's epoch never runs the
@@ -9,8 +9,8 @@ teacher.
 from __future__ import annotations
 
 import logging
+import os
 import time
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,9 +19,8 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from tqdm import tqdm
 
 from harkd.errors import HarkdError
 from harkd.metrics import macro_f1
@@ -110,81 +109,20 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> Teacher
                           {k: cat(k, "maps") for k in outs[0].maps})
 
 
-class FitModule(L.LightningModule):
-    """Trains `model` on CE (or the model's own `loss`, e.g. TSAK's multi-head loss), or on a distiller's terms.
+class _Step:
+    """One training step's loss: CE (or the model's own `loss`, e.g. TSAK's multi-head loss), or a distiller's
+    terms. The distiller (an nn.Module whose connectors train with the student) maps (student_out, teacher_out, y)
+    to named, weighted loss terms, CE on the labels included; `teacher` holds its precomputed TeacherTargets."""
 
-    `teacher` holds precomputed TeacherTargets per split; the distiller (an nn.Module whose connectors train with
-    the student) maps (student_out, teacher_out, y) to named, weighted loss terms, CE on the labels included.
-    """
+    def __init__(self, model: nn.Module, distiller: nn.Module | None, teacher: TeacherTargets | None):
+        self.model, self.distiller, self.teacher = model, distiller, teacher
+        self.own_loss = getattr(model, "loss", None)
 
-    def __init__(self, model: nn.Module, data: Mapping[str, tuple[torch.Tensor, torch.Tensor]], config: TrainConfig,
-                 distiller: nn.Module | None = None, teacher: Mapping[str, TeacherTargets] | None = None):
-        super().__init__()
-        self.model, self.distiller, self.config = model, distiller, config
-        self.data = dict(data)
-        self.teacher = dict(teacher or {})
-        self._val_preds: list[torch.Tensor] = []
-        self._epoch_terms: dict[str, torch.Tensor] = {}
-        self._epoch_windows = 0
-
-    def on_fit_start(self) -> None:
-        self.data = {k: (x.to(self.device), y.to(self.device)) for k, (x, y) in self.data.items()}
-        self.teacher = {k: t.to(self.device) for k, t in self.teacher.items()}
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        # The sampler yields whole batches of indices and the dataset indexes them in one call: no per-window
-        # fetch-and-collate, which would cost more than a small student's step.
-        indices = TensorDataset(torch.arange(len(self.data[split][1])))
-        order = RandomSampler(indices) if shuffle else SequentialSampler(indices)
-        drop_last = shuffle and len(indices) > self.config.batch_size
-        batches = BatchSampler(order, self.config.batch_size, drop_last=drop_last)
-        return DataLoader(indices, sampler=batches, batch_size=None)
-
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        # A batch is one index tensor; Lightning's generic collection walk costs more than moving it.
-        return [index.to(device) for index in batch]
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def training_step(self, batch, _):
-        (index,) = batch
-        x, y = self.data["train"][0][index], self.data["train"][1][index]
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.model(x)
-        if self.distiller is not None:  # its terms include the (weighted) CE on the labels
-            terms = self.distiller(out, self.teacher["train"].take(index), y)
-        else:
-            own_loss = getattr(self.model, "loss", None)
-            terms = {"loss_ce": own_loss(out, y) if own_loss else F.cross_entropy(out.logits, y)}
-        loss = sum(terms.values())
-        # Summed here and logged once per epoch: Lightning's per-step log_dict costs as much as a small student's
-        # forward pass (benchmarks/bench_train_overhead.py).
-        for name, value in terms.items():
-            self._epoch_terms[name] = self._epoch_terms.get(name, 0.0) + value.detach() * len(index)
-        self._epoch_windows += len(index)
-        return loss
-
-    def on_train_epoch_end(self) -> None:
-        self.log_dict({name: total / self._epoch_windows for name, total in self._epoch_terms.items()})
-        self._epoch_terms, self._epoch_windows = {}, 0
-
-    def validation_step(self, batch, _):
-        (index,) = batch
-        self._val_preds.append(self.model(self.data["val"][0][index]).logits.argmax(1))
-
-    def on_validation_epoch_end(self) -> None:
-        preds = torch.cat(self._val_preds).cpu().numpy()
-        self._val_preds.clear()
-        self.log("val_f1", macro_f1(self.data["val"][1].cpu().numpy(), preds), prog_bar=True)
-
-    def configure_optimizers(self):
-        params = list(self.model.parameters()) + (list(self.distiller.parameters()) if self.distiller else [])
-        optimiser = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=self.config.epochs)
-        return {"optimizer": optimiser, "lr_scheduler": schedule}
+        if self.distiller is not None:
+            return self.distiller(out, self.teacher.take(index), y)
+        return {"loss_ce": self.own_loss(out, y) if self.own_loss else F.cross_entropy(out.logits, y)}
 
 
 @dataclass
@@ -193,38 +131,102 @@ class FitResult:
     epochs: int
     best_val_f1: float
     train_time_s: float
+    history: list[dict[str, float]]  # per epoch: each loss term's mean over the training windows, and val_f1
+
+
+def _draw_seed() -> int:
+    return int(torch.empty((), dtype=torch.int64).random_().item())
+
+
+def _shuffled(n: int) -> torch.Tensor:
+    """A random order drawn from the global generator exactly as a shuffling DataLoader draws it (its iterator's
+    base seed, then its RandomSampler's seed), so seeded runs repeat the Lightning-Trainer engine's runs exactly."""
+    _draw_seed()
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_draw_seed()))
+
+
+@torch.inference_mode()
+def _predicted_labels(model: nn.Module, x: torch.Tensor, batch_size: int) -> np.ndarray:
+    model.eval()
+    labels = [model(x[i:i + batch_size]).logits.argmax(1) for i in range(0, len(x), batch_size)]
+    return torch.cat(labels).cpu().numpy()
+
+
+def _set_determinism(on: bool) -> None:
+    # What Lightning's Trainer(deterministic="warn") sets: ops without a deterministic kernel warn, not fail.
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    if on:
+        torch.backends.cudnn.benchmark = False
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
 
 
 def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
         config: TrainConfig, workdir: Path, *, seed: int, distiller: nn.Module | None = None,
         teacher: Mapping[str, TeacherTargets] | None = None) -> FitResult:
-    """Train with early stopping on validation macro-F1 and return the model with its best weights restored."""
+    """Train with early stopping on validation macro-F1 and return the model with its best weights restored.
+
+    Lightning Fabric picks the device; the loop is ours, because Lightning Trainer's per-step hooks cost as much as
+    a small student's step (benchmarks/bench_train_overhead.py). Per epoch: shuffled index batches over tensors held
+    on the device (the last partial batch dropped), AdamW with a cosine schedule, validation macro-F1, the best
+    weights checkpointed to `workdir`/best.ckpt, and a stop after `patience` epochs without improvement.
+    """
     L.seed_everything(seed, workers=False, verbose=False)
-    module = FitModule(model, {"train": train, "val": val}, config, distiller, teacher)
-    checkpoint = ModelCheckpoint(dirpath=workdir, filename="best", monitor="val_f1", mode="max",
-                                 save_weights_only=True, enable_version_counter=False)
-    stopper = EarlyStopping(monitor="val_f1", mode="max", patience=config.patience)
-    trainer = L.Trainer(max_epochs=config.epochs, accelerator=config.accelerator, devices=1,
-                        deterministic="warn" if config.deterministic else False, logger=False,
-                        callbacks=[checkpoint, stopper], enable_progress_bar=config.progress,
-                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=workdir)
+    _set_determinism(config.deterministic)
+    device = L.Fabric(accelerator=config.accelerator, devices=1).device
+    model.to(device)
+    if distiller is not None:
+        distiller.to(device)
+    (x, y), (x_val, y_val) = (tuple(t.to(device) for t in pair) for pair in (train, val))
+    step = _Step(model, distiller, teacher["train"].to(device) if distiller is not None else None)
+    params = list(model.parameters()) + (list(distiller.parameters()) if distiller is not None else [])
+    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
+    batch = config.batch_size
+    last_start = len(y) - batch if len(y) > batch else 0  # one short batch when the data are smaller than one
+    y_val_np = y_val.cpu().numpy()
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoint = workdir / "best.ckpt"
+    best, stale, history = -1.0, 0, []
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        # Index-tensor loaders need no workers; Lightning's advice to add some is noise here.
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*(LeafSpec|treespec).*")
-        trainer.fit(module)
+    bar = tqdm(range(config.epochs), desc="epochs", unit="epoch", disable=not config.progress, leave=False)
+    for _ in bar:
+        model.train()
+        if distiller is not None:
+            distiller.train()
+        order = _shuffled(len(y)).to(device)
+        totals: dict[str, torch.Tensor] = {}
+        seen = 0
+        for first in range(0, last_start + 1, batch):
+            index = order[first:first + batch]
+            terms = step(x[index], y[index], index)
+            optimiser.zero_grad(set_to_none=True)
+            sum(terms.values()).backward()
+            optimiser.step()
+            for name, value in terms.items():  # summed on the device: no host sync per step
+                totals[name] = totals.get(name, 0.0) + value.detach() * len(index)
+            seen += len(index)
+        schedule.step()
+        _draw_seed()  # the validation DataLoader's base seed, see _shuffled
+        val_f1 = macro_f1(y_val_np, _predicted_labels(model, x_val, batch))
+        history.append({**{name: float(total) / seen for name, total in totals.items()}, "val_f1": val_f1})
+        bar.set_postfix(val_f1=f"{val_f1:.3f}")
+        if val_f1 > best:
+            best, stale = val_f1, 0
+            torch.save(model.state_dict(), checkpoint)
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    bar.close()
     elapsed = time.perf_counter() - start
-    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(best)
+    model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
     model.cpu().eval()
-    return FitResult(model, trainer.current_epoch, float(checkpoint.best_model_score or 0.0), elapsed)
+    return FitResult(model, len(history), best, elapsed, history)
 
 
 def quiet_lightning() -> None:
-    """Lightning's per-fit banners (GPU available, TPU, ...) drown the runner's own progress."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
-                 "lightning.fabric.utilities.seed"):
+    """Lightning's per-fit notes (seeding, CUDA matmul precision, ...) drown the runner's own progress."""
+    for name in ("lightning.fabric", "lightning.pytorch"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
