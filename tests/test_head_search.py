@@ -143,6 +143,8 @@ def test_search_config_is_validated_strictly():
         parse_search_config(raw_config(sizes={"hidden": [8]}))
     with pytest.raises(HarkdError, match="distils from a teacher"):
         parse_search_config(raw_config(method="smldist"))
+    with pytest.raises(HarkdError, match="teacher 'self' is for `harkd run`"):
+        parse_search_config(raw_config(method={"name": "s", "teacher": "self", "terms": [{"distiller": "logit"}]}))
     with pytest.raises(HarkdError, match="exactly one student model"):
         parse_search_config({**raw_config(), "students": {"models": ["mobilenet_v3_1d", "cnn_student"]}})
     with pytest.raises(HarkdError, match="has no head option"):

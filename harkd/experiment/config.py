@@ -84,24 +84,36 @@ class SplitSpec:
         return spec
 
 
+TEACHER_KINDS = ("teacher", "self")
+
+
 @dataclass(frozen=True)
 class MethodSpec:
-    """A named KD method: a list of weighted distiller terms (empty for the student alone)."""
+    """A named KD method: a list of weighted distiller terms (empty for the student alone). `teacher: self` distils
+    from the student trained alone (a method with no terms listed earlier) instead of the teacher."""
 
     name: str
     terms: tuple[dict, ...]
+    teacher: str = "teacher"
 
     @classmethod
     def parse(cls, values: Any, where: str) -> "MethodSpec":
         if isinstance(values, str):  # a registered distiller with its defaults
             return cls(values, () if values == "none" else ({"distiller": values},))
-        values = check_keys(values, {"name", "terms"}, where, {"name", "terms"})
+        values = check_keys(values, {"name", "terms", "teacher"}, where, {"name", "terms"})
+        name, teacher = str(values["name"]), values.get("teacher", "teacher")
         terms = []
         for i, term in enumerate(values["terms"] or []):
             if not isinstance(term, Mapping) or "distiller" not in term:
                 raise HarkdError(f"{where}.terms[{i}]: expected a mapping with 'distiller' and its parameters")
             terms.append(dict(term))
-        return cls(str(values["name"]), tuple(terms))
+        if teacher not in TEACHER_KINDS:
+            raise HarkdError(f"{where}.teacher: method {name}: unknown teacher {teacher!r}; "
+                             f"valid: {', '.join(TEACHER_KINDS)}")
+        if teacher == "self" and not terms:
+            raise HarkdError(f"{where}: method {name}: teacher 'self' needs terms (a method without terms is the "
+                             f"student alone, which is the self teacher)")
+        return cls(name, tuple(terms), teacher)
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,10 @@ def parse_config(raw: Mapping[str, Any], where: str = "config") -> ExperimentCon
     names = [m.name for m in parsed_methods]
     if len(set(names)) != len(names):
         raise HarkdError(f"{where}.methods: duplicate method names {names}")
+    for i, method in enumerate(parsed_methods):
+        if method.teacher == "self" and all(m.terms for m in parsed_methods[:i]):
+            raise HarkdError(f"{where}.methods[{i}]: method {method.name} has teacher 'self', which distils from the "
+                             f"student trained alone: list a method with no terms (none) before it")
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
         raise HarkdError(f"{where}.seeds: expected a list of integers, got {seeds!r}")

@@ -2,7 +2,9 @@
 with each KD method; write results.json (one row per fold, seed, role, model, method) and report.md beside it.
 
 The teacher's outputs on the training windows are computed once per fold and seed and handed to every student run,
-so a student's epoch costs what the student costs.
+so a student's epoch costs what the student costs. A `teacher: self` method distils from the student trained alone
+(the method with no terms listed before it) instead of the teacher: self-distillation, or with calibration
+self-training on the student's own soft pseudo-labels.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from harkd.experiment.summary import summarise
 from harkd.metrics import confusion
 from harkd.models.base import ModelOutput, build_model
 from harkd.models.tsak import REP_NAMES, TwoStageTeacher
-from harkd.train.engine import FitResult, concat_targets, evaluate, fit, predict, quiet_lightning
+from harkd.train.engine import FitResult, TeacherTargets, concat_targets, evaluate, fit, predict, quiet_lightning
 
 
 def experiment_windows(config: ExperimentConfig) -> tuple[WindowSet, tuple[str, ...] | None, tuple[str, ...] | None]:
@@ -99,7 +101,8 @@ def check_names(config: ExperimentConfig) -> None:
     for spec in config.students:
         student = build_model(spec.name, 3, 2, **spec.params)
         for method in config.methods:
-            build_method(method, student.rep_dims, teacher.rep_dims, 2, student.map_dims, teacher.map_dims)
+            source = student if method.teacher == "self" else teacher
+            build_method(method, student.rep_dims, source.rep_dims, 2, student.map_dims, source.map_dims)
 
 
 class _OnReps(nn.Module):
@@ -127,6 +130,12 @@ def fold_views(windows: WindowSet, fold: Fold) -> Views:
     norm = fit_normaliser(windows, fold)  # training windows only
     return Views(*(torch.from_numpy(norm(windows.x[idx]))
                    for idx in (fold.train, fold.val, fold.test, fold.calibration)))
+
+
+def kd_targets(train: TeacherTargets, calibration: TeacherTargets | None) -> dict[str, TeacherTargets]:
+    """What a KD student's fit reads: the targets of the training windows, then of the calibration windows if any
+    (the order of the KD training windows)."""
+    return {"train": train if calibration is None else concat_targets(train, calibration)}
 
 
 @dataclass
@@ -200,24 +209,30 @@ class FoldRunner:
             rows.append(self._semantic_stage(seed, fold, teacher, out, y, t_channels, n_teacher, fold_dir,
                                              confusions))
         # KD students train on the training windows and, with calibration, on the test subjects' calibration
-        # windows too: teacher outputs only, label -1 (the distillers' CE skips it). "none" never sees them.
-        targets = {"train": concat_targets(out["train"], out["calibration"]) if calibrated else out["train"]}
+        # windows too: teacher outputs only (the student-alone's for `teacher: self`), label -1 (the distillers' CE
+        # skips it). "none" never sees them.
+        targets = kd_targets(out["train"], out.get("calibration"))
         kd_train = (torch.cat([xs.train, xs.calibration]),
                     torch.cat([y["train"], torch.full((len(fold.calibration),), -1)])) if calibrated else None
 
         for spec in cfg.students:
+            own_targets = None  # the outputs of this student trained alone: the targets of `teacher: self` methods
             for method in cfg.methods:
                 torch.manual_seed(seed)
                 student = build_model(spec.name, n_student, n_classes, **spec.params)
-                distiller = build_method(method, student.rep_dims, teacher.rep_dims, n_classes, student.map_dims,
-                                         teacher.map_dims)
+                source, source_targets = (student, own_targets) if method.teacher == "self" else (teacher, targets)
+                distiller = build_method(method, student.rep_dims, source.rep_dims, n_classes, student.map_dims,
+                                         source.map_dims)
                 train = kd_train if distiller is not None and kd_train is not None else (xs.train, y["train"])
                 s_fit = fit(student, train, (xs.val, y["val"]), cfg.student_train,
                             fold_dir / f"{spec.label}-{method.name}", seed=seed, distiller=distiller,
-                            teacher=targets if distiller is not None else None)
+                            teacher=source_targets if distiller is not None else None)
                 preds, f1, acc = evaluate(student, xs.test, y_test)
                 rows.append(self._row(fold, seed, "student", spec.label, method.name, s_channels, n_student, y_test,
                                       preds, f1, acc, s_fit, confusions))
+                if distiller is None:  # frozen like the teacher: fit returns it in eval mode, predict adds no grads
+                    own_targets = kd_targets(predict(student, xs.train),
+                                             predict(student, xs.calibration) if calibrated else None)
         return FoldResult(rows, confusions)
 
     def _semantic_stage(self, seed, fold, teacher, out, y, channels, n_channels, fold_dir, confusions) -> dict:

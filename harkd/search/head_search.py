@@ -118,6 +118,9 @@ def parse_search_config(raw: Mapping[str, Any], where: str = "config") -> Search
     sizes = check_keys(search.get("sizes"), set(DEFAULT_SIZES), f"{where}.search.sizes")
     budget = check_keys(search.get("budget"), {"params", "flops"}, f"{where}.search.budget")
     method = MethodSpec.parse(search.get("method", "none"), f"{where}.search.method")
+    if method.teacher != "teacher":  # each trial would need its own student-alone twin: not worth a search's time
+        raise HarkdError(f"{where}.search.method: teacher {method.teacher!r} is for `harkd run`; the head search "
+                         f"distils from its config's teacher section")
     teacher = check_keys(raw.get("teacher"), {"channels", "model", "params", "train"}, f"{where}.teacher")
     if method.terms and "model" not in teacher:
         raise HarkdError(f"{where}: search.method {method.name!r} distils from a teacher; add a teacher section "
