@@ -8,11 +8,14 @@ import torch
 
 from harkd.cost import count_flops, count_params
 from harkd.distill import build_distiller
+from harkd.distill.base import Distiller
+from harkd.distill.compose import CompositeKD
 from harkd.distill.smld_logit import conditional_targets
 from harkd.errors import HarkdError
 from harkd.models import ModelOutput, build_model
 from harkd.models.memory import HopfieldMemory
 from harkd.models.mobilenet import InvertedResidual, make_divisible
+from harkd.train.engine import TrainConfig, fit, predict
 
 WINDOW, CLASSES = 125, 19
 
@@ -313,8 +316,151 @@ def test_smld_stage_pairs_maps_across_families_and_rejects_bad_pairs():
         build("smld_stage", student_stages=["stage1", "stage2"], teacher_stages=["stage1"])
     with pytest.raises(HarkdError, match="teacher has no feature map 'stage9'"):
         build("smld_stage", teacher_stages=["stage9"], student_stages=["stage1"])
-    with pytest.raises(HarkdError, match="schedules: joint"):
-        build("smld_stage", schedule="progressive")
+
+
+# ---- stage schedule: joint (all pairs every epoch) or stagewise (one pair per phase of the fit's epochs) ----
+
+BASE_MAP = [[[1.0, -2.0, 0.5]], [[0.0, 3.0, -1.0]]]  # (B=2, C=1, T=3); equal shapes: no connector, no resampling
+
+
+def three_stage_outputs(gaps):
+    """Three stage pairs; the teacher's map k is the student's plus gaps[k] everywhere, so pair k's MSE is
+    gaps[k] ** 2 exactly (powers of two: no rounding)."""
+    student = {f"stage{k + 1}": BASE_MAP for k in range(3)}
+    teacher = {f"stage{k + 1}": [[[v + gap for v in c] for c in sample] for sample in BASE_MAP]
+               for k, gap in enumerate(gaps)}
+    return student, teacher
+
+
+def stage_loss_per_epoch(name, gaps, epochs, **config):
+    student_maps, teacher_maps = three_stage_outputs(gaps)
+    distiller = build(name, student_maps, teacher_maps, **config)
+    student, teacher = outputs(student_maps, teacher_maps)
+    losses = []
+    for epoch in range(epochs):
+        distiller.start_epoch(epoch, epochs)
+        losses.append(distiller(student, teacher, torch.tensor(LABELS))["loss_stage"].item())
+    return losses
+
+
+@pytest.mark.parametrize("differs", [0, 1, 2])
+def test_stagewise_trains_pair_k_in_phase_k_only(differs):
+    # Only pair `differs` has a gap (2.0, MSE 4): the stage loss is 3 * 4 exactly in that pair's two epochs, 0 else.
+    gaps = [2.0 if k == differs else 0.0 for k in range(3)]
+    losses = stage_loss_per_epoch("smld_stage", gaps, 6, weight=3.0, schedule="stagewise")
+    assert losses == [12.0 if epoch // 2 == differs else 0.0 for epoch in range(6)]
+
+
+def test_stagewise_phases_over_six_epochs_are_0_0_1_1_2_2():
+    # Distinct gaps 1, 2, 4 (MSE 1, 4, 16) name the active pair in every epoch; one pair at a time, not averaged.
+    losses = stage_loss_per_epoch("smld_stage", [1.0, 2.0, 4.0], 6, weight=0.5, schedule="stagewise")
+    assert losses == [0.5, 0.5, 2.0, 2.0, 8.0, 8.0]
+    distiller = build("smld_stage", *three_stage_outputs([0.0] * 3), schedule="stagewise")
+    assert distiller.active_pair == 0  # before the first start_epoch: as in epoch 0
+    active = []
+    for epoch in range(6):
+        distiller.start_epoch(epoch, 6)
+        active.append(distiller.active_pair)
+    assert active == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("epochs,expected", [(7, [0, 0, 1, 1, 2, 2, 2]), (8, [0, 0, 1, 1, 2, 2, 2, 2]),
+                                             (3, [0, 1, 2]), (2, [0, 1]), (1, [0])])
+def test_stagewise_last_phase_takes_the_remainder(epochs, expected):
+    losses = stage_loss_per_epoch("smld_stage", [1.0, 2.0, 4.0], epochs, schedule="stagewise")
+    assert losses == [[1.0, 4.0, 16.0][k] for k in expected]
+
+
+def test_joint_schedule_is_the_mean_over_pairs_in_every_epoch():
+    # the formula before schedules existed: weight * mean over pairs of each pair's MSE, whatever the epoch
+    assert stage_loss_per_epoch("smld_stage", [1.0, 2.0, 4.0], 6, weight=0.5, schedule="joint") == [3.5] * 6
+    assert stage_loss_per_epoch("smld_stage", [1.0, 2.0, 4.0], 3) == [7.0] * 3  # joint is the default
+    distiller = build("smld_stage", weight=3.0, schedule="joint")
+    set_stage_connector(distiller)
+    student, teacher = outputs()
+    for epoch in range(4):
+        distiller.start_epoch(epoch, 4)
+        assert distiller.active_pair is None
+        loss = distiller(student, teacher, torch.tensor(LABELS))["loss_stage"].item()
+        assert loss == pytest.approx(3.0 * hand_stage(), rel=1e-6)
+
+
+def test_smldist_stagewise_switches_the_stage_pair_and_keeps_the_other_terms_on():
+    student_maps, teacher_maps = three_stage_outputs([1.0, 2.0, 4.0])
+    distiller = build("smldist", student_maps, teacher_maps, schedule="stagewise", stage_weight=1.0,
+                      freq_weight=1.0, memory_weight=1.0)
+    student, teacher = outputs(student_maps, teacher_maps)
+    per_epoch = []
+    for epoch in range(6):
+        distiller.start_epoch(epoch, 6)
+        per_epoch.append({k: v.item() for k, v in distiller(student, teacher, torch.tensor(LABELS)).items()})
+    assert [epoch["loss_stage"] for epoch in per_epoch] == [1.0, 1.0, 4.0, 4.0, 16.0, 16.0]
+    assert per_epoch[0]["loss_freq"] == 0.0  # the gaps are constant in time: pure DC, which smld_freq drops
+    for name in ("loss_ce", "loss_smld_logit", "loss_freq", "loss_memory_rep"):
+        assert all(epoch[name] == per_epoch[0][name] for epoch in per_epoch)
+        assert name == "loss_freq" or per_epoch[0][name] > 0
+
+
+@pytest.mark.parametrize("name,config", [("smld_stage", {}), ("smldist", {}), ("smldist", {"stage_weight": 0})])
+def test_an_unknown_schedule_is_a_one_line_error_naming_the_valid_ones(name, config):
+    with pytest.raises(HarkdError) as error:
+        build(name, schedule="progressive", **config)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message == f"{name}: unknown schedule 'progressive'; schedules: joint, stagewise"
+
+
+class _EpochSpy(Distiller):
+    def __init__(self, term: str):
+        super().__init__()
+        self.term, self.calls = term, []
+
+    def start_epoch(self, epoch, epochs):
+        self.calls.append((epoch, epochs))
+
+    def kd_terms(self, student_out, teacher_out, targets):
+        return {self.term: student_out.logits.sum() * 0.0}
+
+
+def test_composite_forwards_start_epoch_to_every_part():
+    parts = [_EpochSpy("loss_a"), _EpochSpy("loss_b")]
+    composite = CompositeKD(parts, ce_weight=1.0)
+    composite.start_epoch(0, 5)
+    composite.start_epoch(3, 5)
+    assert [part.calls for part in parts] == [[(0, 5), (3, 5)]] * 2
+    Distiller().start_epoch(0, 5)  # the base class's default: nothing to do, no error
+
+
+def test_fit_announces_every_epoch_to_a_stagewise_distiller_before_its_steps(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (96,), generator=generator)
+    x = torch.randn(96, 3, 64, generator=generator) + y[:, None, None].float()
+    teacher = build_model("mobilenet_v3_1d", 3, 4, preset="tiny", width=1.5).eval()
+    targets = {"train": predict(teacher, x[:64])}
+    student = build_model("mobilenet_v3_1d", 3, 4, preset="tiny")
+    distiller = build_distiller("smldist", student.rep_dims, teacher.rep_dims, 4, student.map_dims,
+                                teacher.map_dims, schedule="stagewise")
+    stage = distiller.parts[0]
+    assert len(stage.align.pairs) == 4
+    calls, seen = [], []  # (epoch, epochs) per start_epoch; (last announced epoch, active pair) per step
+    start_epoch, kd_terms = distiller.start_epoch, stage.kd_terms
+
+    def spy_start(epoch, epochs):
+        calls.append((epoch, epochs))
+        start_epoch(epoch, epochs)
+
+    def spy_terms(*args):
+        seen.append((calls[-1][0] if calls else None, stage.active_pair))
+        return kd_terms(*args)
+
+    distiller.start_epoch, stage.kd_terms = spy_start, spy_terms
+    result = fit(student, (x[:64], y[:64]), (x[64:], y[64:]),
+                 TrainConfig(epochs=4, batch_size=16, patience=4, accelerator="cpu"), tmp_path, seed=0,
+                 distiller=distiller, teacher=targets)
+    assert result.epochs == 4
+    assert calls == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    assert seen == [(epoch, epoch) for epoch in range(4) for _ in range(4)]  # 4 steps per epoch, pair k in epoch k
+    assert all(epoch["loss_stage"] > 0 for epoch in result.history)
 
 
 FREQ_STUDENT = {"a": STUDENT_MAPS["stage1"]}

@@ -44,6 +44,11 @@ class Distiller(nn.Module):
             targets = torch.where(labelled, targets, teacher_out.logits.argmax(1))
         return {"loss_ce": self.ce_weight * ce, **self.kd_terms(student_out, teacher_out, targets)}
 
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the training loop (harkd.train.engine.fit) before epoch `epoch` (0-based) of `epochs`, for
+        strategies whose loss depends on where training is (smld_stage's stagewise schedule). A no-op here: most
+        strategies compute the same loss in every epoch."""
+
     def kd_terms(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
                  targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """The strategy's weighted KD losses, named loss_<what>; `targets` are the labels (for strategies that treat

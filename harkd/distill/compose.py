@@ -19,6 +19,10 @@ class CompositeKD(Distiller):
         super().__init__(ce_weight)
         self.parts = nn.ModuleList(parts)
 
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        for part in self.parts:
+            part.start_epoch(epoch, epochs)
+
     def kd_terms(self, student_out: ModelOutput, teacher_out: ModelOutput,
                  targets: torch.Tensor) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}

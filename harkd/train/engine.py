@@ -189,9 +189,10 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
     best, stale, history = -1.0, 0, []
     start = time.perf_counter()
     bar = tqdm(range(config.epochs), desc="epochs", unit="epoch", disable=not config.progress, leave=False)
-    for _ in bar:
+    for epoch in bar:
         model.train()
         if distiller is not None:
+            distiller.start_epoch(epoch, config.epochs)
             distiller.train()
         order = _shuffled(len(y)).to(device)
         totals: dict[str, torch.Tensor] = {}
