@@ -116,17 +116,18 @@ def run(
 
 @app.command("methods")
 def methods(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
-    """Every KD strategy a method's terms may name, with its one-line summary and its options' defaults."""
-    from harkd.distill import distiller_defaults, distiller_names, distiller_summary
+    """Every KD strategy a method's terms may name, with its family (tsak, zoo, smldist or none), its one-line
+    summary and its options' defaults."""
+    from harkd.distill import distiller_defaults, distiller_family, distiller_names, distiller_summary
 
-    listing = {name: {"summary": distiller_summary(name), "options": distiller_defaults(name)}
-               for name in distiller_names()}
+    listing = {name: {"family": distiller_family(name), "summary": distiller_summary(name),
+                      "options": distiller_defaults(name)} for name in distiller_names()}
     if as_json:
         typer.echo(json.dumps(listing, indent=2))
         return
     for name, entry in listing.items():
-        typer.echo(f"{name:<12} {entry['summary']}")
-        typer.echo(f"{'':<12} " + " ".join(f"{k}={v}" for k, v in entry["options"].items()))
+        typer.echo(f"{name:<12} {entry['family']:<8} {entry['summary']}")
+        typer.echo(f"{'':<21} " + " ".join(f"{k}={v}" for k, v in entry["options"].items()))
 
 
 @app.command("search-head", context_settings={"allow_extra_args": False})

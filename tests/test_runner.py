@@ -50,7 +50,9 @@ def test_run_writes_one_row_per_fold_seed_role_model_method(data_root, tmp_path,
         assert row["fold"] == "loso-S01"
     student, teacher = results["rows"][2], results["rows"][0]
     assert student["n_channels"] == 3 and teacher["n_channels"] > student["n_channels"]
-    assert (tmp_path / "out" / "report.md").is_file()
+    assert on_disk["best_per_family"]["families"] == {
+        "cnn_student": {"none": "none", "logit": "zoo", "sc_logit": "tsak", "combi_rep": "tsak"}}
+    assert "## Best method per family" in (tmp_path / "out" / "report.md").read_text()
     assert not list((tmp_path / "out").glob(".staging-*"))
 
 

@@ -17,7 +17,7 @@ def attention_over_time(feature_map: torch.Tensor, p: float) -> torch.Tensor:
     return F.normalize(feature_map.abs().pow(p).mean(1), dim=1)
 
 
-@register_distiller("at")
+@register_distiller("at", family="zoo")
 class AttentionTransferKD(Distiller):
     """Attention transfer over time: squared distance of L2-normalised, channel-pooled |F|^p of two maps.
 

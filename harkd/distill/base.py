@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
@@ -78,16 +79,33 @@ def match_length(feature_map: torch.Tensor, length: int) -> torch.Tensor:
     return F.interpolate(feature_map, size=length, mode="linear", align_corners=False)
 
 
-_STRATEGIES: Registry[tuple[type[Distiller], dict[str, Any]]] = Registry("KD strategy", "strategies",
-                                                                         package="harkd.distill")
+# What a strategy descends from, so reports can compare families (does the best TSAK strategy beat the best zoo one?).
+# A fixed list catches a typo at import rather than a family of one in every report; add new families here.
+FAMILIES = ("none", "tsak", "zoo", "smldist")
 
 
-def register_distiller(name: str, **bound: Any) -> Callable[[type[Distiller]], type[Distiller]]:
-    """Class decorator: makes `name` resolvable; `bound` fixes constructor arguments for this name (so one class
-    can serve several strategies) and hides them from the user's config."""
+@dataclass(frozen=True)
+class Strategy:
+    """A registry entry: the class, the constructor arguments its name fixes, and its family (one of FAMILIES)."""
+
+    cls: type[Distiller]
+    bound: dict[str, Any]
+    family: str
+
+
+_STRATEGIES: Registry[Strategy] = Registry("KD strategy", "strategies", package="harkd.distill")
+
+
+def register_distiller(name: str, *, family: str = "", **bound: Any) -> Callable[[type[Distiller]], type[Distiller]]:
+    """Class decorator: makes `name` resolvable; `family` (one of FAMILIES) is required; `bound` fixes constructor
+    arguments for this name (so one class can serve several strategies) and hides them from the user's config."""
+    if family not in FAMILIES:
+        # Checked at import, so a new strategy cannot be listed without the family its results are grouped by.
+        raise ValueError(f"KD strategy {name!r}: " + (f"unknown family {family!r}" if family else "no family given")
+                         + f"; register it with family= one of {', '.join(FAMILIES)}")
 
     def decorate(cls: type[Distiller]) -> type[Distiller]:
-        _STRATEGIES.add(name, (cls, bound))
+        _STRATEGIES.add(name, Strategy(cls, bound, family))
         return cls
 
     return decorate
@@ -99,14 +117,19 @@ def distiller_names() -> list[str]:
 
 def distiller_defaults(name: str) -> dict[str, Any]:
     """The config keys of strategy `name` with their default values."""
-    cls, bound = _STRATEGIES.get(name)
-    params = inspect.signature(cls).parameters
-    return {k: p.default for k, p in params.items() if k not in _COMMON_ARGS and k not in bound}
+    strategy = _STRATEGIES.get(name)
+    params = inspect.signature(strategy.cls).parameters
+    return {k: p.default for k, p in params.items() if k not in _COMMON_ARGS and k not in strategy.bound}
+
+
+def distiller_family(name: str) -> str:
+    """The family strategy `name` was registered with (one of FAMILIES)."""
+    return _STRATEGIES.get(name).family
 
 
 def distiller_summary(name: str) -> str:
     """The first line of the strategy's docstring, for listings."""
-    return (_STRATEGIES.get(name)[0].__doc__ or "").strip().splitlines()[0]
+    return (_STRATEGIES.get(name).cls.__doc__ or "").strip().splitlines()[0]
 
 
 def build_distiller(name: str, student_dims: Mapping[str, int], teacher_dims: Mapping[str, int], n_classes: int,
@@ -114,14 +137,14 @@ def build_distiller(name: str, student_dims: Mapping[str, int], teacher_dims: Ma
                     **config: Any) -> Distiller:
     """Build strategy `name` for a student/teacher pair given their rep_dims (and map_dims, for map-based
     strategies); unknown config keys are errors."""
-    cls, bound = _STRATEGIES.get(name)
+    strategy = _STRATEGIES.get(name)
     valid = distiller_defaults(name)
     unknown = set(config) - set(valid)
     if unknown:
         raise HarkdError(f"KD strategy {name}: unknown option(s) {sorted(unknown)}; "
                          f"valid options: {sorted(valid) or 'none'}")
-    params = inspect.signature(cls).parameters
+    params = inspect.signature(strategy.cls).parameters
     maps = {key: dict(value or {}) for key, value in (("student_maps", student_maps), ("teacher_maps", teacher_maps))
             if key in params}
-    return cls(student_dims=dict(student_dims), teacher_dims=dict(teacher_dims), n_classes=n_classes,
-               **maps, **bound, **config)
+    return strategy.cls(student_dims=dict(student_dims), teacher_dims=dict(teacher_dims), n_classes=n_classes,
+                        **maps, **strategy.bound, **config)

@@ -13,7 +13,7 @@ from harkd.errors import HarkdError
 from harkd.models.base import ModelOutput
 
 
-@register_distiller("crd")
+@register_distiller("crd", family="zoo")
 class CRDKD(Distiller):
     """CRD with in-batch negatives: InfoNCE between linearly embedded, L2-normalised student and teacher reps.
 

@@ -23,7 +23,7 @@ def binary_probabilities(logits: torch.Tensor, targets: torch.Tensor, temperatur
     return torch.cat([p_target, 1 - p_target], dim=1)
 
 
-@register_distiller("dkd")
+@register_distiller("dkd", family="zoo")
 class DKD(Distiller):
     """DKD on the teacher's logits: alpha * TCKD + beta * NCKD, both scaled by T^2, with an optional warm-up.
 

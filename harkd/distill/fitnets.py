@@ -12,7 +12,7 @@ from harkd.distill.base import Distiller, map_dim, match_length, register_distil
 from harkd.models.base import ModelOutput
 
 
-@register_distiller("fitnets")
+@register_distiller("fitnets", family="zoo")
 class FitNetsKD(Distiller):
     """FitNets hint: MSE between a 1x1-conv projection of a student map and a teacher map, on time series.
 

@@ -19,7 +19,7 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return temperature ** 2 * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
 
 
-@register_distiller("logit")
+@register_distiller("logit", family="zoo")
 class LogitKD(Distiller):
     """Hinton KD towards teacher_out.logits. Defaults are the image-KD ones (CE 0.1, KD 0.9, T 4), untuned here."""
 

@@ -10,7 +10,7 @@ from harkd.distill.base import Distiller, register_distiller
 from harkd.models.base import ModelOutput
 
 
-@register_distiller("none")
+@register_distiller("none", family="none")
 class NoKD(Distiller):
     """Cross-entropy on labels only; the teacher output is ignored (may be None)."""
 

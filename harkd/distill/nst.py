@@ -16,7 +16,7 @@ def polynomial_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a @ b.transpose(1, 2)).pow(2)
 
 
-@register_distiller("nst")
+@register_distiller("nst", family="zoo")
 class NSTKD(Distiller):
     """NST: squared MMD, polynomial kernel (d=2, c=0), between the L2-normalised channel time courses of two maps.
 

@@ -17,7 +17,7 @@ def similarity_probabilities(features: torch.Tensor, eps: float) -> torch.Tensor
     return kernel / kernel.sum(1, keepdim=True)
 
 
-@register_distiller("pkt")
+@register_distiller("pkt", family="zoo")
 class PKTKD(Distiller):
     """PKT: KL(teacher || student) between row-normalised cosine-similarity kernels of the batch's reps.
 

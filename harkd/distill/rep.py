@@ -12,9 +12,9 @@ from harkd.distill.base import Distiller, register_distiller, rep_dim
 from harkd.models.base import ModelOutput
 
 
-@register_distiller("attn_rep", teacher_rep="attn")
-@register_distiller("causal_rep", teacher_rep="causal")
-@register_distiller("combi_rep", teacher_rep="combi")
+@register_distiller("attn_rep", family="tsak", teacher_rep="attn")
+@register_distiller("causal_rep", family="tsak", teacher_rep="causal")
+@register_distiller("combi_rep", family="tsak", teacher_rep="combi")
 class RepKD(Distiller):
     """Squared distance of L2-normalised connector(student rep) and the teacher rep the name gives (2 - 2 cos).
 

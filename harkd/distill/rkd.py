@@ -30,7 +30,7 @@ def angles(features: torch.Tensor) -> torch.Tensor:
     return differences @ differences.transpose(1, 2)
 
 
-@register_distiller("rkd")
+@register_distiller("rkd", family="zoo")
 class RelationalKD(Distiller):
     """Relational KD: Smooth-L1 between student and teacher normalised pairwise distances and triplet angles.
 

@@ -10,7 +10,7 @@ from harkd.errors import HarkdError
 from harkd.models.base import ModelOutput
 
 
-@register_distiller("sc_logit")
+@register_distiller("sc_logit", family="tsak")
 class SCLogitKD(LogitKD):
     """Hinton KD towards teacher_out.head_logits["semantic"] (a TwoStageTeacher's output)."""
 

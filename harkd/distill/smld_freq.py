@@ -27,7 +27,7 @@ def band_weights(teacher_map: torch.Tensor) -> torch.Tensor:
                        torch.full_like(energy, 1.0 / energy.numel()))
 
 
-@register_distiller("smld_freq")
+@register_distiller("smld_freq", family="smldist")
 class FrequencyKD(Distiller):
     """Frequency-aware map KD: energy-weighted mean squared difference of log1p rFFT magnitudes over time (no DC).
 

@@ -23,7 +23,7 @@ def conditional_targets(teacher_logits: torch.Tensor, labels: torch.Tensor, temp
     return torch.where(correct[:, None], soft, smoothed)
 
 
-@register_distiller("smld_logit")
+@register_distiller("smld_logit", family="smldist")
 class ConditionalLogitKD(Distiller):
     """SMLDist logits KD: T^2 * KL(conditional target || softmax(z_s / T)), the target from conditional_targets.
 

@@ -8,7 +8,7 @@ from harkd.distill.base import register_distiller
 from harkd.distill.rep import RepKD
 
 
-@register_distiller("smld_memory")
+@register_distiller("smld_memory", family="smldist")
 class MemoryKD(RepKD):
     """SMLDist memory KD (our form): the student's retrieved Hopfield state matches the teacher's (reps["memory"]).
 

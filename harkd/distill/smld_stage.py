@@ -69,7 +69,7 @@ class StageAligner(nn.Module):
         return aligned
 
 
-@register_distiller("smld_stage")
+@register_distiller("smld_stage", family="smldist")
 class StageKD(Distiller):
     """SMLDist stage distillation: MSE between connected student stage maps and the teacher's, averaged over stages.
 

@@ -12,7 +12,7 @@ from harkd.distill.smld_memory import MemoryKD
 from harkd.distill.smld_stage import StageKD, check_schedule
 
 
-@register_distiller("smldist")
+@register_distiller("smldist", family="smldist")
 class SMLDistKD(CompositeKD):
     """SMLDist in one name: smld_stage + smld_logit, plus smld_freq and smld_memory when their weights are > 0.
 

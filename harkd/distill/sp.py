@@ -18,7 +18,7 @@ def similarity(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(flat @ flat.t(), dim=1)
 
 
-@register_distiller("sp")
+@register_distiller("sp", family="zoo")
 class SimilarityPreservingKD(Distiller):
     """Similarity-preserving KD: squared Frobenius distance of row-normalised batch Gram matrices, divided by B^2.
 

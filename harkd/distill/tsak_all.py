@@ -11,7 +11,7 @@ from harkd.distill.rep import RepKD
 from harkd.distill.sc_logit import SCLogitKD
 
 
-@register_distiller("tsak_all")
+@register_distiller("tsak_all", family="tsak")
 class TSAKAllKD(CompositeKD):
     """The sum of the logit, sc_logit, attn_rep, causal_rep and combi_rep terms (each reported by name)."""
 

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from harkd.errors import HarkdError
+from harkd.experiment.families import best_per_family
 from harkd.experiment.summary import KEY, RUN, summarise
 
 _RUN_KEY = tuple(KEY + RUN)
@@ -78,6 +79,7 @@ def merge_results(runs: Sequence[dict[str, Any]], command: str) -> dict[str, Any
                         "max_abs_macro_f1_difference": float(np.max(differences)) if differences else 0.0},
     }
     merged["summary"] = summarise(merged["rows"])
+    merged["best_per_family"] = best_per_family(merged["config"], merged["summary"])
     return merged
 
 

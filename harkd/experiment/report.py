@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from harkd.experiment.families import UNKNOWN, best_per_family, tsak_vs_zoo_sentence
 from harkd.experiment.summary import BASELINE, fold_means, ratios, summarise
 
 _SUMMARY_HEADER = ["role", "model", "method", "n", "macro-F1 (%)", "accuracy (%)", "Δ vs none (pp)", "folds won",
@@ -77,6 +78,30 @@ def _fold_table(rows: Sequence[Mapping[str, Any]]) -> str:
              for fold, values in zip(table.index, table.to_numpy())]
     return _markdown_table(["fold", *("/".join(column) for column in table.columns)], cells,
                            [False] + [True] * len(table.columns))
+
+
+def _family_section(results: Mapping[str, Any], summary: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The "Best method per family" section: per student, each family's best method and the TSAK-vs-zoo
+    sentence; nothing when no student has a KD method of a known family."""
+    found = best_per_family(results.get("config"), summary)
+    if not found["best"]:
+        return []
+    cells = [[b["model"], b["family"], b["method"], str(b["n"]), _mean_std(b["macro_f1_mean"], b["macro_f1_std"]),
+              "" if b["delta_vs_none_mean"] is None else f"{100 * b['delta_vs_none_mean']:+.2f}",
+              "" if b["folds_won"] is None else f"{b['folds_won']}/{b['folds_total']}"] for b in found["best"]]
+    parts = ["## Best method per family",
+             "Per student, the KD method with the highest mean macro-F1 in each family, with its numbers from the "
+             "summary. Families come from the methods' terms in the config: tsak (TSAK's strategies), zoo "
+             "(established KD methods, Hinton's logit KD included), smldist (SMLDist's), self (`teacher: self`, no "
+             "teacher), mixed (terms from several families).",
+             _markdown_table(["student", "family", "method", "n", "macro-F1 (%)", "Δ vs none (pp)", "folds won"],
+                             cells, [False, False, False, True, True, True, True])]
+    parts += [tsak_vs_zoo_sentence(entry) for entry in found["tsak_vs_zoo"]]
+    unknown = [f"{model}/{method}" for model, methods in found["families"].items()
+               for method, family in methods.items() if family == UNKNOWN]
+    if unknown:  # older or hand-made results whose config does not define these methods
+        parts.append(f"Not placed in a family (not defined by a parseable config method): {', '.join(unknown)}.")
+    return parts
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -205,6 +230,7 @@ def write_report(results: Mapping[str, Any], out_dir: Path) -> Path:
              "student trained without KD, paired by fold and seed. Folds won: folds where the method's mean over "
              "seeds beats the student alone. Params, FLOPs (per window) and batch-1 CPU latency: medians over runs.",
              _markdown_table(_SUMMARY_HEADER, _summary_cells(summary), _SUMMARY_RIGHT),
+             *_family_section(results, summary),
              "## Students vs teacher", _ratio_table(rows),
              "## Macro-F1 (%) per fold, mean over seeds", _fold_table(rows)]
 

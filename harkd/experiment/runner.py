@@ -37,6 +37,7 @@ from harkd.data.windowing import WindowSet, make_windows
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
 from harkd.experiment.config import ExperimentConfig, SplitSpec, parse_config
+from harkd.experiment.families import best_per_family
 from harkd.experiment.report import format_summary_table, write_results
 from harkd.experiment.summary import summarise
 from harkd.metrics import confusion
@@ -314,6 +315,7 @@ class Runner:
             "confusion": {k: v.tolist() for k, v in confusions.items()},
         }
         results["summary"] = summarise(rows)
+        results["best_per_family"] = best_per_family(cfg.raw, results["summary"])
         write_results(results, self.out_dir)
         self.log(format_summary_table(results["summary"]))
         return results
