@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from harkd.distill.base import Distiller
 from harkd.errors import HarkdError
 from harkd.metrics import macro_f1
 from harkd.models.base import ModelOutput
@@ -114,7 +115,7 @@ class _Step:
     terms. The distiller (an nn.Module whose connectors train with the student) maps (student_out, teacher_out, y)
     to named, weighted loss terms, CE on the labels included; `teacher` holds its precomputed TeacherTargets."""
 
-    def __init__(self, model: nn.Module, distiller: nn.Module | None, teacher: TeacherTargets | None):
+    def __init__(self, model: nn.Module, distiller: Distiller | None, teacher: TeacherTargets | None):
         self.model, self.distiller, self.teacher = model, distiller, teacher
         self.own_loss = getattr(model, "loss", None)
 
@@ -161,7 +162,7 @@ def _set_determinism(on: bool) -> None:
 
 
 def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-        config: TrainConfig, workdir: Path, *, seed: int, distiller: nn.Module | None = None,
+        config: TrainConfig, workdir: Path, *, seed: int, distiller: Distiller | None = None,
         teacher: Mapping[str, TeacherTargets] | None = None) -> FitResult:
     """Train with early stopping on validation macro-F1 and return the model with its best weights restored.
 
