@@ -145,6 +145,8 @@ def test_search_config_is_validated_strictly():
         parse_search_config(raw_config(method="smldist"))
     with pytest.raises(HarkdError, match="teacher 'self' is for `harkd run`"):
         parse_search_config(raw_config(method={"name": "s", "teacher": "self", "terms": [{"distiller": "logit"}]}))
+    with pytest.raises(HarkdError, match="search.method: mixup is for `harkd run`"):
+        parse_search_config(raw_config(method={"name": "m", "terms": [], "mixup": {"copies": 1}}))
     with pytest.raises(HarkdError, match="exactly one student model"):
         parse_search_config({**raw_config(), "students": {"models": ["mobilenet_v3_1d", "cnn_student"]}})
     with pytest.raises(HarkdError, match="has no head option"):

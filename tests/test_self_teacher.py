@@ -41,7 +41,8 @@ def test_teacher_self_config_errors_are_one_line_and_name_the_method():
         assert f"methods[{index}]" in message and "self_logit" in message and "\n" not in message
         assert "list a method with no terms (none) before it" in message
 
-    with pytest.raises(HarkdError, match=r"unknown key\(s\) \['teachr'\]; valid keys: \['name', 'teacher', 'terms'\]"):
+    valid = r"valid keys: \['mixup', 'name', 'teacher', 'terms'\]"
+    with pytest.raises(HarkdError, match=r"unknown key\(s\) \['teachr'\]; " + valid):
         parse_config(config(methods=["none", {"name": "x", "teachr": "self", "terms": [{"distiller": "logit"}]}]))
 
 

@@ -35,9 +35,13 @@ class Distiller(nn.Module):
     def forward(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
                 targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Label -1 marks an unlabelled window (calibration data): CE skips it, and KD terms that read the label
-        see the teacher's prediction there instead."""
-        labelled = targets >= 0
-        if bool(labelled.all()):
+        see the teacher's prediction there instead. Targets may also be class probabilities (N, n_classes), e.g.
+        mixup's mixed labels; an all-zero row is unlabelled, and KD terms see each row's most probable class."""
+        if targets.dim() == 2:
+            labelled = targets.sum(1) > 0
+            ce = -(targets * F.log_softmax(student_out.logits, 1)).sum() / labelled.sum().clamp(min=1)
+            targets = torch.where(labelled, targets.argmax(1), teacher_out.logits.argmax(1))
+        elif bool((labelled := targets >= 0).all()):
             ce = F.cross_entropy(student_out.logits, targets)
         else:
             ce = F.cross_entropy(student_out.logits[labelled], targets[labelled]) if bool(labelled.any()) \

@@ -13,6 +13,7 @@ from harkd.data.recording import ChannelQuery
 from harkd.data.registry import WindowConfig
 from harkd.errors import HarkdError
 from harkd.train.engine import TrainConfig
+from harkd.train.mixup import MixupSpec
 
 SPLIT_KINDS = ("loso", "fixed", "protocol", "groups")
 
@@ -90,17 +91,19 @@ TEACHER_KINDS = ("teacher", "self")
 @dataclass(frozen=True)
 class MethodSpec:
     """A named KD method: a list of weighted distiller terms (empty for the student alone). `teacher: self` distils
-    from the student trained alone (a method with no terms listed earlier) instead of the teacher."""
+    from the student trained alone (a method with no terms listed earlier) instead of the teacher. `mixup` adds mixed
+    training windows (harkd.train.mixup): labelled by the teacher for KD, by mixed labels for the student alone."""
 
     name: str
     terms: tuple[dict, ...]
     teacher: str = "teacher"
+    mixup: MixupSpec | None = None
 
     @classmethod
     def parse(cls, values: Any, where: str) -> "MethodSpec":
         if isinstance(values, str):  # a registered distiller with its defaults
             return cls(values, () if values == "none" else ({"distiller": values},))
-        values = check_keys(values, {"name", "terms", "teacher"}, where, {"name", "terms"})
+        values = check_keys(values, {"name", "terms", "teacher", "mixup"}, where, {"name", "terms"})
         name, teacher = str(values["name"]), values.get("teacher", "teacher")
         terms = []
         for i, term in enumerate(values["terms"] or []):
@@ -113,7 +116,8 @@ class MethodSpec:
         if teacher == "self" and not terms:
             raise HarkdError(f"{where}: method {name}: teacher 'self' needs terms (a method without terms is the "
                              f"student alone, which is the self teacher)")
-        return cls(name, tuple(terms), teacher)
+        mixup = None if values.get("mixup") is None else MixupSpec.parse(values["mixup"], f"{where}.mixup")
+        return cls(name, tuple(terms), teacher, mixup)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -44,6 +45,7 @@ from harkd.metrics import confusion
 from harkd.models.base import ModelOutput, build_model
 from harkd.models.tsak import REP_NAMES, TwoStageTeacher
 from harkd.train.engine import FitResult, TeacherTargets, concat_targets, evaluate, fit, predict, quiet_lightning
+from harkd.train.mixup import Mixes, MixupSpec
 
 
 def experiment_windows(config: ExperimentConfig) -> tuple[WindowSet, tuple[str, ...] | None, tuple[str, ...] | None]:
@@ -133,12 +135,6 @@ def fold_views(windows: WindowSet, fold: Fold) -> Views:
                    for idx in (fold.train, fold.val, fold.test, fold.calibration)))
 
 
-def kd_targets(train: TeacherTargets, calibration: TeacherTargets | None) -> dict[str, TeacherTargets]:
-    """What a KD student's fit reads: the targets of the training windows, then of the calibration windows if any
-    (the order of the KD training windows)."""
-    return {"train": train if calibration is None else concat_targets(train, calibration)}
-
-
 @dataclass
 class RunData:
     """What every (seed, fold) unit of a run reads: the two channel views, the activity targets, the class names."""
@@ -206,52 +202,86 @@ class FoldRunner:
         teacher.eval().requires_grad_(False)
         calibrated = len(fold.calibration) > 0
         out = {s: predict(teacher, getattr(xt, s)) for s in ("train", "val", "test", "calibration")[:3 + calibrated]}
+        semantic = None
         if all(name in out["train"].reps for name in REP_NAMES):
-            rows.append(self._semantic_stage(seed, fold, teacher, out, y, t_channels, n_teacher, fold_dir,
-                                             confusions))
+            row, semantic = self._semantic_stage(seed, fold, out, y, t_channels, n_teacher, fold_dir, confusions)
+            rows.append(row)
+
+        def with_semantic(targets: TeacherTargets) -> TeacherTargets:
+            """The teacher's outputs with the semantic classifier's logits added (the SC-Logit targets)."""
+            if semantic is not None:
+                targets.head_logits["semantic"] = predict(semantic, _stacked_reps(targets)).logits
+            return targets
+
         # KD students train on the training windows and, with calibration, on the test subjects' calibration
         # windows too: teacher outputs only (the student-alone's for `teacher: self`), label -1 (the distillers' CE
-        # skips it). "none" never sees them.
-        targets = kd_targets(out["train"], out.get("calibration"))
-        kd_train = (torch.cat([xs.train, xs.calibration]),
-                    torch.cat([y["train"], torch.full((len(fold.calibration),), -1)])) if calibrated else None
+        # skips it). "none" never sees them. A method with `mixup` adds mixed training windows, labelled the same way.
+        kd_base = [xs.train] + [xs.calibration] * calibrated
+        kd_labels = [y["train"]] + [torch.full((len(fold.calibration),), -1)] * calibrated
+        teacher_base = [with_semantic(out[s]) for s in ("train", "calibration")[:1 + calibrated]]
+        teacher_on_mixes: dict[MixupSpec, TeacherTargets] = {}  # once per fold, seed and mixup setting
 
         for spec in cfg.students:
-            own_targets = None  # the outputs of this student trained alone: the targets of `teacher: self` methods
+            alone: nn.Module | None = None  # the student trained alone: the source of `teacher: self` methods
+            alone_base: list[TeacherTargets] = []
             for method in cfg.methods:
                 torch.manual_seed(seed)
                 student = build_model(spec.name, n_student, n_classes, **spec.params)
-                source, source_targets = (student, own_targets) if method.teacher == "self" else (teacher, targets)
+                source = student if method.teacher == "self" else teacher  # same rep dims as `alone`
                 distiller = build_method(method, student.rep_dims, source.rep_dims, n_classes, student.map_dims,
                                          source.map_dims)
-                train = kd_train if distiller is not None and kd_train is not None else (xs.train, y["train"])
+                mixes = None if method.mixup is None else Mixes.draw(len(fold.train), method.mixup, seed)
+                targets = None
+                if distiller is None:
+                    train = (xs.train, y["train"]) if mixes is None else (
+                        torch.cat([xs.train, mixes.apply(xs.train)]),
+                        torch.cat([F.one_hot(y["train"], n_classes).float(), mixes.labels(y["train"], n_classes)]))
+                else:
+                    xs_fit, y_fit = list(kd_base), list(kd_labels)
+                    t_fit = list(alone_base if method.teacher == "self" else teacher_base)
+                    if mixes is not None:
+                        xs_fit.append(mixes.apply(xs.train))
+                        if method.mixup.labels == "mixed":  # class probabilities; calibration rows all zero
+                            y_fit = [F.one_hot(y["train"], n_classes).float()] + [
+                                torch.zeros(len(fold.calibration), n_classes)] * calibrated + [
+                                mixes.labels(y["train"], n_classes)]
+                        else:
+                            y_fit.append(torch.full((len(mixes.weight),), -1))
+                        if method.teacher == "self":
+                            t_fit.append(predict(alone, xs_fit[-1]))
+                        else:
+                            if method.mixup not in teacher_on_mixes:
+                                teacher_on_mixes[method.mixup] = with_semantic(predict(teacher, mixes.apply(xt.train)))
+                            t_fit.append(teacher_on_mixes[method.mixup])
+                    train, targets = (torch.cat(xs_fit), torch.cat(y_fit)), {"train": concat_targets(*t_fit)}
                 s_fit = fit(student, train, (xs.val, y["val"]), cfg.student_train,
-                            fold_dir / f"{spec.label}-{method.name}", seed=seed, distiller=distiller,
-                            teacher=source_targets if distiller is not None else None)
+                            fold_dir / f"{spec.label}-{method.name}", seed=seed, distiller=distiller, teacher=targets)
                 preds, f1, acc = evaluate(student, xs.test, y_test)
                 rows.append(self._row(fold, seed, "student", spec.label, method.name, s_channels, n_student, y_test,
                                       preds, f1, acc, s_fit, confusions))
                 if distiller is None:  # frozen like the teacher: fit returns it in eval mode, predict adds no grads
-                    own_targets = kd_targets(predict(student, xs.train),
-                                             predict(student, xs.calibration) if calibrated else None)
+                    alone = student
+                    alone_base = [predict(student, x) for x in kd_base]
         return FoldResult(rows, confusions)
 
-    def _semantic_stage(self, seed, fold, teacher, out, y, channels, n_channels, fold_dir, confusions) -> dict:
-        """TSAK stage 2 on the frozen teacher's reps; its logits on the training (and calibration) windows are
-        added to `out` as head_logits["semantic"], the SC-Logit targets."""
+    def _semantic_stage(self, seed, fold, out, y, channels, n_channels, fold_dir, confusions) -> tuple[dict, nn.Module]:
+        """TSAK stage 2 on the frozen teacher's reps: its result row, and the trained classifier (on stacked reps)."""
         cfg = self.cfg
-        dims = [teacher.rep_dims[name] for name in REP_NAMES]
-        stacked = {s: torch.cat([out[s].reps[name] for name in REP_NAMES], 1) for s in out}
+        stacked = {s: _stacked_reps(out[s]) for s in ("train", "val", "test")}
         torch.manual_seed(seed)
+        dims = [out["train"].reps[name].shape[1] for name in REP_NAMES]
         semantic = build_model(cfg.semantic.name, sum(dims), len(self.data.class_names), **cfg.semantic.params)
         adapter = _OnReps(semantic, dims)
         s_fit = fit(adapter, (stacked["train"], y["train"]), (stacked["val"], y["val"]), cfg.semantic_train,
                     fold_dir / "semantic", seed=seed)
         preds, f1, acc = evaluate(adapter, stacked["test"], y["test"].numpy())
-        for split in set(out) - {"val", "test"}:
-            out[split].head_logits["semantic"] = predict(adapter, stacked[split]).logits
         return self._row(fold, seed, "semantic", cfg.semantic.name, "-", channels, n_channels, y["test"].numpy(),
-                         preds, f1, acc, s_fit, confusions)
+                         preds, f1, acc, s_fit, confusions), adapter
+
+
+def _stacked_reps(targets: TeacherTargets) -> torch.Tensor:
+    """The teacher's three TSAK reps side by side: the semantic classifier's input."""
+    return torch.cat([targets.reps[name] for name in REP_NAMES], 1)
 
 
 # One FoldRunner per worker process, built once by the pool's initializer (the windows load from the cache).

@@ -121,6 +121,9 @@ def parse_search_config(raw: Mapping[str, Any], where: str = "config") -> Search
     if method.teacher != "teacher":  # each trial would need its own student-alone twin: not worth a search's time
         raise HarkdError(f"{where}.search.method: teacher {method.teacher!r} is for `harkd run`; the head search "
                          f"distils from its config's teacher section")
+    if method.mixup is not None:  # trials compare heads on one fixed training set
+        raise HarkdError(f"{where}.search.method: mixup is for `harkd run`; the head search trains on the fold's "
+                         f"training windows")
     teacher = check_keys(raw.get("teacher"), {"channels", "model", "params", "train"}, f"{where}.teacher")
     if method.terms and "model" not in teacher:
         raise HarkdError(f"{where}: search.method {method.name!r} distils from a teacher; add a teacher section "

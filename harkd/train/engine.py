@@ -90,11 +90,12 @@ class TeacherTargets:
         return TeacherTargets(self.logits.to(device), move(self.reps), move(self.head_logits), move(self.maps))
 
 
-def concat_targets(first: TeacherTargets, second: TeacherTargets) -> TeacherTargets:
-    """The targets of two window sets, one after the other (training windows, then calibration windows)."""
-    join = lambda a, b: {k: torch.cat([a[k], b[k]]) for k in a}  # noqa: E731
-    return TeacherTargets(torch.cat([first.logits, second.logits]), join(first.reps, second.reps),
-                          join(first.head_logits, second.head_logits), join(first.maps, second.maps))
+def concat_targets(*parts: TeacherTargets) -> TeacherTargets:
+    """The targets of several window sets, one after the other (e.g. training, calibration, mixed windows)."""
+    if len(parts) == 1:
+        return parts[0]
+    join = lambda attr: {k: torch.cat([getattr(p, attr)[k] for p in parts]) for k in getattr(parts[0], attr)}  # noqa: E731
+    return TeacherTargets(torch.cat([p.logits for p in parts]), join("reps"), join("head_logits"), join("maps"))
 
 
 @torch.inference_mode()
