@@ -99,7 +99,8 @@ def run(
     config: Path = typer.Argument(..., help="experiment YAML (see configs/)"),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. seeds=[0] "
                                                                "teacher.train.epochs=5 split.folds=[p1]"),
-    out: Path = typer.Option(Path("runs/latest"), "--out", help="folder for results.json and report.md"),
+    out: Path = typer.Option(Path("runs/latest"), "--out", help="folder for results.json and report.md; finished "
+                             "units wait in OUT/.units/, so rerunning an interrupted command resumes it"),
     jobs: int = typer.Option(1, "--jobs", help="train this many (seed, fold) units at once, each in its own "
                                                "process; the CPU cores are shared out between them"),
 ) -> None:

@@ -5,6 +5,9 @@ The teacher's outputs on the training windows are computed once per fold and see
 so a student's epoch costs what the student costs. A `teacher: self` method distils from the student trained alone
 (the method with no terms listed before it) instead of the teacher: self-distillation, or with calibration
 self-training on the student's own soft pseudo-labels.
+
+Each finished (seed, fold) unit is kept in OUT/.units/ until the run ends, so the same command run again after an
+interruption trains only the missing units (harkd.experiment.checkpoints).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from harkd.data.splits import (Fold, fit_normaliser, fixed_split, group_folds, l
 from harkd.data.windowing import WindowSet, make_windows
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
+from harkd.experiment.checkpoints import UnitStore
 from harkd.experiment.config import ExperimentConfig, SplitSpec, parse_config
 from harkd.experiment.families import best_per_family
 from harkd.experiment.report import format_summary_table, write_results
@@ -323,9 +327,15 @@ class Runner:
                  f"{len(data.teacher_view.channels)} channels ({cfg.teacher_channels.describe()}), student "
                  f"{len(data.student_view.channels)} channels ({cfg.student_channels.describe()})")
         plan = [(seed, i, fold) for seed in cfg.seeds for i, fold in enumerate(data.folds(cfg, seed))]
+        store = UnitStore(self.out_dir, cfg.raw)
+        store.open()
+        finished = {k: unit for k, (seed, _, fold) in enumerate(plan)
+                    if (unit := store.load(seed, fold.name, FoldResult)) is not None}
+        if finished:
+            self.log(f"resuming: {len(finished)} of {len(plan)} (seed, fold) units already finished in {store.dir}")
         work = Path(tempfile.mkdtemp(prefix="harkd-run-"))
         try:
-            units = self._train(plan, data, work)
+            units = self._train(plan, data, work, finished, lambda k, unit: self._keep(store, plan[k], unit, clock))
         finally:
             shutil.rmtree(work, ignore_errors=True)
         rows = [row for unit in units for row in unit.rows]
@@ -338,7 +348,9 @@ class Runner:
             row.update(costs[(row["role"], row["model"])])
         results = {
             "harkd_version": __version__, "started": started, "command": self.command,
-            "wall_time_s": round(time.perf_counter() - clock, 1), "jobs": self.jobs,
+            # Over every invocation when the run was resumed (`resumed_units` finished in earlier ones).
+            "wall_time_s": round(sum(store.previous_s) + time.perf_counter() - clock, 1), "jobs": self.jobs,
+            "resumed_units": len(finished),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                        f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}",
             "config": cfg.raw, "class_names": data.class_names, "rows": rows,
@@ -347,41 +359,52 @@ class Runner:
         results["summary"] = summarise(rows)
         results["best_per_family"] = best_per_family(cfg.raw, results["summary"])
         write_results(results, self.out_dir)
+        store.clear()
         self.log(format_summary_table(results["summary"]))
         return results
+
+    @staticmethod
+    def _keep(store: UnitStore, planned: tuple[int, int, Fold], unit: FoldResult, clock: float) -> None:
+        seed, _, fold = planned
+        store.save(seed, fold.name, unit.rows, unit.confusion)
+        store.record_time(time.perf_counter() - clock)
 
     def _log_unit(self, seed: int, fold: Fold, unit: FoldResult) -> None:
         best = max((r for r in unit.rows if r["role"] == "student"), key=lambda r: r["macro_f1"])
         self.log(f"seed {seed} {fold.describe()}: teacher {unit.rows[0]['macro_f1']:.3f}, best student "
                  f"{best['model']}/{best['method']} {best['macro_f1']:.3f}")
 
-    def _train(self, plan: list[tuple[int, int, Fold]], data: RunData, work: Path) -> list[FoldResult]:
-        """Every unit's result, in plan order whatever order they finish in."""
-        bar = tqdm(total=len(plan), desc="folds x seeds", unit="fold", disable=None)
+    def _train(self, plan: list[tuple[int, int, Fold]], data: RunData, work: Path, finished: dict[int, FoldResult],
+               keep: Callable[[int, FoldResult], None]) -> list[FoldResult]:
+        """Every unit's result, in plan order whatever order they finish in; units in `finished` are not trained
+        again, and `keep(k, unit)` sees each newly trained one as soon as it finishes."""
+        results = dict(finished)
+        todo = [k for k in range(len(plan)) if k not in finished]
+        bar = tqdm(total=len(plan), initial=len(finished), desc="folds x seeds", unit="fold", disable=None)
+
+        def done(k: int, unit: FoldResult) -> None:
+            results[k] = unit
+            keep(k, unit)
+            self._log_unit(plan[k][0], plan[k][2], unit)
+            bar.update()
+
         if self.jobs == 1:
-            runner, units = FoldRunner(self.config, data, work), []
-            for seed, _, fold in plan:
-                units.append(runner.run(seed, fold))
-                self._log_unit(seed, fold, units[-1])
-                bar.update()
-            bar.close()
-            return units
-        # Spawned workers, one torch thread each by default: the models are small, so one thread per process
-        # and several processes use the cores better than one process with several threads.
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
-        results: dict[int, FoldResult] = {}
-        with ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(self.config.raw, work, threads)) as pool:
-            futures = {pool.submit(_run_unit, seed, i): k for k, (seed, i, _) in enumerate(plan)}
-            try:
-                for future in as_completed(futures):
-                    k = futures[future]
-                    results[k] = future.result()
-                    self._log_unit(plan[k][0], plan[k][2], results[k])
-                    bar.update()
-            except BaseException:
-                pool.shutdown(cancel_futures=True)
-                raise
+            runner = FoldRunner(self.config, data, work)
+            for k in todo:
+                done(k, runner.run(plan[k][0], plan[k][2]))
+        elif todo:
+            # Spawned workers, one torch thread each by default: the models are small, so one thread per process
+            # and several processes use the cores better than one process with several threads.
+            threads = max(1, (os.cpu_count() or 1) // self.jobs)
+            with ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_init_worker, initargs=(self.config.raw, work, threads)) as pool:
+                futures = {pool.submit(_run_unit, plan[k][0], plan[k][1]): k for k in todo}
+                try:
+                    for future in as_completed(futures):
+                        done(futures[future], future.result())
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)
+                    raise
         bar.close()
         return [results[k] for k in range(len(plan))]
 
