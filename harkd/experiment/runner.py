@@ -41,7 +41,7 @@ from harkd.data.windowing import WindowSet, make_windows
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
 from harkd.experiment.checkpoints import UnitStore
-from harkd.experiment.config import ExperimentConfig, SplitSpec, parse_config
+from harkd.experiment.config import ExperimentConfig, MethodSpec, SplitSpec, parse_config
 from harkd.experiment.families import best_per_family
 from harkd.experiment.report import format_summary_table, write_results
 from harkd.experiment.summary import summarise
@@ -49,7 +49,7 @@ from harkd.metrics import confusion
 from harkd.models.base import ModelOutput, build_model
 from harkd.models.tsak import REP_NAMES, TwoStageTeacher
 from harkd.train.engine import FitResult, TeacherTargets, concat_targets, evaluate, fit, predict, quiet_lightning
-from harkd.train.mixup import Mixes, MixupSpec
+from harkd.train.mixup import Mixes
 
 
 def experiment_windows(config: ExperimentConfig) -> tuple[WindowSet, tuple[str, ...] | None, tuple[str, ...] | None]:
@@ -219,11 +219,33 @@ class FoldRunner:
 
         # KD students train on the training windows and, with calibration, on the test subjects' calibration
         # windows too: teacher outputs only (the student-alone's for `teacher: self`), label -1 (the distillers' CE
-        # skips it). "none" never sees them. A method with `mixup` adds mixed training windows, labelled the same way.
-        kd_base = [xs.train] + [xs.calibration] * calibrated
-        kd_labels = [y["train"]] + [torch.full((len(fold.calibration),), -1)] * calibrated
+        # skips it). "none" never sees them. A method with `mixup` adds mixed training windows, labelled the same way
+        # (or, with `labels: mixed`, by mixed labels too: all targets become class probabilities).
+        kd_windows = [xs.train] + [xs.calibration] * calibrated
         teacher_base = [with_semantic(out[s]) for s in ("train", "calibration")[:1 + calibrated]]
-        teacher_on_mixes: dict[MixupSpec, TeacherTargets] = {}  # once per fold, seed and mixup setting
+        teacher_on_mixes: dict[tuple[int, float], TeacherTargets] = {}  # once per fold, seed and mixup draw
+
+        def kd_set(method: MethodSpec, mixes: Mixes | None, alone: nn.Module | None,
+                   alone_base: list[TeacherTargets]) -> tuple[tuple[torch.Tensor, torch.Tensor], TeacherTargets]:
+            """A KD method's training windows, their labels and the targets it distils from."""
+            windows, targets = list(kd_windows), list(alone_base if method.teacher == "self" else teacher_base)
+            labels = [y["train"]] + [torch.full((len(fold.calibration),), -1)] * calibrated
+            if mixes is not None:
+                windows.append(mixes.apply(xs.train))
+                if method.mixup.labels == "mixed":
+                    labels = [F.one_hot(y["train"], n_classes).float()] + [
+                        torch.zeros(len(fold.calibration), n_classes)] * calibrated + [
+                        mixes.labels(y["train"], n_classes)]
+                else:
+                    labels.append(torch.full((len(mixes.weight),), -1))
+                if method.teacher == "self":
+                    targets.append(predict(alone, windows[-1]))
+                else:
+                    draw = (method.mixup.copies, method.mixup.alpha)
+                    if draw not in teacher_on_mixes:
+                        teacher_on_mixes[draw] = with_semantic(predict(teacher, mixes.apply(xt.train)))
+                    targets.append(teacher_on_mixes[draw])
+            return (torch.cat(windows), torch.cat(labels)), concat_targets(*targets)
 
         for spec in cfg.students:
             alone: nn.Module | None = None  # the student trained alone: the source of `teacher: self` methods
@@ -236,28 +258,14 @@ class FoldRunner:
                                          source.map_dims)
                 mixes = None if method.mixup is None else Mixes.draw(len(fold.train), method.mixup, seed)
                 targets = None
-                if distiller is None:
-                    train = (xs.train, y["train"]) if mixes is None else (
-                        torch.cat([xs.train, mixes.apply(xs.train)]),
-                        torch.cat([F.one_hot(y["train"], n_classes).float(), mixes.labels(y["train"], n_classes)]))
-                else:
-                    xs_fit, y_fit = list(kd_base), list(kd_labels)
-                    t_fit = list(alone_base if method.teacher == "self" else teacher_base)
-                    if mixes is not None:
-                        xs_fit.append(mixes.apply(xs.train))
-                        if method.mixup.labels == "mixed":  # class probabilities; calibration rows all zero
-                            y_fit = [F.one_hot(y["train"], n_classes).float()] + [
-                                torch.zeros(len(fold.calibration), n_classes)] * calibrated + [
-                                mixes.labels(y["train"], n_classes)]
-                        else:
-                            y_fit.append(torch.full((len(mixes.weight),), -1))
-                        if method.teacher == "self":
-                            t_fit.append(predict(alone, xs_fit[-1]))
-                        else:
-                            if method.mixup not in teacher_on_mixes:
-                                teacher_on_mixes[method.mixup] = with_semantic(predict(teacher, mixes.apply(xt.train)))
-                            t_fit.append(teacher_on_mixes[method.mixup])
-                    train, targets = (torch.cat(xs_fit), torch.cat(y_fit)), {"train": concat_targets(*t_fit)}
+                if distiller is not None:
+                    train, kd_targets = kd_set(method, mixes, alone, alone_base)
+                    targets = {"train": kd_targets}
+                elif mixes is None:
+                    train = (xs.train, y["train"])
+                else:  # mixup: mixed one-hot labels
+                    train = (torch.cat([xs.train, mixes.apply(xs.train)]),
+                             torch.cat([F.one_hot(y["train"], n_classes).float(), mixes.labels(y["train"], n_classes)]))
                 s_fit = fit(student, train, (xs.val, y["val"]), cfg.student_train,
                             fold_dir / f"{spec.label}-{method.name}", seed=seed, distiller=distiller, teacher=targets)
                 preds, f1, acc = evaluate(student, xs.test, y_test)
@@ -265,7 +273,7 @@ class FoldRunner:
                                       preds, f1, acc, s_fit, confusions))
                 if distiller is None:  # frozen like the teacher: fit returns it in eval mode, predict adds no grads
                     alone = student
-                    alone_base = [predict(student, x) for x in kd_base]
+                    alone_base = [predict(student, x) for x in kd_windows]
         return FoldResult(rows, confusions)
 
     def _semantic_stage(self, seed, fold, out, y, channels, n_channels, fold_dir, confusions) -> tuple[dict, nn.Module]:

@@ -39,7 +39,8 @@ class MixupSpec:
         if unknown:
             raise HarkdError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: ['alpha', 'copies', 'labels']")
         try:
-            spec = cls(int(values.get("copies", 1)), float(values.get("alpha", 1.0)), str(values.get("labels", LABELS[0])))
+            spec = cls(int(values.get("copies", 1)), float(values.get("alpha", 1.0)),
+                       str(values.get("labels", LABELS[0])))
         except (TypeError, ValueError) as exc:
             raise HarkdError(f"{where}: {exc}") from None
         if spec.copies < 1 or spec.alpha <= 0:
