@@ -48,6 +48,7 @@ def test_an_interrupted_run_resumes_with_the_missing_units_only(data_root, tmp_p
     resumed = run_experiment(cfg, out, command="t", log=lines.append)
     assert trained == [(0, "loso-S02")]
     assert any("resuming: 1 of 2 (seed, fold) units" in line for line in lines)
+    assert any(line.startswith("[2/2, ") and "seed 0 loso-S02" in line for line in lines)  # counts resumed units
     assert resumed["resumed_units"] == 1 and not (out / ".units").exists()
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["rows"] == resumed["rows"]

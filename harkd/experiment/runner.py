@@ -377,23 +377,24 @@ class Runner:
         store.save(seed, fold.name, unit.rows, unit.confusion)
         store.record_time(time.perf_counter() - clock)
 
-    def _log_unit(self, seed: int, fold: Fold, unit: FoldResult) -> None:
+    def _log_unit(self, seed: int, fold: Fold, unit: FoldResult, progress: str) -> None:
         best = max((r for r in unit.rows if r["role"] == "student"), key=lambda r: r["macro_f1"])
-        self.log(f"seed {seed} {fold.describe()}: teacher {unit.rows[0]['macro_f1']:.3f}, best student "
+        self.log(f"[{progress}] seed {seed} {fold.describe()}: teacher {unit.rows[0]['macro_f1']:.3f}, best student "
                  f"{best['model']}/{best['method']} {best['macro_f1']:.3f}")
 
     def _train(self, plan: list[tuple[int, int, Fold]], data: RunData, work: Path, finished: dict[int, FoldResult],
                keep: Callable[[int, FoldResult], None]) -> list[FoldResult]:
         """Every unit's result, in plan order whatever order they finish in; units in `finished` are not trained
         again, and `keep(k, unit)` sees each newly trained one as soon as it finishes."""
-        results = dict(finished)
+        results, started = dict(finished), time.perf_counter()
         todo = [k for k in range(len(plan)) if k not in finished]
         bar = tqdm(total=len(plan), initial=len(finished), desc="folds x seeds", unit="fold", disable=None)
 
         def done(k: int, unit: FoldResult) -> None:
             results[k] = unit
             keep(k, unit)
-            self._log_unit(plan[k][0], plan[k][2], unit)
+            minutes = (time.perf_counter() - started) / 60
+            self._log_unit(plan[k][0], plan[k][2], unit, f"{len(results)}/{len(plan)}, {minutes:.0f} min")
             bar.update()
 
         if self.jobs == 1:
