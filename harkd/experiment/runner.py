@@ -225,19 +225,21 @@ class FoldRunner:
         teacher_base = [with_semantic(out[s]) for s in ("train", "calibration")[:1 + calibrated]]
         teacher_on_mixes: dict[tuple[int, float], TeacherTargets] = {}  # once per fold, seed and mixup draw
 
+        def mixup_labels(mixes: Mixes, n_unlabelled: int) -> torch.Tensor:
+            """Class probabilities: one-hot for the training windows, zero for `n_unlabelled` calibration windows
+            after them, mixed for the mixes."""
+            return torch.cat([F.one_hot(y["train"], n_classes).float(), torch.zeros(n_unlabelled, n_classes),
+                              mixes.labels(y["train"], n_classes)])
+
         def kd_set(method: MethodSpec, mixes: Mixes | None, alone: nn.Module | None,
                    alone_base: list[TeacherTargets]) -> tuple[tuple[torch.Tensor, torch.Tensor], TeacherTargets]:
             """A KD method's training windows, their labels and the targets it distils from."""
             windows, targets = list(kd_windows), list(alone_base if method.teacher == "self" else teacher_base)
-            labels = [y["train"]] + [torch.full((len(fold.calibration),), -1)] * calibrated
+            labels = torch.cat([y["train"], torch.full((len(fold.calibration),), -1)])
             if mixes is not None:
                 windows.append(mixes.apply(xs.train))
-                if method.mixup.labels == "mixed":
-                    labels = [F.one_hot(y["train"], n_classes).float()] + [
-                        torch.zeros(len(fold.calibration), n_classes)] * calibrated + [
-                        mixes.labels(y["train"], n_classes)]
-                else:
-                    labels.append(torch.full((len(mixes.weight),), -1))
+                labels = mixup_labels(mixes, len(fold.calibration)) if method.mixup.labels == "mixed" else \
+                    torch.cat([labels, torch.full((len(mixes.weight),), -1)])
                 if method.teacher == "self":
                     targets.append(predict(alone, windows[-1]))
                 else:
@@ -245,7 +247,7 @@ class FoldRunner:
                     if draw not in teacher_on_mixes:
                         teacher_on_mixes[draw] = with_semantic(predict(teacher, mixes.apply(xt.train)))
                     targets.append(teacher_on_mixes[draw])
-            return (torch.cat(windows), torch.cat(labels)), concat_targets(*targets)
+            return (torch.cat(windows), labels), concat_targets(*targets)
 
         for spec in cfg.students:
             alone: nn.Module | None = None  # the student trained alone: the source of `teacher: self` methods
@@ -264,8 +266,7 @@ class FoldRunner:
                 elif mixes is None:
                     train = (xs.train, y["train"])
                 else:  # mixup: mixed one-hot labels
-                    train = (torch.cat([xs.train, mixes.apply(xs.train)]),
-                             torch.cat([F.one_hot(y["train"], n_classes).float(), mixes.labels(y["train"], n_classes)]))
+                    train = (torch.cat([xs.train, mixes.apply(xs.train)]), mixup_labels(mixes, 0))
                 s_fit = fit(student, train, (xs.val, y["val"]), cfg.student_train,
                             fold_dir / f"{spec.label}-{method.name}", seed=seed, distiller=distiller, teacher=targets)
                 preds, f1, acc = evaluate(student, xs.test, y_test)
