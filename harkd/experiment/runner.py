@@ -344,7 +344,7 @@ class Runner:
             self.log(f"resuming: {len(finished)} of {len(plan)} (seed, fold) units already finished in {store.dir}")
         work = Path(tempfile.mkdtemp(prefix="harkd-run-"))
         try:
-            units = self._train(plan, data, work, finished, lambda k, unit: self._keep(store, plan[k], unit, clock))
+            units = self._train(plan, data, work, finished, store, clock)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         rows = [row for unit in units for row in unit.rows]
@@ -372,30 +372,27 @@ class Runner:
         self.log(format_summary_table(results["summary"]))
         return results
 
-    @staticmethod
-    def _keep(store: UnitStore, planned: tuple[int, int, Fold], unit: FoldResult, clock: float) -> None:
-        seed, _, fold = planned
-        store.save(seed, fold.name, unit.rows, unit.confusion)
-        store.record_time(time.perf_counter() - clock)
-
     def _log_unit(self, seed: int, fold: Fold, unit: FoldResult, progress: str) -> None:
         best = max((r for r in unit.rows if r["role"] == "student"), key=lambda r: r["macro_f1"])
         self.log(f"[{progress}] seed {seed} {fold.describe()}: teacher {unit.rows[0]['macro_f1']:.3f}, best student "
                  f"{best['model']}/{best['method']} {best['macro_f1']:.3f}")
 
     def _train(self, plan: list[tuple[int, int, Fold]], data: RunData, work: Path, finished: dict[int, FoldResult],
-               keep: Callable[[int, FoldResult], None]) -> list[FoldResult]:
+               store: UnitStore, clock: float) -> list[FoldResult]:
         """Every unit's result, in plan order whatever order they finish in; units in `finished` are not trained
-        again, and `keep(k, unit)` sees each newly trained one as soon as it finishes."""
-        results, started = dict(finished), time.perf_counter()
+        again, and each newly trained one goes to `store` as soon as it finishes (`clock`: the run's start)."""
+        results = dict(finished)
         todo = [k for k in range(len(plan)) if k not in finished]
         bar = tqdm(total=len(plan), initial=len(finished), desc="folds x seeds", unit="fold", disable=None)
 
         def done(k: int, unit: FoldResult) -> None:
             results[k] = unit
-            keep(k, unit)
-            minutes = (time.perf_counter() - started) / 60
-            self._log_unit(plan[k][0], plan[k][2], unit, f"{len(results)}/{len(plan)}, {minutes:.0f} min")
+            seed, _, fold = plan[k]
+            store.save(seed, fold.name, unit.rows, unit.confusion)
+            elapsed = time.perf_counter() - clock
+            store.record_time(elapsed)
+            minutes = elapsed / 60
+            self._log_unit(seed, fold, unit, f"{len(results)}/{len(plan)}, {minutes:.0f} min")
             bar.update()
 
         if self.jobs == 1:
