@@ -1,0 +1,35 @@
+"""Every config under configs/ parses and names only registered models and methods, so a shipped config cannot break
+silently between the runs that use it."""
+
+from pathlib import Path
+
+import pytest
+
+from harkd.errors import HarkdError
+from harkd.experiment.config import load_config, read_config
+from harkd.experiment.runner import check_names
+from harkd.search.head_search import parse_search_config
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def test_configs_are_found():
+    assert len(CONFIGS) >= 10
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_config_is_valid(path):
+    raw = read_config(path)
+    if "search" in raw:
+        assert parse_search_config(raw, where=str(path)).trials > 0
+    else:
+        config = load_config(path)
+        assert config.methods and config.students
+        check_names(config)
+
+
+def test_a_misspelt_method_in_a_shipped_config_is_caught(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text((Path(CONFIGS[0]).parent / "dsads-mixup.yaml").read_text().replace("sc_logit}", "sc_logt}"))
+    with pytest.raises(HarkdError, match="sc_logt"):
+        check_names(load_config(broken))
