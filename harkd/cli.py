@@ -103,6 +103,8 @@ def run(
                              "units wait in OUT/.units/, so rerunning an interrupted command resumes it"),
     jobs: int = typer.Option(1, "--jobs", help="train this many (seed, fold) units at once, each in its own "
                                                "process; the CPU cores are shared out between them"),
+    keep_models: bool = typer.Option(False, "--keep-models", help="keep every trained teacher and student in "
+                                     "OUT/models/<fold>-seed<seed>/ (for `harkd export`)"),
 ) -> None:
     """Train teacher, semantic classifier and students with each KD method over folds and seeds."""
     from harkd.experiment.config import load_config
@@ -110,9 +112,33 @@ def run(
 
     cfg = load_config(config, overrides or [])
     command = " ".join(["harkd", "run", str(config), *(overrides or []), "--out", str(out)]
-                       + (["--jobs", str(jobs)] if jobs != 1 else []))
-    run_experiment(cfg, out, command, log=lambda line: typer.echo(line, err=True), jobs=jobs)
+                       + (["--jobs", str(jobs)] if jobs != 1 else []) + (["--keep-models"] if keep_models else []))
+    run_experiment(cfg, out, command, log=lambda line: typer.echo(line, err=True), jobs=jobs, keep_models=keep_models)
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'}")
+
+
+@app.command("export")
+def export(
+    model: Path = typer.Argument(..., help="a kept model, e.g. runs/dsads/models/loso-p1-seed0/"
+                                           "student-cnn_student-sc_logit.pt (from `harkd run --keep-models`)"),
+    out: Path = typer.Option(..., "--out", help="the .onnx file to write; its description goes beside it as .json"),
+    tolerance: float = typer.Option(1e-4, help="largest difference allowed between ONNX Runtime's and PyTorch's "
+                                               "outputs on the check windows"),
+) -> None:
+    """A kept model as ONNX for the device: raw sensor windows in (normalisation inside), logits and class
+    probabilities out; written only if ONNX Runtime reproduces PyTorch's outputs."""
+    from harkd.deploy.bundle import load_bundle
+    from harkd.deploy.onnx_export import export_onnx
+
+    bundle = load_bundle(model)
+    spec = export_onnx(bundle, out, tolerance=tolerance)
+    origin = bundle.provenance
+    typer.echo(f"wrote {out} and {out.with_suffix('.json')}: {bundle.model}"
+               + (f" ({origin['role']}, {origin['method']}; {origin['dataset']} {origin['fold']} seed {origin['seed']})"
+                  if origin else "")
+               + f"; input (N, {len(bundle.channels)}, {bundle.window}) at {bundle.rate_hz:g} Hz: "
+               f"{', '.join(bundle.channel_names)}; {len(bundle.class_names)} classes; ONNX Runtime matches PyTorch "
+               f"to {spec['check']['max_abs_diff']:.1g}")
 
 
 @app.command("methods")

@@ -35,13 +35,14 @@ from harkd.cost import count_flops, count_params, cpu_latency_ms
 from harkd.data.catalog import load_recordings, load_windows
 from harkd.data.protocols import PROTOCOLS
 from harkd.data.recording import ChannelSpec
-from harkd.data.splits import (Fold, fit_normaliser, fixed_split, group_folds, leave_one_subject_out,
+from harkd.data.splits import (Fold, Normaliser, fit_normaliser, fixed_split, group_folds, leave_one_subject_out,
                                with_calibration)
 from harkd.data.windowing import WindowSet, make_windows
+from harkd.deploy.bundle import ModelBundle
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
 from harkd.experiment.checkpoints import UnitStore
-from harkd.experiment.config import ExperimentConfig, MethodSpec, SplitSpec, parse_config
+from harkd.experiment.config import ExperimentConfig, MethodSpec, ModelSpec, SplitSpec, parse_config
 from harkd.experiment.families import best_per_family
 from harkd.experiment.report import format_summary_table, write_results
 from harkd.experiment.summary import summarise
@@ -131,12 +132,13 @@ class Views:
     val: torch.Tensor
     test: torch.Tensor
     calibration: torch.Tensor
+    normaliser: Normaliser  # fitted on the training windows; kept models carry it
 
 
 def fold_views(windows: WindowSet, fold: Fold) -> Views:
     norm = fit_normaliser(windows, fold)  # training windows only
     return Views(*(torch.from_numpy(norm(windows.x[idx]))
-                   for idx in (fold.train, fold.val, fold.test, fold.calibration)))
+                   for idx in (fold.train, fold.val, fold.test, fold.calibration)), normaliser=norm)
 
 
 @dataclass
@@ -169,10 +171,23 @@ class FoldResult:
 
 
 class FoldRunner:
-    """Trains one (seed, fold) unit: teacher, semantic classifier, every student with every method."""
+    """Trains one (seed, fold) unit: teacher, semantic classifier, every student with every method; with
+    `models` set, each trained teacher and student is kept there as a bundle (harkd.deploy)."""
 
-    def __init__(self, cfg: ExperimentConfig, data: RunData, work: Path):
-        self.cfg, self.data, self.work = cfg, data, work
+    def __init__(self, cfg: ExperimentConfig, data: RunData, work: Path, models: Path | None = None):
+        self.cfg, self.data, self.work, self.models = cfg, data, work, models
+
+    def _keep(self, model: nn.Module, spec: ModelSpec, view: WindowSet, views: Views, seed: int, fold: Fold,
+              row: dict[str, Any], channel_groups: list[list[int]] | None = None) -> None:
+        if self.models is None:
+            return
+        name = row["role"] if row["role"] == "teacher" else f"{row['role']}-{row['model']}-{row['method']}"
+        bundle = ModelBundle.of(model, spec.name, spec.params, view.channels, self.data.class_names, view.x.shape[2],
+                                view.rate_hz, views.normaliser, channel_groups, dataset=self.cfg.dataset,
+                                fold=fold.name, test_subjects=list(fold.test_subjects), seed=seed, role=row["role"],
+                                method=row["method"], macro_f1=row["macro_f1"], accuracy=row["accuracy"],
+                                harkd_version=__version__)
+        bundle.save(self.models / f"{fold.name}-seed{seed}" / f"{name.replace('/', '_')}.pt")
 
     def _row(self, fold: Fold, seed: int, role: str, model: str, method: str, channels: str, n_channels: int,
              y: np.ndarray, preds: np.ndarray, f1: float, acc: float, result: FitResult,
@@ -195,13 +210,14 @@ class FoldRunner:
         confusions: dict[str, np.ndarray] = {}
 
         torch.manual_seed(seed)
-        teacher = build_model(cfg.teacher.name, n_teacher, n_classes, sensor_groups(data.teacher_view.channels),
-                              **cfg.teacher.params)
+        groups = sensor_groups(data.teacher_view.channels)
+        teacher = build_model(cfg.teacher.name, n_teacher, n_classes, groups, **cfg.teacher.params)
         t_fit = fit(teacher, (xt.train, y["train"]), (xt.val, y["val"]), cfg.teacher_train, fold_dir / "teacher",
                     seed=seed)
         preds, f1, acc = evaluate(teacher, xt.test, y_test)
         rows = [self._row(fold, seed, "teacher", cfg.teacher.name, "-", t_channels, n_teacher, y_test, preds, f1, acc,
                           t_fit, confusions)]
+        self._keep(teacher, cfg.teacher, data.teacher_view, xt, seed, fold, rows[0], groups)
         # The teacher is frozen from here on: eval mode, no gradients; its outputs are computed once.
         teacher.eval().requires_grad_(False)
         calibrated = len(fold.calibration) > 0
@@ -272,6 +288,7 @@ class FoldRunner:
                 preds, f1, acc = evaluate(student, xs.test, y_test)
                 rows.append(self._row(fold, seed, "student", spec.label, method.name, s_channels, n_student, y_test,
                                       preds, f1, acc, s_fit, confusions))
+                self._keep(student, spec, data.student_view, xs, seed, fold, rows[-1])
                 if distiller is None:  # frozen like the teacher: fit returns it in eval mode, predict adds no grads
                     alone = student
                     alone_base = [predict(student, x) for x in kd_windows]
@@ -301,12 +318,12 @@ def _stacked_reps(targets: TeacherTargets) -> torch.Tensor:
 _WORKER: FoldRunner | None = None
 
 
-def _init_worker(raw: dict, work: Path, threads: int) -> None:
+def _init_worker(raw: dict, work: Path, threads: int, models: Path | None) -> None:
     global _WORKER
     torch.set_num_threads(threads)
     quiet_lightning()
     cfg = parse_config(raw)
-    _WORKER = FoldRunner(cfg, RunData.load(cfg), work)
+    _WORKER = FoldRunner(cfg, RunData.load(cfg), work, models)
 
 
 def _run_unit(seed: int, fold_index: int) -> FoldResult:
@@ -320,10 +337,11 @@ class Runner:
     results.json and the report."""
 
     def __init__(self, config: ExperimentConfig, out_dir: Path, command: str, log: Callable[[str], None] = print,
-                 jobs: int = 1):
+                 jobs: int = 1, keep_models: bool = False):
         if jobs < 1:
             raise HarkdError(f"--jobs must be at least 1, got {jobs}")
         self.config, self.out_dir, self.command, self.log, self.jobs = config, Path(out_dir), command, log, jobs
+        self.models = self.out_dir / "models" if keep_models else None
 
     def run(self) -> dict[str, Any]:
         cfg = self.config
@@ -342,6 +360,9 @@ class Runner:
                     if (unit := store.load(seed, fold.name, FoldResult)) is not None}
         if finished:
             self.log(f"resuming: {len(finished)} of {len(plan)} (seed, fold) units already finished in {store.dir}")
+        elif (self.out_dir / "models").exists():  # an earlier run's models: they would not match these results
+            shutil.rmtree(self.out_dir / "models")
+            self.log(f"removed the models of the previous run in {self.out_dir / 'models'}")
         work = Path(tempfile.mkdtemp(prefix="harkd-run-"))
         try:
             units = self._train(plan, data, work, finished, store, clock)
@@ -370,6 +391,12 @@ class Runner:
         write_results(results, self.out_dir)
         store.clear()
         self.log(format_summary_table(results["summary"]))
+        if self.models is not None:
+            missing = [f"{fold.name}-seed{seed}" for seed, _, fold in plan
+                       if not (self.models / f"{fold.name}-seed{seed}").is_dir()]
+            self.log(f"kept {len(list(self.models.glob('*/*.pt')))} trained models in {self.models}"
+                     + (f"; none for {', '.join(missing)} (trained by an invocation without --keep-models)"
+                        if missing else ""))
         return results
 
     def _log_unit(self, seed: int, fold: Fold, unit: FoldResult, progress: str) -> None:
@@ -396,7 +423,7 @@ class Runner:
             bar.update()
 
         if self.jobs == 1:
-            runner = FoldRunner(self.config, data, work)
+            runner = FoldRunner(self.config, data, work, self.models)
             for k in todo:
                 done(k, runner.run(plan[k][0], plan[k][2]))
         elif todo:
@@ -404,7 +431,7 @@ class Runner:
             # and several processes use the cores better than one process with several threads.
             threads = max(1, (os.cpu_count() or 1) // self.jobs)
             with ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(self.config.raw, work, threads)) as pool:
+                                     initializer=_init_worker, initargs=(self.config.raw, work, threads, self.models)) as pool:
                 futures = {pool.submit(_run_unit, plan[k][0], plan[k][1]): k for k in todo}
                 try:
                     for future in as_completed(futures):
@@ -440,8 +467,8 @@ class Runner:
 
 
 def run_experiment(config: ExperimentConfig, out_dir: Path, command: str = "",
-                   log: Callable[[str], None] = print, jobs: int = 1) -> dict[str, Any]:
-    return Runner(config, out_dir, command, log, jobs).run()
+                   log: Callable[[str], None] = print, jobs: int = 1, keep_models: bool = False) -> dict[str, Any]:
+    return Runner(config, out_dir, command, log, jobs, keep_models).run()
 
 
 __all__ = ["run_experiment", "make_folds", "experiment_windows", "sensor_groups", "check_names"]

@@ -1,0 +1,122 @@
+"""A trained model as one self-describing file: weights, how to rebuild it, which channels in which order and units it
+reads, the normalisation fitted on its training windows, its classes, and where it came from.
+
+`harkd run --keep-models` writes one bundle per trained model; `load_bundle(path).predict(raw_windows)` gives class
+probabilities from raw sensor windows, and `harkd export` turns a bundle into ONNX (harkd.deploy.onnx_export).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from harkd.data.recording import ChannelSpec
+from harkd.data.splits import Normaliser
+from harkd.errors import HarkdError
+from harkd.models.base import build_model
+
+FORMAT, VERSION = "harkd-model", 1
+
+
+@dataclass
+class ModelBundle:
+    model: str                       # registered model name
+    params: dict[str, Any]           # its config options
+    channels: list[dict[str, str]]   # ChannelSpec.to_dict() of each input channel, in input order
+    class_names: list[str]
+    window: int                      # samples per window
+    rate_hz: float
+    mean: list[float]                # per-channel normalisation, fitted on the training windows
+    std: list[float]
+    state_dict: dict[str, torch.Tensor]
+    channel_groups: list[list[int]] | None = None  # the teacher's sensor tokens
+    provenance: dict[str, Any] = field(default_factory=dict)  # dataset, fold, seed, role, method, macro_f1, ...
+
+    @classmethod
+    def of(cls, model: nn.Module, name: str, params: dict[str, Any], channels: Sequence[ChannelSpec],
+           class_names: Sequence[str], window: int, rate_hz: float, normaliser: Normaliser,
+           channel_groups: list[list[int]] | None = None, **provenance: Any) -> "ModelBundle":
+        return cls(name, dict(params), [c.to_dict() for c in channels], list(class_names), int(window),
+                   float(rate_hz), normaliser.mean.tolist(), normaliser.std.tolist(),
+                   {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, channel_groups,
+                   dict(provenance))
+
+    @property
+    def channel_names(self) -> list[str]:
+        return [ChannelSpec(**c).name for c in self.channels]
+
+    def build(self) -> nn.Module:
+        """The model with its trained weights, in eval mode."""
+        model = build_model(self.model, len(self.channels), len(self.class_names), self.channel_groups, **self.params)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as exc:
+            raise HarkdError(f"model {self.model}: the saved weights do not fit it ({str(exc).splitlines()[0]})") \
+                from None
+        return model.eval()
+
+    def normalise(self, x: np.ndarray) -> np.ndarray:
+        return Normaliser(np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32))(x)
+
+    def check_input(self, x: np.ndarray, where: str = "input") -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        expected = (len(self.channels), self.window)
+        if x.ndim != 3 or x.shape[1:] != expected:
+            raise HarkdError(f"{where}: expected windows of shape (N, {expected[0]}, {expected[1]}) "
+                             f"(channels {', '.join(self.channel_names)}), got {x.shape}")
+        if not np.isfinite(x).all():
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise HarkdError(f"{where}: non-finite value in window {bad[0]}, channel {self.channel_names[bad[1]]}, "
+                             f"sample {bad[2]}")
+        return x
+
+    @torch.no_grad()
+    def predict(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Class probabilities (N, classes) for raw (unnormalised) windows (N, channels, window)."""
+        model = self.build()
+        x = self.normalise(self.check_input(x))
+        parts = [torch.softmax(model(torch.from_numpy(x[i:i + batch_size])).logits, 1).numpy()
+                 for i in range(0, len(x), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.class_names)), np.float32)
+
+    def save(self, path: Path) -> None:
+        """Written whole or not at all: a temporary file beside `path`, renamed into place."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save({"format": FORMAT, "version": VERSION, **asdict(self)}, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def load_bundle(path: Path) -> ModelBundle:
+    """A bundle saved by `ModelBundle.save`; anything else is a one-line error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise HarkdError(f"{path}: model file not found")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)  # plain data and tensors only: no code runs
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
+        raise HarkdError(f"{path}: not a readable harkd model file ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise HarkdError(f"{path}: not a harkd model file (written by `harkd run --keep-models`)")
+    if raw.get("version") != VERSION:
+        raise HarkdError(f"{path}: harkd model format version {raw.get('version')}; this harkd reads {VERSION}")
+    fields = set(ModelBundle.__dataclass_fields__)
+    missing = fields - set(raw) - {"channel_groups", "provenance"}
+    if missing:
+        raise HarkdError(f"{path}: harkd model file lacks {sorted(missing)}")
+    return ModelBundle(**{k: v for k, v in raw.items() if k in fields})

@@ -1,0 +1,126 @@
+"""A model bundle as ONNX for the device: it takes raw sensor windows (the bundle's normalisation is part of the graph)
+and returns logits and class probabilities. ONNX Runtime must reproduce PyTorch's outputs before the file is kept,
+and a JSON file beside it says what the input is (channels in order, units, window, rate) and what the classes are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from harkd import __version__
+from harkd.deploy.bundle import ModelBundle
+from harkd.errors import HarkdError
+
+INPUT, OUTPUTS = "windows", ("logits", "probabilities")
+
+
+class Deployable(nn.Module):
+    """Raw windows in, (logits, probabilities) out."""
+
+    def __init__(self, bundle: ModelBundle):
+        super().__init__()
+        self.model = bundle.build()
+        self.register_buffer("mean", torch.tensor(bundle.mean, dtype=torch.float32).view(1, -1, 1))
+        self.register_buffer("std", torch.tensor(bundle.std, dtype=torch.float32).view(1, -1, 1))
+
+    def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model((windows - self.mean) / self.std).logits
+        return logits, torch.softmax(logits, dim=1)
+
+
+def _raw_like(bundle: ModelBundle, n: int, seed: int) -> torch.Tensor:
+    """Windows on the scale of the training data: its mean plus its spread times Gaussian noise."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, len(bundle.channels), bundle.window, generator=g)
+    return torch.tensor(bundle.mean).view(1, -1, 1) + torch.tensor(bundle.std).view(1, -1, 1) * noise
+
+
+def to_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: tuple[str, ...] = OUTPUTS) -> None:
+    """`module` (one input tensor in, tensors out) through torch.onnx's exporter with a dynamic batch size, its
+    progress lines and warnings kept off the terminal."""
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "torch._dynamo", "torch.export")]
+    levels = [log.level for log in quiet]
+    try:
+        for log in quiet:
+            log.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, (example,), dynamo=True, input_names=[INPUT],
+                                        output_names=list(output_names), verbose=False,
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},))
+            program.save(str(path))
+    except Exception as exc:  # the exporter raises many types; the user needs the model and the first line
+        raise HarkdError(f"ONNX export of {getattr(module, 'model', module).__class__.__name__} failed: "
+                         f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") \
+            from None
+    finally:
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def export_onnx(bundle: ModelBundle, path: Path, tolerance: float = 1e-4, check_windows: int = 64,
+                seed: int = 0) -> dict[str, Any]:
+    """Write `path` (ONNX) and `path` with suffix .json (its input and output description); return that description.
+
+    The check: ONNX Runtime and PyTorch score `check_windows` random windows on the training data's scale (another
+    batch size than the export's, so the dynamic batch axis is exercised too); if any probability or logit differs
+    by more than `tolerance`, nothing is written and the error says by how much.
+    """
+    import onnxruntime
+
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise HarkdError(f"{path}: the output file must end in .onnx")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = Deployable(bundle).eval()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        to_onnx(module, _raw_like(bundle, 2, seed), tmp)
+        windows = _raw_like(bundle, check_windows, seed + 1)
+        with torch.no_grad():
+            expected = [t.numpy() for t in module(windows)]
+        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = session.run(list(OUTPUTS), {INPUT: windows.numpy()})
+        diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
+        if not diff <= tolerance:
+            raise HarkdError(f"{path}: ONNX Runtime's outputs differ from PyTorch's by {diff:.3g} "
+                             f"(tolerance {tolerance:g}); nothing written")
+        spec = {
+            "format": "harkd-onnx", "harkd_version": __version__, "onnx": path.name,
+            "input": {"name": INPUT, "shape": ["N", len(bundle.channels), bundle.window], "dtype": "float32",
+                      "units": "raw sensor values, as the dataset's loader reads them; normalisation is inside",
+                      "channels": [{"name": name, **c} for name, c in zip(bundle.channel_names, bundle.channels)],
+                      "rate_hz": bundle.rate_hz},
+            "outputs": {"logits": ["N", len(bundle.class_names)], "probabilities": ["N", len(bundle.class_names)]},
+            "class_names": bundle.class_names, "model": bundle.model, "params": bundle.params,
+            "provenance": bundle.provenance,
+            "check": {"windows": check_windows, "max_abs_diff": diff, "tolerance": tolerance,
+                      "onnxruntime": onnxruntime.__version__, "torch": torch.__version__},
+        }
+        _atomic_write_text(path.with_suffix(".json"), json.dumps(spec, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return spec
