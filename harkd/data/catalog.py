@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -18,6 +16,7 @@ from harkd.data.install import INSTALL_MARKER, data_root, installed_path, read_d
 from harkd.data.recording import ChannelSpec, Recording, check_same_classes
 from harkd.data.registry import WindowConfig, dataset_names, get_dataset
 from harkd.data.windowing import WindowSet, make_windows
+from harkd.files import atomic_output
 
 # Bump when loaders or windowing change what they produce, so stale caches are never read.
 CACHE_FORMAT = 1
@@ -33,15 +32,8 @@ def _cache_file(kind: str, name: str, path: Path, options: Mapping[str, Any], ex
 
 
 def _write_atomic(target: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            np.savez(stream, **arrays)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(target) as tmp, open(tmp, "wb") as stream:  # a stream: np.savez would add .npz to a name
+        np.savez(stream, **arrays)
 
 
 def _read_cache(target: Path) -> dict[str, np.ndarray] | None:

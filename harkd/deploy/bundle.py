@@ -7,9 +7,7 @@ probabilities from raw sensor windows, and `harkd export` turns a bundle into ON
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from torch import nn
 from harkd.data.recording import ChannelSpec
 from harkd.data.splits import Normaliser
 from harkd.errors import HarkdError
+from harkd.files import atomic_output
 from harkd.models.base import build_model
 
 FORMAT, VERSION = "harkd-model", 1
@@ -89,17 +88,9 @@ class ModelBundle:
         return np.concatenate(parts) if parts else np.zeros((0, len(self.class_names)), np.float32)
 
     def save(self, path: Path) -> None:
-        """Written whole or not at all: a temporary file beside `path`, renamed into place."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
+        """Written whole or not at all."""
+        with atomic_output(path) as tmp:
             torch.save({"format": FORMAT, "version": VERSION, **asdict(self)}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 def load_bundle(path: Path) -> ModelBundle:

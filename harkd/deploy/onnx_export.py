@@ -9,8 +9,6 @@ import contextlib
 import io
 import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from torch import nn
 from harkd import __version__
 from harkd.deploy.bundle import ModelBundle
 from harkd.errors import HarkdError
+from harkd.files import atomic_output
 
 INPUT, OUTPUTS = "windows", ("logits", "probabilities")
 
@@ -70,13 +69,6 @@ def to_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: 
             log.setLevel(level)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def export_onnx(bundle: ModelBundle, path: Path, tolerance: float = 1e-4, check_windows: int = 64,
                 seed: int = 0) -> dict[str, Any]:
     """Write `path` (ONNX) and `path` with suffix .json (its input and output description); return that description.
@@ -90,12 +82,8 @@ def export_onnx(bundle: ModelBundle, path: Path, tolerance: float = 1e-4, check_
     path = Path(path)
     if path.suffix != ".onnx":
         raise HarkdError(f"{path}: the output file must end in .onnx")
-    path.parent.mkdir(parents=True, exist_ok=True)
     module = Deployable(bundle).eval()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_output(path) as tmp, atomic_output(path.with_suffix(".json")) as tmp_json:
         to_onnx(module, _raw_like(bundle, 2, seed), tmp)
         windows = _raw_like(bundle, check_windows, seed + 1)
         with torch.no_grad():
@@ -118,9 +106,5 @@ def export_onnx(bundle: ModelBundle, path: Path, tolerance: float = 1e-4, check_
             "check": {"windows": check_windows, "max_abs_diff": diff, "tolerance": tolerance,
                       "onnxruntime": onnxruntime.__version__, "torch": torch.__version__},
         }
-        _atomic_write_text(path.with_suffix(".json"), json.dumps(spec, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        tmp_json.write_text(json.dumps(spec, indent=2) + "\n")
     return spec

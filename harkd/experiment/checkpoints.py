@@ -9,7 +9,6 @@ results.json and report.md are written.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -17,14 +16,14 @@ from typing import Any, Callable
 import numpy as np
 
 from harkd.errors import HarkdError
+from harkd.files import atomic_output
 
 DIRNAME = ".units"
 
 
 def _write_json(path: Path, data: Any) -> None:
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text(json.dumps(data))
-    os.replace(staging, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data))
 
 
 class UnitStore:

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from harkd.experiment.families import UNKNOWN, best_per_family, tsak_vs_zoo_sentence
 from harkd.experiment.summary import BASELINE, fold_means, ratios, summarise
+from harkd.files import atomic_output
 
 _SUMMARY_HEADER = ["role", "model", "method", "n", "macro-F1 (%)", "accuracy (%)", "Δ vs none (pp)", "folds won",
                    "params", "FLOPs (M)", "latency (ms)"]
@@ -104,23 +105,12 @@ def _family_section(results: Mapping[str, Any], summary: Sequence[Mapping[str, A
     return parts
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Readers see the previous file or the complete new one: the temp file sits in the same directory, so
-    os.replace is a rename within one filesystem."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    _write_atomic(path, buffer.getvalue())
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
 
 
 def _slug(*parts: str) -> str:
@@ -250,7 +240,8 @@ def write_report(results: Mapping[str, Any], out_dir: Path) -> Path:
                   "seeds.", *images]
 
     path = out_dir / "report.md"
-    _write_atomic(path, ("\n\n".join(parts) + "\n").encode())
+    with atomic_output(path) as tmp:
+        tmp.write_text("\n\n".join(parts) + "\n")
     return path
 
 
