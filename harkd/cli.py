@@ -132,13 +132,13 @@ def export(
 
     bundle = load_bundle(model)
     spec = export_onnx(bundle, out, tolerance=tolerance)
-    origin = bundle.provenance
+    origin, names = bundle.provenance, bundle.channel_names
+    channels = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:3])}, ..., {names[-1]} (all in the .json)"
     typer.echo(f"wrote {out} and {out.with_suffix('.json')}: {bundle.model}"
                + (f" ({origin['role']}, {origin['method']}; {origin['dataset']} {origin['fold']} seed {origin['seed']})"
                   if origin else "")
-               + f"; input (N, {len(bundle.channels)}, {bundle.window}) at {bundle.rate_hz:g} Hz: "
-               f"{', '.join(bundle.channel_names)}; {len(bundle.class_names)} classes; ONNX Runtime matches PyTorch "
-               f"to {spec['check']['max_abs_diff']:.1g}")
+               + f"; input (N, {len(names)}, {bundle.window}) at {bundle.rate_hz:g} Hz: {channels}; "
+               f"{len(bundle.class_names)} classes; ONNX Runtime matches PyTorch to {spec['check']['max_abs_diff']:.1g}")
 
 
 @app.command("methods")
