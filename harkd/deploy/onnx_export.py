@@ -61,9 +61,9 @@ def to_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: 
                                         dynamic_shapes=({0: torch.export.Dim("batch")},))
             program.save(str(path))
     except Exception as exc:  # the exporter raises many types; the user needs the model and the first line
+        first_line = (str(exc).strip().splitlines() or [""])[0]
         raise HarkdError(f"ONNX export of {getattr(module, 'model', module).__class__.__name__} failed: "
-                         f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") \
-            from None
+                         f"{type(exc).__name__}: {first_line}") from None
     finally:
         for log, level in zip(quiet, levels):
             log.setLevel(level)
