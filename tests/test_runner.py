@@ -110,7 +110,8 @@ def test_parallel_units_give_the_serial_rows_in_plan_order(data_root, tmp_path, 
     monkeypatch.setenv("HARKD_DATA", str(data_root))
     cfg = parse_config(config(split={"kind": "loso", "val_subjects": 1}, methods=["none", "logit"]))
     serial = run_experiment(cfg, tmp_path / "serial", command="test", log=lambda _: None)
-    parallel = run_experiment(cfg, tmp_path / "parallel", command="test", log=lambda _: None, jobs=2)
+    parallel = run_experiment(cfg, tmp_path / "parallel", command="test", log=lambda _: None, jobs=2,
+                              keep_models=True)
     key = lambda r: (r["fold"], r["seed"], r["role"], r["model"], r["method"])  # noqa: E731
     assert [key(r) for r in parallel["rows"]] == [key(r) for r in serial["rows"]]
     assert [r["fold"] for r in serial["rows"] if r["role"] == "teacher"] == ["loso-S01", "loso-S02", "loso-S03"]
@@ -122,6 +123,12 @@ def test_parallel_units_give_the_serial_rows_in_plan_order(data_root, tmp_path, 
     assert len(set(totals.values())) == 1 and set(totals) == {"teacher/tsak_teacher/-", "semantic/tsak_semantic/-",
                                                                "student/cnn_student/none", "student/cnn_student/logit"}
     assert parallel["jobs"] == 2 and all(r["latency_ms_cpu"] > 0 for r in parallel["rows"])
+    # Worker processes keep their units' models too (harkd run --jobs 2 --keep-models).
+    kept = sorted(str(p.relative_to(tmp_path / "parallel" / "models")) for p in
+                  (tmp_path / "parallel" / "models").glob("*/*.pt"))
+    assert kept == [f"loso-{s}-seed0/{name}" for s in ("S01", "S02", "S03") for name in
+                    ("student-cnn_student-logit.pt", "student-cnn_student-none.pt", "teacher.pt")]
+    assert not (tmp_path / "serial" / "models").exists()
 
 
 def test_calibration_windows_train_only_kd_students_and_are_never_scored(data_root, tmp_path, monkeypatch):
