@@ -141,6 +141,39 @@ def export(
                f"{len(bundle.class_names)} classes; ONNX Runtime matches PyTorch to {spec['check']['max_abs_diff']:.1g}")
 
 
+@app.command("personalise")
+def personalise_cmd(
+    student: Path = typer.Argument(..., help="a kept student (from `harkd run --keep-models`)"),
+    teacher: Path = typer.Option(..., "--teacher", help="the kept teacher of the same run, fold and seed"),
+    dataset: str = typer.Option(..., "--dataset", help="installed dataset holding the new worker's session, with the "
+                                                       "teacher's channels"),
+    subject: str = typer.Option(..., "--subject", help="the new worker's subject id in that dataset"),
+    out: Path = typer.Option(..., "--out", help="the personalised student (a kept-model file, for `harkd export`)"),
+    calibration: float = typer.Option(0.5, help="fraction (in time) of each of the worker's recordings the teacher "
+                                                "labels; the rest, if labelled, scores before and after"),
+    stride: Optional[int] = typer.Option(None, help="window hop in samples (default: the window length)"),
+    seed: int = typer.Option(0, help="seed of the fine-tuning"),
+) -> None:
+    """Personalise a kept student to a new worker: the kept teacher labels the worker's calibration session (full
+    sensor kit), and the student is distilled on it. The worker's labels are never used for training."""
+    from harkd.deploy.bundle import load_bundle
+    from harkd.deploy.personalise import personalise
+
+    if out.suffix != ".pt":
+        raise HarkdError(f"{out}: the personalised student's file must end in .pt")
+    personal, report = personalise(load_bundle(teacher), load_bundle(student), dataset, subject, calibration,
+                                   stride, seed=seed)
+    personal.save(out)
+    before, after = report["before"], report["after"]
+    typer.echo(f"wrote {out}: {report['calibration_windows']} calibration windows of {subject} labelled by the "
+               f"teacher, {report['epochs']} epochs; agreement with the teacher on them "
+               f"{before['agreement_with_teacher']:.3f} -> {after['agreement_with_teacher']:.3f}")
+    if after["student_macro_f1"] is not None:
+        typer.echo(f"on the other {report['scored_windows']} windows (labelled): student macro-F1 "
+                   f"{before['student_macro_f1']:.3f} -> {after['student_macro_f1']:.3f}, teacher "
+                   f"{after['teacher_macro_f1']:.3f}")
+
+
 @app.command("methods")
 def methods(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """Every KD strategy a method's terms may name, with its family (tsak, zoo, smldist or none), its one-line

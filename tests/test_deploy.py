@@ -188,3 +188,65 @@ def test_every_model_family_exports_to_onnx(name, params, tmp_path):
     session = onnxruntime.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).normal(size=(3, 6, 64)).astype(np.float32)
     np.testing.assert_allclose(session.run(["probabilities"], {"windows": x})[0], bundle.predict(x), atol=1e-5)
+
+
+def test_personalise_distils_the_teacher_labels_of_a_calibration_session(kept_run, monkeypatch, tmp_path):
+    import harkd.deploy.personalise as personalise_module
+    from harkd.train.engine import TrainConfig
+
+    _, out, _ = kept_run
+    teacher = load_bundle(out / "models" / UNIT / "teacher.pt")
+    student = load_bundle(out / "models" / UNIT / "student-cnn_student-none.pt")
+    seen = {}
+    real_fit = personalise_module.fit
+
+    def spy(model, train, val, *args, **kwargs):
+        seen["train_labels"], seen["val_labels"], seen["teacher"] = train[1], val[1], kwargs["teacher"]["train"]
+        return real_fit(model, train, val, *args, **kwargs)
+
+    monkeypatch.setattr(personalise_module, "fit", spy)
+    personal, report = personalise_module.personalise(teacher, student, "synth", "S01", 0.5, stride=5,
+                                                      train=TrainConfig(epochs=15, lr=3e-3, patience=15))
+    assert (seen["train_labels"] == -1).all()  # the worker's labels are never read for training
+    assert len(seen["teacher"].logits) == len(seen["train_labels"])
+    assert report["calibration_windows"] == len(seen["train_labels"]) + len(seen["val_labels"])
+    assert report["scored_windows"] > 0 and report["after"]["teacher_macro_f1"] == report["before"]["teacher_macro_f1"]
+    assert report["after"]["agreement_with_teacher"] > report["before"]["agreement_with_teacher"]
+    assert personal.channels == student.channels and personal.mean == student.mean
+    assert personal.provenance["personalised"]["subject"] == "S01"
+    assert any(not torch.equal(personal.state_dict[k], student.state_dict[k]) for k in student.state_dict)
+    personal.save(tmp_path / "personal.pt")
+    assert load_bundle(tmp_path / "personal.pt").provenance["personalised"] == json.loads(json.dumps(report))
+
+
+def test_personalise_refuses_mismatched_models_and_data(kept_run):
+    from dataclasses import replace
+
+    from harkd.deploy.personalise import personalise
+
+    _, out, _ = kept_run
+    teacher = load_bundle(out / "models" / UNIT / "teacher.pt")
+    student = load_bundle(out / "models" / UNIT / "student-cnn_student-none.pt")
+    with pytest.raises(HarkdError, match="no subject 'S09'; subjects: S01, S02, S03"):
+        personalise(teacher, student, "synth", "S09")
+    with pytest.raises(HarkdError, match="different classes"):
+        personalise(teacher, replace(student, class_names=student.class_names[::-1]), "synth", "S01")
+    renamed = [dict(c, position="left_ankle") if i == 0 else c for i, c in enumerate(student.channels)]
+    with pytest.raises(HarkdError, match="student on synth: the data has no channel left_ankle/acc/x"):
+        personalise(teacher, replace(student, channels=renamed), "synth", "S01")
+    with pytest.raises(HarkdError, match="sampled at 25 Hz, the model expects 50 Hz"):
+        personalise(replace(teacher, rate_hz=50.0), student, "synth", "S01")
+    with pytest.raises(HarkdError, match="subject S01: 4 calibration windows in synth are too few"):
+        personalise(teacher, student, "synth", "S01", calibration=0.2)
+
+
+def test_cli_personalise(kept_run, data_root, tmp_path):
+    _, out, _ = kept_run
+    models = out / "models" / UNIT
+    args = ["personalise", str(models / "student-cnn_student-none.pt"), "--teacher", str(models / "teacher.pt"),
+            "--dataset", "synth", "--subject", "S01"]
+    done = run_cli(*args, "--out", str(tmp_path / "personal.pt"), data_root=data_root, check=True)
+    assert "labelled by the teacher" in done.stdout and "student macro-F1" in done.stdout
+    assert load_bundle(tmp_path / "personal.pt").provenance["personalised"]["subject"] == "S01"
+    wrong = run_cli(*args, "--out", str(tmp_path / "personal.onnx"), data_root=data_root)
+    assert_one_line_error(wrong, "personal.onnx", "must end in .pt")

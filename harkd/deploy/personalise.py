@@ -1,0 +1,113 @@
+"""Personalise a kept student to a new worker (ours): the worker wears the full sensor kit for one calibration
+session, the kept teacher labels it, and the kept student is distilled on those labels (Logit KD; the worker's true
+labels are never read for training). This is `split.calibration` of `harkd run` (docs/tsak.md) as a deployment step,
+except that the student is fine-tuned from its kept weights on the calibration windows alone, since a kept model
+carries no training data.
+
+The first `calibration` fraction (in time) of each of the worker's recordings is the calibration session; if the rest
+has labels, teacher and student are scored on it before and after, so the gain can be checked.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harkd.data.catalog import load_windows
+from harkd.data.registry import WindowConfig
+from harkd.data.splits import Fold, with_calibration
+from harkd.data.windowing import WindowSet
+from harkd.deploy.bundle import ModelBundle
+from harkd.distill.base import build_distiller
+from harkd.errors import HarkdError
+from harkd.metrics import macro_f1
+from harkd.train.engine import TrainConfig, fit, predict
+
+VAL_FRACTION = 0.15  # of the calibration windows, scored against the teacher's labels for early stopping
+MIN_WINDOWS = 8  # calibration windows to train on, at the least
+
+
+def bundle_inputs(bundle: ModelBundle, windows: WindowSet, where: str) -> np.ndarray:
+    """The bundle's input channels, in its order, from `windows` (raw values)."""
+    available = {c.name: i for i, c in enumerate(windows.channels)}
+    missing = [name for name in bundle.channel_names if name not in available]
+    if missing:
+        raise HarkdError(f"{where}: the data has no channel {missing[0]} (of {len(missing)} missing); it has "
+                         f"{', '.join(available)}")
+    if abs(windows.rate_hz - bundle.rate_hz) > 1e-6:
+        raise HarkdError(f"{where}: the data is sampled at {windows.rate_hz:g} Hz, the model expects "
+                         f"{bundle.rate_hz:g} Hz")
+    return windows.x[:, [available[name] for name in bundle.channel_names], :]
+
+
+def personalise(teacher: ModelBundle, student: ModelBundle, dataset: str, subject: str, calibration: float = 0.5,
+                stride: int | None = None, train: TrainConfig | None = None, seed: int = 0
+                ) -> tuple[ModelBundle, dict[str, Any]]:
+    """The personalised student bundle (same inputs and normalisation as `student`) and a report of the session."""
+    if teacher.class_names != student.class_names:
+        raise HarkdError(f"teacher and student name different classes: {teacher.class_names} vs "
+                         f"{student.class_names}")
+    if teacher.window != student.window:
+        raise HarkdError(f"teacher and student read windows of {teacher.window} and {student.window} samples")
+    # Null windows stay: a calibration session is unlabelled data, and the teacher labels it whole.
+    windows = load_windows(dataset, WindowConfig(length=student.window, stride=stride or student.window,
+                                                 drop_null=False))
+    mine = np.flatnonzero(windows.subjects == subject)
+    if len(mine) == 0:
+        raise HarkdError(f"dataset {dataset} has no subject {subject!r}; subjects: {', '.join(windows.subject_ids)}")
+    none = np.zeros(0, dtype=np.int64)
+    fold = with_calibration(windows, Fold(f"personalise-{subject}", none, none, mine, (subject,)), calibration)
+    x_teacher = teacher.normalise(bundle_inputs(teacher, windows, f"teacher on {dataset}"))
+    x_student = student.normalise(bundle_inputs(student, windows, f"student on {dataset}"))
+
+    torch.manual_seed(seed)
+    teacher_model = teacher.build().requires_grad_(False)
+    # A seeded few of the calibration windows, labelled by the teacher, pick the epoch; the others train.
+    order = np.random.default_rng(seed).permutation(fold.calibration)
+    n_val = max(1, int(round(VAL_FRACTION * len(order))))
+    val, train_part = order[:n_val], order[n_val:]
+    if len(train_part) < MIN_WINDOWS:
+        raise HarkdError(f"subject {subject}: {len(fold.calibration)} calibration windows in {dataset} are too few to "
+                         f"personalise on (at least {MIN_WINDOWS + n_val}); raise the calibration fraction or lower "
+                         f"the stride")
+    targets = predict(teacher_model, torch.from_numpy(x_teacher[train_part]))
+    val_labels = predict(teacher_model, torch.from_numpy(x_teacher[val])).logits.argmax(1)
+
+    y, names = windows.activity_targets()
+    scored = fold.test[y[fold.test] >= 0] if names == student.class_names else none  # labelled, same classes
+    model = student.build()
+    before = _scores(model, teacher_model, x_student, x_teacher, y, fold.calibration, scored)
+    distiller = build_distiller("logit", model.rep_dims, teacher_model.rep_dims, len(student.class_names))
+    unlabelled = torch.full((len(train_part),), -1)  # the worker's labels are never read; the CE term skips -1
+    train = train or TrainConfig(epochs=30, lr=1e-3, patience=8)
+    with tempfile.TemporaryDirectory(prefix="harkd-personalise-") as work:
+        result = fit(model, (torch.from_numpy(x_student[train_part]), unlabelled),
+                     (torch.from_numpy(x_student[val]), val_labels), train, Path(work), seed=seed,
+                     distiller=distiller, teacher={"train": targets})
+    after = _scores(result.model, teacher_model, x_student, x_teacher, y, fold.calibration, scored)
+    report = {"dataset": dataset, "subject": subject, "calibration": calibration,
+              "calibration_windows": len(fold.calibration), "scored_windows": len(scored), "epochs": result.epochs,
+              "before": before, "after": after}
+    weights = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
+    return replace(student, state_dict=weights, provenance={**student.provenance, "personalised": report}), report
+
+
+def _scores(student: torch.nn.Module, teacher: torch.nn.Module, x_student: np.ndarray, x_teacher: np.ndarray,
+            y: np.ndarray, calibration: np.ndarray, scored: np.ndarray) -> dict[str, float | None]:
+    """The student's agreement with the teacher on the calibration windows; both models' macro-F1 on the `scored`
+    windows (the labelled rest of the worker's data; None when there is none)."""
+    def labels(model: torch.nn.Module, x: np.ndarray, index: np.ndarray) -> np.ndarray:
+        return predict(model, torch.from_numpy(x[index])).logits.argmax(1).numpy()
+
+    agreement = float(np.mean(labels(student, x_student, calibration) == labels(teacher, x_teacher, calibration)))
+    scores: dict[str, float | None] = {"agreement_with_teacher": round(agreement, 5), "student_macro_f1": None,
+                                       "teacher_macro_f1": None}
+    if len(scored):
+        scores["student_macro_f1"] = round(macro_f1(y[scored], labels(student, x_student, scored)), 5)
+        scores["teacher_macro_f1"] = round(macro_f1(y[scored], labels(teacher, x_teacher, scored)), 5)
+    return scores
