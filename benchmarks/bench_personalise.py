@@ -1,12 +1,13 @@
-"""`harkd personalise` on real data: every (fold, seed) unit of a leave-one-subject-out run kept with --keep-models,
-its student personalised to the fold's left-out worker by the fold's teacher.
+"""`harkd personalise` on real data: for every (fold, seed) unit of a run kept with --keep-models, the unit's student
+personalised by the unit's teacher to each of the fold's test subjects (workers it never saw), one at a time.
 
     harkd run configs/dsads.yaml "methods=[none]" --keep-models --out runs/dsads-kept --jobs 2
-    python benchmarks/bench_personalise.py runs/dsads-kept [--calibration 0.5]
+    python benchmarks/bench_personalise.py runs/dsads-kept [--calibration 0.5] [--stride N]
 
 The first half (in time) of each of the worker's recordings is the calibration session the teacher labels; teacher
-and student are scored on the second half, the same windows as `configs/dsads-calibration.yaml` scores. Writes
-benchmarks/results/personalise_<dataset>.json and prints mean ± std over units and the folds won.
+and student are scored on the second half (on DSADS, the same windows as `configs/dsads-calibration.yaml` scores).
+Writes benchmarks/results/personalise_<dataset>.json and prints mean ± std over (unit, worker) pairs and the workers
+whose mean gain over seeds is positive.
 """
 
 from __future__ import annotations
@@ -34,33 +35,35 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a `harkd run --keep-models` output folder")
     parser.add_argument("--student", default="student-cnn_student-none.pt", help="the kept student's file name")
     parser.add_argument("--calibration", type=float, default=0.5)
+    parser.add_argument("--stride", type=int, default=None, help="window hop (default: the window length)")
     args = parser.parse_args()
 
     rows = []
     for unit in sorted((args.run / "models").iterdir()):
         teacher, student = load_bundle(unit / "teacher.pt"), load_bundle(unit / args.student)
-        (subject,) = student.provenance["test_subjects"]
-        start = time.perf_counter()
-        _, report = personalise(teacher, student, student.provenance["dataset"], subject, args.calibration,
-                                seed=student.provenance["seed"])
-        rows.append({"fold": student.provenance["fold"], "seed": student.provenance["seed"], "subject": subject,
-                     "seconds": round(time.perf_counter() - start, 1), **report})
-        print(f"{unit.name}: student {report['before']['student_macro_f1']:.3f} -> "
-              f"{report['after']['student_macro_f1']:.3f} (teacher {report['after']['teacher_macro_f1']:.3f})")
+        for subject in student.provenance["test_subjects"]:
+            start = time.perf_counter()
+            _, report = personalise(teacher, student, student.provenance["dataset"], subject, args.calibration,
+                                    args.stride, seed=student.provenance["seed"])
+            rows.append({"fold": student.provenance["fold"], "seed": student.provenance["seed"],
+                         "seconds": round(time.perf_counter() - start, 1), **report})
+            print(f"{unit.name} {subject}: student {report['before']['student_macro_f1']:.3f} -> "
+                  f"{report['after']['student_macro_f1']:.3f} (teacher {report['after']['teacher_macro_f1']:.3f})")
 
     gains = defaultdict(list)
     for row in rows:
-        gains[row["fold"]].append(row["after"]["student_macro_f1"] - row["before"]["student_macro_f1"])
+        gains[row["subject"]].append(row["after"]["student_macro_f1"] - row["before"]["student_macro_f1"])
     summary = {key: mean_std([row[stage][f"{role}_macro_f1"] for row in rows])
                for key, stage, role in (("student_before", "before", "student"), ("student_after", "after", "student"),
                                         ("teacher", "after", "teacher"))}
     summary["gain_pp"] = mean_std([g for fold in gains.values() for g in fold])
-    summary["folds_won"] = f"{sum(statistics.mean(g) > 0 for g in gains.values())}/{len(gains)}"
+    summary["workers_won"] = f"{sum(statistics.mean(g) > 0 for g in gains.values())}/{len(gains)}"
     summary["seconds_per_unit"] = round(statistics.mean(row["seconds"] for row in rows), 1)
     dataset = rows[0]["dataset"]
-    result = {"run": str(args.run), "student": args.student, "calibration": args.calibration, "summary": summary,
-              "rows": rows, "command": f"python benchmarks/bench_personalise.py {args.run} --student {args.student} "
-                                      f"--calibration {args.calibration}"}
+    result = {"run": str(args.run), "student": args.student, "calibration": args.calibration, "stride": args.stride,
+              "summary": summary, "rows": rows,
+              "command": f"python benchmarks/bench_personalise.py {args.run} --student {args.student} "
+                         f"--calibration {args.calibration}" + (f" --stride {args.stride}" if args.stride else "")}
     out = HERE / "results" / f"personalise_{dataset}.json"
     out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps(summary, indent=1, ensure_ascii=False))

@@ -250,3 +250,21 @@ def test_cli_personalise(kept_run, data_root, tmp_path):
     assert load_bundle(tmp_path / "personal.pt").provenance["personalised"]["subject"] == "S01"
     wrong = run_cli(*args, "--out", str(tmp_path / "personal.onnx"), data_root=data_root)
     assert_one_line_error(wrong, "personal.onnx", "must end in .pt")
+
+
+def test_personalise_scores_only_windows_of_the_models_classes(kept_run):
+    """HAPT's raw recordings hold transitions the UCI-HAR models never learnt: such windows are not scored."""
+    from dataclasses import replace
+
+    from harkd.deploy.personalise import personalise
+    from harkd.train.engine import TrainConfig
+
+    _, out, _ = kept_run
+    teacher = load_bundle(out / "models" / UNIT / "teacher.pt")
+    student = load_bundle(out / "models" / UNIT / "student-cnn_student-none.pt")
+    quick = TrainConfig(epochs=1, patience=1)
+    _, full = personalise(teacher, student, "synth", "S01", stride=10, train=quick)
+    renamed = ["unknown_activity"] + student.class_names[1:]
+    _, partial = personalise(replace(teacher, class_names=renamed), replace(student, class_names=renamed), "synth",
+                             "S01", stride=10, train=quick)
+    assert 0 < partial["scored_windows"] < full["scored_windows"]

@@ -78,8 +78,11 @@ def personalise(teacher: ModelBundle, student: ModelBundle, dataset: str, subjec
     targets = predict(teacher_model, torch.from_numpy(x_teacher[train_part]))
     val_labels = predict(teacher_model, torch.from_numpy(x_teacher[val])).logits.argmax(1)
 
-    y, names = windows.activity_targets()
-    scored = fold.test[y[fold.test] >= 0] if names == student.class_names else none  # labelled, same classes
+    # Scored: the rest of the session where its label is one of the model's classes (e.g. not HAPT's transitions).
+    data_labels, names = windows.activity_targets()
+    to_model = np.array([student.class_names.index(n) if n in student.class_names else -1 for n in names] + [-1])
+    y = to_model[data_labels]  # -1 (Null) indexes the appended -1
+    scored = fold.test[y[fold.test] >= 0]
     model = student.build()
     before = _scores(model, teacher_model, x_student, x_teacher, y, fold.calibration, scored)
     distiller = build_distiller("logit", model.rep_dims, teacher_model.rep_dims, len(student.class_names))
