@@ -112,7 +112,8 @@ def test_calibration_takes_the_first_part_in_time_of_every_test_recording():
     assert set(windows.subjects[calibrated.calibration]) == {"p2"}
     assert np.array_equal(np.sort(np.concatenate([calibrated.test, calibrated.calibration])), fold.test)
     assert np.array_equal(calibrated.train, fold.train) and "+ 4 unlabelled calibration" in calibrated.describe()
-    with pytest.raises(HarkdError, match="calibration must be a fraction"):
+    with pytest.raises(HarkdError, match=r"calibration \(split.calibration, or personalise's --calibration\) must be "
+                                         r"a fraction in \(0, 1\), got 1.0"):
         with_calibration(windows, fold, 1.0)
 
 

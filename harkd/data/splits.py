@@ -44,7 +44,8 @@ def with_calibration(windows: WindowSet, fold: Fold, fraction: float) -> Fold:
     per session, sessions of one recording in name order), never by label.
     """
     if not 0 < fraction < 1:
-        raise HarkdError(f"split: calibration must be a fraction in (0, 1), got {fraction}")
+        raise HarkdError(f"calibration (split.calibration, or personalise's --calibration) must be a fraction in "
+                         f"(0, 1), got {fraction}")
     order = sorted(fold.test, key=lambda i: (windows.subjects[i], recording_key(str(windows.sessions[i])),
                                              str(windows.sessions[i]), i))
     by_recording: dict[tuple[str, str], list[int]] = {}
