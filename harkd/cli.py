@@ -138,7 +138,8 @@ def export(
                + (f" ({origin['role']}, {origin['method']}; {origin['dataset']} {origin['fold']} seed {origin['seed']})"
                   if origin else "")
                + f"; input (N, {len(names)}, {bundle.window}) at {bundle.rate_hz:g} Hz: {channels}; "
-               f"{len(bundle.class_names)} classes; ONNX Runtime matches PyTorch to {spec['check']['max_abs_diff']:.1g}")
+               f"{len(bundle.class_names)} classes; ONNX Runtime matches PyTorch to "
+               f"{spec['check']['max_abs_diff']:.1g}")
 
 
 @app.command("personalise")

@@ -430,8 +430,9 @@ class Runner:
             # Spawned workers, one torch thread each by default: the models are small, so one thread per process
             # and several processes use the cores better than one process with several threads.
             threads = max(1, (os.cpu_count() or 1) // self.jobs)
-            with ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(self.config.raw, work, threads, self.models)) as pool:
+            spawn = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(self.jobs, mp_context=spawn, initializer=_init_worker,
+                                     initargs=(self.config.raw, work, threads, self.models)) as pool:
                 futures = {pool.submit(_run_unit, plan[k][0], plan[k][1]): k for k in todo}
                 try:
                     for future in as_completed(futures):
