@@ -26,7 +26,7 @@ from harkd.deploy.bundle import ModelBundle
 from harkd.distill.base import build_distiller
 from harkd.errors import HarkdError
 from harkd.metrics import macro_f1
-from harkd.train.engine import TrainConfig, fit, predict
+from harkd.train.engine import TeacherTargets, TrainConfig, fit, predict
 
 VAL_FRACTION = 0.15  # of the calibration windows, scored against the teacher's labels for early stopping
 MIN_WINDOWS = 8  # calibration windows to train on, at the least
@@ -68,31 +68,34 @@ def personalise(teacher: ModelBundle, student: ModelBundle, dataset: str, subjec
     torch.manual_seed(seed)
     teacher_model = teacher.build().requires_grad_(False)
     # A seeded few of the calibration windows, labelled by the teacher, pick the epoch; the others train.
-    order = np.random.default_rng(seed).permutation(fold.calibration)
+    order = np.random.default_rng(seed).permutation(len(fold.calibration))  # positions in fold.calibration
     n_val = max(1, int(round(VAL_FRACTION * len(order))))
     val, train_part = order[:n_val], order[n_val:]
     if len(train_part) < MIN_WINDOWS:
         raise HarkdError(f"subject {subject}: {len(fold.calibration)} calibration windows in {dataset} are too few to "
                          f"personalise on (at least {MIN_WINDOWS + n_val}); raise the calibration fraction or lower "
                          f"the stride")
-    targets = predict(teacher_model, torch.from_numpy(x_teacher[train_part]))
-    val_labels = predict(teacher_model, torch.from_numpy(x_teacher[val])).logits.argmax(1)
+    # The teacher runs once over the session; Logit KD reads its logits alone.
+    teacher_logits = predict(teacher_model, torch.from_numpy(x_teacher[fold.calibration])).logits
+    teacher_says = teacher_logits.argmax(1)
+    x_calibration = torch.from_numpy(x_student[fold.calibration])
 
     # Scored: the rest of the session where its label is one of the model's classes (e.g. not HAPT's transitions).
     data_labels, names = windows.activity_targets()
     to_model = np.array([student.class_names.index(n) if n in student.class_names else -1 for n in names] + [-1])
     y = to_model[data_labels]  # -1 (Null) indexes the appended -1
     scored = fold.test[y[fold.test] >= 0]
+    teacher_f1 = round(macro_f1(y[scored], _labels(teacher_model, x_teacher[scored])), 5) if len(scored) else None
     model = student.build()
-    before = _scores(model, teacher_model, x_student, x_teacher, y, fold.calibration, scored)
+    before = _scores(model, x_calibration, teacher_says, x_student[scored], y[scored], teacher_f1)
     distiller = build_distiller("logit", model.rep_dims, teacher_model.rep_dims, len(student.class_names))
     unlabelled = torch.full((len(train_part),), -1)  # the worker's labels are never read; the CE term skips -1
     train = train or TrainConfig(epochs=30, lr=1e-3, patience=8)
     with tempfile.TemporaryDirectory(prefix="harkd-personalise-") as work:
-        result = fit(model, (torch.from_numpy(x_student[train_part]), unlabelled),
-                     (torch.from_numpy(x_student[val]), val_labels), train, Path(work), seed=seed,
-                     distiller=distiller, teacher={"train": targets})
-    after = _scores(result.model, teacher_model, x_student, x_teacher, y, fold.calibration, scored)
+        result = fit(model, (x_calibration[train_part], unlabelled), (x_calibration[val], teacher_says[val]), train,
+                     Path(work), seed=seed, distiller=distiller,
+                     teacher={"train": TeacherTargets(teacher_logits[train_part], {}, {})})
+    after = _scores(result.model, x_calibration, teacher_says, x_student[scored], y[scored], teacher_f1)
     report = {"dataset": dataset, "subject": subject, "calibration": calibration,
               "calibration_windows": len(fold.calibration), "scored_windows": len(scored), "epochs": result.epochs,
               "before": before, "after": after}
@@ -100,17 +103,15 @@ def personalise(teacher: ModelBundle, student: ModelBundle, dataset: str, subjec
     return replace(student, state_dict=weights, provenance={**student.provenance, "personalised": report}), report
 
 
-def _scores(student: torch.nn.Module, teacher: torch.nn.Module, x_student: np.ndarray, x_teacher: np.ndarray,
-            y: np.ndarray, calibration: np.ndarray, scored: np.ndarray) -> dict[str, float | None]:
-    """The student's agreement with the teacher on the calibration windows; both models' macro-F1 on the `scored`
-    windows (the labelled rest of the worker's data; None when there is none)."""
-    def labels(model: torch.nn.Module, x: np.ndarray, index: np.ndarray) -> np.ndarray:
-        return predict(model, torch.from_numpy(x[index])).logits.argmax(1).numpy()
+def _labels(model: torch.nn.Module, x: np.ndarray | torch.Tensor) -> np.ndarray:
+    return predict(model, torch.as_tensor(x)).logits.argmax(1).numpy()
 
-    agreement = float(np.mean(labels(student, x_student, calibration) == labels(teacher, x_teacher, calibration)))
-    scores: dict[str, float | None] = {"agreement_with_teacher": round(agreement, 5), "student_macro_f1": None,
-                                       "teacher_macro_f1": None}
-    if len(scored):
-        scores["student_macro_f1"] = round(macro_f1(y[scored], labels(student, x_student, scored)), 5)
-        scores["teacher_macro_f1"] = round(macro_f1(y[scored], labels(teacher, x_teacher, scored)), 5)
-    return scores
+
+def _scores(student: torch.nn.Module, x_calibration: torch.Tensor, teacher_says: torch.Tensor, x_scored: np.ndarray,
+            y_scored: np.ndarray, teacher_f1: float | None) -> dict[str, float | None]:
+    """The student's agreement with the teacher on the calibration windows; its macro-F1 beside the teacher's on the
+    scored windows (the labelled rest of the worker's data; None when there is none)."""
+    agreement = float(np.mean(_labels(student, x_calibration) == teacher_says.numpy()))
+    student_f1 = round(macro_f1(y_scored, _labels(student, x_scored)), 5) if len(y_scored) else None
+    return {"agreement_with_teacher": round(agreement, 5), "student_macro_f1": student_f1,
+            "teacher_macro_f1": teacher_f1}
