@@ -49,7 +49,7 @@ from harkd.experiment.summary import summarise
 from harkd.metrics import confusion
 from harkd.models.base import ModelOutput, build_model
 from harkd.models.tsak import REP_NAMES, TwoStageTeacher
-from harkd.train.engine import FitResult, TeacherTargets, concat_targets, evaluate, fit, predict, quiet_lightning
+from harkd.train.engine import FitResult, TeacherTargets, concat_targets, evaluate, fit, predict
 from harkd.train.mixup import Mixes
 
 
@@ -321,7 +321,6 @@ _WORKER: FoldRunner | None = None
 def _init_worker(raw: dict, work: Path, threads: int, models: Path | None) -> None:
     global _WORKER
     torch.set_num_threads(threads)
-    quiet_lightning()
     cfg = parse_config(raw)
     _WORKER = FoldRunner(cfg, RunData.load(cfg), work, models)
 
@@ -346,7 +345,6 @@ class Runner:
     def run(self) -> dict[str, Any]:
         cfg = self.config
         check_names(cfg)
-        quiet_lightning()
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         clock = time.perf_counter()
         data = RunData.load(cfg)

@@ -35,7 +35,7 @@ from harkd.experiment.config import MethodSpec, ModelSpec, SplitSpec, check_keys
 from harkd.experiment.runner import experiment_windows, fold_views, make_folds, sensor_groups
 from harkd.models.base import build_model, model_defaults
 from harkd.models.heads import HEAD_OPTIONS, HEADS
-from harkd.train.engine import TeacherTargets, TrainConfig, fit, predict, quiet_lightning
+from harkd.train.engine import TeacherTargets, TrainConfig, fit, predict
 
 # Choices per size option unless `search.sizes` replaces them: small enough for a few-thousand-parameter student.
 DEFAULT_SIZES: dict[str, tuple[int, ...]] = {"head_hidden": (8, 16, 32, 64), "memory_dim": (4, 8, 16, 32),
@@ -329,7 +329,6 @@ def run_head_search(config: SearchConfig, out_dir: Path, study_name: str, trials
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     if done < trials:
         log(f"study {study_name!r}: {done} of {trials} trials finished; running {trials - done}")
-        quiet_lightning()
         # Reseeded by the trials already stored, so a resumed run does not redraw the first run's points.
         study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
         with tempfile.TemporaryDirectory(prefix="harkd-search-") as work:

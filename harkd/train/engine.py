@@ -1,4 +1,4 @@
-"""Training with Lightning Fabric: one loop for supervised models and for students with a distiller, early stopping
+"""Training: one loop for supervised models and for students with a distiller, early stopping
 on validation macro-F1 (validation windows come from training subjects), the best checkpoint restored at the end.
 
 Data live in memory as tensors and batches are index tensors: the windows of a HAR dataset fit in memory, and the
@@ -8,14 +8,13 @@ teacher.
 
 from __future__ import annotations
 
-import logging
 import os
+import random
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -162,19 +161,39 @@ def _set_determinism(on: bool) -> None:
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
 
 
+def _seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's global generators, as Lightning's seed_everything seeded them (so runs repeat
+    the committed ones, drawn under Lightning)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # all CUDA devices too
+
+
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu")
+
+
+def _device(accelerator: str) -> torch.device:
+    """`auto` takes the GPU when there is one; `gpu` and `cuda` insist on one."""
+    if accelerator not in ACCELERATORS:
+        raise HarkdError(f"train.accelerator: unknown accelerator {accelerator!r}; valid: {', '.join(ACCELERATORS)}")
+    if accelerator in ("cuda", "gpu") and not torch.cuda.is_available():
+        raise HarkdError(f"train.accelerator: {accelerator!r} asked for, but torch sees no CUDA device")
+    return torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
+
+
 def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
         config: TrainConfig, workdir: Path, *, seed: int, distiller: Distiller | None = None,
         teacher: Mapping[str, TeacherTargets] | None = None) -> FitResult:
     """Train with early stopping on validation macro-F1 and return the model with its best weights restored.
 
-    Lightning Fabric picks the device; the loop is ours, because Lightning Trainer's per-step hooks cost as much as
-    a small student's step (benchmarks/bench_train_overhead.py). Per epoch: shuffled index batches over tensors held
+    `config.accelerator` picks the device. The loop is ours: Lightning Trainer's per-step hooks cost as much as a
+    small student's step (benchmarks/bench_train_overhead.py), and Fabric gave nothing we use beyond the device. Per epoch: shuffled index batches over tensors held
     on the device (the last partial batch dropped), AdamW with a cosine schedule, validation macro-F1, the best
     weights checkpointed to `workdir`/best.ckpt, and a stop after `patience` epochs without improvement.
     """
-    L.seed_everything(seed, workers=False, verbose=False)
+    _seed_everything(seed)
     _set_determinism(config.deterministic)
-    device = L.Fabric(accelerator=config.accelerator, devices=1).device
+    device = _device(config.accelerator)
     model.to(device)
     if distiller is not None:
         distiller.to(device)
@@ -225,12 +244,6 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
     model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
     model.cpu().eval()
     return FitResult(model, len(history), best, elapsed, history)
-
-
-def quiet_lightning() -> None:
-    """Lightning's per-fit notes (seeding, CUDA matmul precision, ...) drown the runner's own progress."""
-    for name in ("lightning.fabric", "lightning.pytorch"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: np.ndarray) -> tuple[np.ndarray, float, float]:
