@@ -290,14 +290,36 @@ def test_dkd_is_weighted_target_and_non_target_kl(alpha, beta, temperature):
     assert losses["loss_nckd"].item() == pytest.approx(beta * nckd, rel=1e-4)
 
 
-def test_dkd_warmup_ramps_over_training_calls_only():
+def test_dkd_warmup_ramps_over_epochs_as_the_reference():
+    """mdistiller weighs epoch e (1-based) min(e / warmup, 1); start_epoch announces 0-based epochs."""
     distiller, run = kd_loss("dkd", warmup=4)
-    tckd, _ = dkd_terms(4.0)
-    ramps = [run()["loss_tckd"].item() / tckd for _ in range(5)]
-    assert ramps == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0], rel=1e-4)
-    distiller.eval()
-    assert run()["loss_tckd"].item() == pytest.approx(tckd, rel=1e-4)
-    assert distiller.steps == 5
+    tckd, nckd = dkd_terms(4.0)
+    assert run()["loss_tckd"].item() == pytest.approx(0.25 * tckd, rel=1e-4)  # before start_epoch: epoch 0
+    ramps = []
+    for epoch in range(6):
+        distiller.start_epoch(epoch, 6)
+        ramps += [run()[term].item() / value for term, value in (("loss_tckd", tckd), ("loss_nckd", 8 * nckd))]
+    assert ramps == pytest.approx([w for w in (0.25, 0.5, 0.75, 1.0, 1.0, 1.0) for _ in range(2)], rel=1e-4)
+    distiller.start_epoch(1, 6)
+    assert [run()["loss_tckd"].item() / tckd for _ in range(3)] == pytest.approx([0.5] * 3, rel=1e-4)  # not steps
+
+
+def test_dkd_is_finite_where_the_target_probability_rounds_to_one():
+    """At T=1 a margin of 30 over 18 other classes makes softmax(target) exactly 1 in float32: the non-target mass
+    is taken from logsumexps, not as 1 - p_target, so the loss stays the float64 value."""
+    student, teacher = torch.zeros(2, 19), torch.zeros(2, 19)
+    student[:, 0], teacher[0, 0], teacher[1, 3] = 30.0, 30.0, 30.0
+    assert torch.softmax(student, 1)[0, 0].item() == 1.0
+    distiller = build_distiller("dkd", {}, {}, 19, temperature=1.0)
+    labels = torch.tensor([0, 0])
+    single = distiller.kd_terms(ModelOutput(student), ModelOutput(teacher), labels)
+    double = distiller.kd_terms(ModelOutput(student.double()), ModelOutput(teacher.double()), labels)
+    for term in ("loss_tckd", "loss_nckd"):
+        assert torch.isfinite(single[term]) and single[term].item() == pytest.approx(double[term].item(), rel=1e-5)
+    # row 1 alone: the teacher puts ~all mass off the target, the student's non-target log-mass is log 18 - 30
+    assert single["loss_tckd"].item() == pytest.approx((30.0 - math.log(18)) / 2, rel=1e-5)
+    with pytest.raises(HarkdError, match="needs at least 2 classes"):
+        build_distiller("dkd", {}, {}, 1)
 
 
 READS = {"fitnets": "map", "at": "map", "nst": "map", "sp": "map", "rkd": "rep", "pkt": "rep", "crd": "rep",
