@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -25,10 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from harkd.distill.compose import build_method
+from harkd.environment import environment
 from harkd.experiment.config import MethodSpec
 from harkd.metrics import macro_f1
 from harkd.models.base import build_model
-from harkd.train.engine import TrainConfig, fit, predict, quiet_lightning
+from harkd.train.engine import TrainConfig, fit, predict
 
 HERE = Path(__file__).resolve().parent
 N_TRAIN, N_VAL, CHANNELS, LENGTH, CLASSES = 6840, 1140, 3, 125, 19
@@ -65,7 +65,6 @@ def main() -> None:
     parser.add_argument("--methods", default="logit,crd,fitnets,dkd")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    quiet_lightning()
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(N_TRAIN + N_VAL, CHANNELS, LENGTH, generator=generator)
     y = torch.randint(0, CLASSES, (N_TRAIN + N_VAL,), generator=generator)
@@ -101,7 +100,7 @@ def main() -> None:
                       "vs_plain": round(steps_per_run / statistics.median(t) / plain, 3)} for name, t in times.items()}
     for name, r in results.items():
         print(f"{name:20s} {r['steps_per_s']:8.1f} steps/s  {r['vs_plain']:.3f}x plain")
-    out = {"machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread", "epochs": args.epochs,
+    out = {"machine": environment(threads=1), "epochs": args.epochs,
            "rounds": args.rounds, "steps_per_run": steps_per_run, "results": results,
            "command": "python benchmarks/bench_train_overhead.py " + " ".join(
                f"--{k} {v}" for k, v in vars(args).items())}
