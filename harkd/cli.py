@@ -105,11 +105,16 @@ def run(
                                                "process; the CPU cores are shared out between them"),
     keep_models: bool = typer.Option(False, "--keep-models", help="keep every trained teacher and student in "
                                      "OUT/models/<fold>-seed<seed>/ (for `harkd export`)"),
+    print_config: bool = typer.Option(False, "--print-config", help="print the config with every default filled "
+                                      "in, as YAML, and exit without training"),
 ) -> None:
     """Train teacher, semantic classifier and students with each KD method over folds and seeds."""
-    from harkd.experiment.config import load_config
+    from harkd.experiment.config import experiment_yaml, load_config, read_config
     from harkd.experiment.runner import run_experiment
 
+    if print_config:
+        typer.echo(experiment_yaml(read_config(config, overrides or []), str(config)), nl=False)
+        return
     cfg = load_config(config, overrides or [])
     command = " ".join(["harkd", "run", str(config), *(overrides or []), "--out", str(out)]
                        + (["--jobs", str(jobs)] if jobs != 1 else []) + (["--keep-models"] if keep_models else []))
@@ -202,10 +207,17 @@ def search_head(
                                                            "(default: runs/<config name>)"),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default: "
                                                                   "sqlite:///OUT/search.db)"),
+    print_config: bool = typer.Option(False, "--print-config", help="print the config with every default filled "
+                                      "in, as YAML, and exit without searching"),
 ) -> None:
     """SMLDist's classifier-head search: the best head for the student under the config's cost budget."""
+    from harkd.experiment.config import read_config
     from harkd.search import load_search_config, run_head_search
+    from harkd.search.head_search import search_yaml
 
+    if print_config:
+        typer.echo(search_yaml(read_config(config, overrides or []), str(config)), nl=False)
+        return
     cfg = load_search_config(config, overrides or [])
     out = out or Path("runs") / config.stem
     command = " ".join(["harkd", "search-head", str(config), *(overrides or []), "--out", str(out)]

@@ -151,7 +151,7 @@ def test_search_config_is_validated_strictly():
         parse_search_config({**raw_config(), "students": {"models": ["mobilenet_v3_1d", "cnn_student"]}})
     with pytest.raises(HarkdError, match="has no head option"):
         parse_search_config({**raw_config(), "students": {"models": ["cnn_student"]}})
-    with pytest.raises(HarkdError, match="budget.params: expected a positive int"):
+    with pytest.raises(HarkdError, match="search.budget.params: must be at least 1, got -1"):
         parse_search_config(raw_config(budget={"params": -1}))
 
 

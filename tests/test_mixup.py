@@ -45,7 +45,8 @@ def test_mixup_config_errors_name_the_method_and_the_key():
     parsed = parse_config(config(methods=["none", LOGIT_MIX])).methods[1]
     assert parsed.mixup == MixupSpec(copies=2, alpha=0.5)
     assert parse_config(config(methods=["none", "logit"])).methods[1].mixup is None
-    for bad, fragment in (({"copies": 0}, "copies must be at least 1"), ({"alpha": -1}, "alpha positive"),
+    for bad, fragment in (({"copies": 0}, "copies: must be at least 1, got 0"),
+                          ({"alpha": -1}, "alpha: must be greater than 0"),
                           ({"copy": 2}, r"unknown key\(s\) \['copy'\]; valid keys: \['alpha', 'copies', 'labels'\]"),
                           (3, "expected a mapping")):
         with pytest.raises(HarkdError, match=fragment) as error:
@@ -131,5 +132,5 @@ def test_mixed_labels_option_gives_kd_methods_mixups_labels_beside_the_teachers_
     assert torch.equal(y_kd[n:], mixes.labels(y_train, n_classes))
     assert torch.equal(fits["cnn_student-logit+mixup-labels"]["targets"]["train"].logits,
                        fits["cnn_student-logit+mixup"]["targets"]["train"].logits)
-    with pytest.raises(HarkdError, match="methods\\[1\\].mixup.labels: unknown 'label'; valid: teacher, mixed"):
+    with pytest.raises(HarkdError, match="methods\\[1\\].mixup.labels: expected 'teacher' or 'mixed', got 'label'"):
         parse_config(config(methods=["none", {**LOGIT_MIX, "mixup": {"labels": "label"}}]))

@@ -67,7 +67,7 @@ def test_unknown_names_and_keys_are_one_line_errors(tmp_path):
         build_method(MethodSpec.parse("fitnet", "methods[0]"), {"feat": 8}, {"attn": 8}, 3)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config()))
-    with pytest.raises(HarkdError, match=r"unknown split 'kfold'"):
+    with pytest.raises(HarkdError, match=r"split.kind: expected 'loso', 'fixed', 'protocol' or 'groups', got 'kfold'"):
         load_config(path, ["split.kind=kfold"])
 
 

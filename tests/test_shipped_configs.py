@@ -4,11 +4,12 @@ silently between the runs that use it."""
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harkd.errors import HarkdError
-from harkd.experiment.config import load_config, read_config
+from harkd.experiment.config import experiment_yaml, load_config, parse_config, read_config
 from harkd.experiment.runner import check_names
-from harkd.search.head_search import parse_search_config
+from harkd.search.head_search import parse_search_config, search_yaml
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -26,6 +27,16 @@ def test_shipped_config_is_valid(path):
         config = load_config(path)
         assert config.methods and config.students
         check_names(config)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_printed_config_is_the_same_config(path):
+    """--print-config's YAML, defaults filled in, parses to the config it was printed from."""
+    raw = read_config(path)
+    dump, parse = (search_yaml, parse_search_config) if "search" in raw else (experiment_yaml, parse_config)
+    printed = yaml.safe_load(dump(raw))
+    assert {**vars(parse(printed)), "raw": None} == {**vars(parse(raw)), "raw": None}
+    assert printed != raw and yaml.safe_load(dump(printed)) == printed
 
 
 def test_a_misspelt_method_in_a_shipped_config_is_caught(tmp_path):

@@ -4,38 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 from harkd.data.recording import Recording
 from harkd.errors import HarkdError
 from harkd.registry import Registry
+from harkd.schema import Bool, PositiveInt, config_dataclass
 
 
-@dataclass(frozen=True)
+@config_dataclass("windowing")
 class WindowConfig:
     """Sliding windows in samples at the recording's rate; label_rule is 'majority' or 'centre'."""
 
-    length: int
-    stride: int
-    label_rule: str = "majority"
-    drop_null: bool = True
-
-    def __post_init__(self) -> None:
-        if self.length < 1 or self.stride < 1:
-            raise HarkdError(f"windowing: length and stride must be positive, got {self.length}/{self.stride}")
-        if self.label_rule not in ("majority", "centre"):
-            raise HarkdError(f"windowing: label_rule must be 'majority' or 'centre', got {self.label_rule!r}")
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], where: str = "windowing") -> "WindowConfig":
-        valid = {"length", "stride", "label_rule", "drop_null"}
-        unknown = set(values) - valid
-        if unknown:
-            raise HarkdError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(valid)}")
-        if "length" not in values:
-            raise HarkdError(f"{where}: 'length' (samples) is required")
-        return cls(int(values["length"]), int(values.get("stride", values["length"])),
-                   str(values.get("label_rule", "majority")), bool(values.get("drop_null", True)))
+    length: PositiveInt
+    stride: PositiveInt
+    label_rule: Literal["majority", "centre"] = "majority"
+    drop_null: Bool = True
 
 
 @dataclass(frozen=True)

@@ -1,123 +1,188 @@
-"""Experiment configs: YAML data, validated against a fixed schema; unknown keys are errors listing the valid ones."""
+"""Experiment configs: YAML data checked against one schema (harkd.schema, pydantic); every bad key, type or value is
+one line naming where, the key, the value and what is allowed."""
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import yaml
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, Field, PlainSerializer, PlainValidator,
+                      ValidationInfo, field_validator)
 
 from harkd.data.recording import ChannelQuery
 from harkd.data.registry import WindowConfig
 from harkd.errors import HarkdError
+from harkd.schema import (FORBID_UNKNOWN, Float, Int, Name, NonNegativeInt, PositiveInt, Str, config_dataclass,
+                          resolved_yaml, validate)
 from harkd.train.engine import TrainConfig
 from harkd.train.mixup import MixupSpec
 
 SPLIT_KINDS = ("loso", "fixed", "protocol", "groups")
-
-
-def check_keys(values: Any, valid: set[str], where: str, required: set[str] = frozenset()) -> dict:
-    if values is None:
-        values = {}
-    if not isinstance(values, Mapping):
-        raise HarkdError(f"{where}: expected a mapping, got {type(values).__name__}")
-    unknown = set(values) - valid
-    if unknown:
-        raise HarkdError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(valid)}")
-    missing = required - set(values)
-    if missing:
-        raise HarkdError(f"{where}: missing key(s) {sorted(missing)}")
-    return dict(values)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A registered model with its options; `label` names it in results (two sizes of one model stay apart)."""
-
-    name: str
-    params: dict
-    label: str = ""
-
-    @classmethod
-    def parse(cls, values: Any, where: str) -> "ModelSpec":
-        if isinstance(values, str):
-            return cls(values, {}, values)
-        values = check_keys(values, {"model", "params", "label"}, where, {"model"})
-        name, params = str(values["model"]), dict(values.get("params") or {})
-        default = name + ("(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")" if params else "")
-        return cls(name, params, str(values.get("label") or default))
-
-
-@dataclass(frozen=True)
-class SplitSpec:
-    kind: str = "loso"
-    val_subjects: int = 1
-    val_fraction: float = 0.15
-    test_subjects: tuple[str, ...] = ()
-    train_subjects: tuple[str, ...] | None = None
-    protocol: str | None = None
-    group_by: str | None = None
-    n_folds: int = 3
-    folds: tuple[str, ...] | None = None  # run only these folds (by name or test subject), e.g. for a quick check
-    calibration: float = 0.0  # > 0: this fraction of each test recording is unlabelled calibration data (splits.py)
-
-    @classmethod
-    def parse(cls, values: Any, where: str = "split") -> "SplitSpec":
-        values = check_keys(values, {f for f in cls.__dataclass_fields__}, where)
-        kind = values.get("kind", "loso")
-        if kind not in SPLIT_KINDS:
-            raise HarkdError(f"{where}.kind: unknown split {kind!r}; valid: {', '.join(SPLIT_KINDS)}")
-        as_tuple = lambda v: None if v is None else tuple(str(s) for s in v)  # noqa: E731
-        spec = cls(kind=kind, val_subjects=int(values.get("val_subjects", 1)),
-                   val_fraction=float(values.get("val_fraction", 0.15)),
-                   test_subjects=as_tuple(values.get("test_subjects")) or (),
-                   train_subjects=as_tuple(values.get("train_subjects")), protocol=values.get("protocol"),
-                   group_by=values.get("group_by"), n_folds=int(values.get("n_folds", 3)),
-                   folds=as_tuple(values.get("folds")), calibration=float(values.get("calibration", 0.0)))
-        if kind == "fixed" and not spec.test_subjects:
-            raise HarkdError(f"{where}: kind 'fixed' needs test_subjects")
-        if kind == "protocol" and not spec.protocol:
-            raise HarkdError(f"{where}: kind 'protocol' needs protocol (e.g. uci-har)")
-        if kind == "groups" and not spec.group_by:
-            raise HarkdError(f"{where}: kind 'groups' needs group_by (an annotation, e.g. box)")
-        return spec
-
-
 TEACHER_KINDS = ("teacher", "self")
 
 
-@dataclass(frozen=True)
+@config_dataclass("model")
+class ModelSpec:
+    """A registered model with its options; `label` names it in results (two sizes of one model stay apart)."""
+
+    name: Str = Field(validation_alias="model", serialization_alias="model")
+    params: dict[Str, Any] = Field(default_factory=dict)
+    label: Str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            options = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+            object.__setattr__(self, "label", self.name + (f"({options})" if options else ""))
+
+    @classmethod
+    def parse(cls, values: Any, where: str) -> "ModelSpec":
+        """A model name, or {model, params, label}."""
+        return validate(ModelEntry, values, where)
+
+
+@config_dataclass("split")
+class SplitSpec:
+    kind: Literal[SPLIT_KINDS] = "loso"
+    val_subjects: NonNegativeInt = 1
+    val_fraction: Annotated[Float, Field(gt=0, lt=1)] = 0.15
+    test_subjects: tuple[Name, ...] = ()
+    train_subjects: tuple[Name, ...] | None = None
+    protocol: Str | None = None
+    group_by: Str | None = None
+    n_folds: Annotated[Int, Field(ge=2)] = 3
+    folds: tuple[Name, ...] | None = None  # run only these folds (by name or test subject), e.g. for a quick check
+    # > 0: this fraction of each test recording is unlabelled calibration data (splits.py)
+    calibration: Annotated[Float, Field(ge=0, lt=1)] = 0.0
+
+    def __post_init__(self) -> None:
+        needs = {"fixed": ("test_subjects", "test_subjects"), "protocol": ("protocol", "protocol (e.g. uci-har)"),
+                 "groups": ("group_by", "group_by (an annotation, e.g. box)")}
+        if self.kind in needs and not getattr(self, needs[self.kind][0]):
+            raise ValueError(f"kind {self.kind!r} needs {needs[self.kind][1]}")
+
+
+def _distiller_term(term: dict) -> dict:
+    if "distiller" not in term:  # its other keys are the distiller's options, checked when it is built
+        raise ValueError(f"expected a mapping with 'distiller' and its parameters, got {term!r}")
+    return term
+
+
+@config_dataclass("method")
 class MethodSpec:
     """A named KD method: a list of weighted distiller terms (empty for the student alone). `teacher: self` distils
     from the student trained alone (a method with no terms listed earlier) instead of the teacher. `mixup` adds mixed
     training windows (harkd.train.mixup): labelled by the teacher for KD, by mixed labels for the student alone."""
 
-    name: str
-    terms: tuple[dict, ...]
-    teacher: str = "teacher"
+    name: Str
+    terms: tuple[Annotated[dict[Str, Any], AfterValidator(_distiller_term)], ...]
+    teacher: Str = "teacher"
     mixup: MixupSpec | None = None
+
+    @field_validator("teacher")
+    @classmethod
+    def _known_teacher(cls, teacher: str, info: ValidationInfo) -> str:
+        if teacher not in TEACHER_KINDS:
+            raise ValueError(f"method {info.data.get('name')}: unknown teacher {teacher!r}; "
+                             f"valid: {', '.join(TEACHER_KINDS)}")
+        return teacher
+
+    def __post_init__(self) -> None:
+        if self.teacher == "self" and not self.terms:
+            raise ValueError(f"method {self.name}: teacher 'self' needs terms (a method without terms is the student "
+                             f"alone, which is the self teacher)")
 
     @classmethod
     def parse(cls, values: Any, where: str) -> "MethodSpec":
-        if isinstance(values, str):  # a registered distiller with its defaults
-            return cls(values, () if values == "none" else ({"distiller": values},))
-        values = check_keys(values, {"name", "terms", "teacher", "mixup"}, where, {"name", "terms"})
-        name, teacher = str(values["name"]), values.get("teacher", "teacher")
-        terms = []
-        for i, term in enumerate(values["terms"] or []):
-            if not isinstance(term, Mapping) or "distiller" not in term:
-                raise HarkdError(f"{where}.terms[{i}]: expected a mapping with 'distiller' and its parameters")
-            terms.append(dict(term))
-        if teacher not in TEACHER_KINDS:
-            raise HarkdError(f"{where}.teacher: method {name}: unknown teacher {teacher!r}; "
-                             f"valid: {', '.join(TEACHER_KINDS)}")
-        if teacher == "self" and not terms:
-            raise HarkdError(f"{where}: method {name}: teacher 'self' needs terms (a method without terms is the "
-                             f"student alone, which is the self teacher)")
-        mixup = None if values.get("mixup") is None else MixupSpec.parse(values["mixup"], f"{where}.mixup")
-        return cls(name, tuple(terms), teacher, mixup)
+        """A registered distiller's name (with its defaults; `none` is the student alone), or {name, terms, ...}."""
+        return validate(MethodEntry, values, where)
+
+
+def _model_shorthand(values: Any) -> Any:
+    return {"model": values} if isinstance(values, str) else values
+
+
+def _method_shorthand(values: Any) -> Any:
+    if isinstance(values, str):
+        return {"name": values, "terms": [] if values == "none" else [{"distiller": values}]}
+    return values
+
+
+def _stride_defaults_to_length(values: Any) -> Any:
+    if isinstance(values, Mapping) and "length" in values and "stride" not in values:
+        return {**values, "stride": values["length"]}
+    return values
+
+
+def _channel_query(values: Any) -> ChannelQuery:
+    try:
+        return ChannelQuery.parse(values)
+    except HarkdError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _channel_mapping(query: ChannelQuery) -> dict:
+    return {key: list(value) for key, value in (("position", query.positions), ("modality", query.modalities))
+            if value is not None}
+
+
+ModelEntry = Annotated[ModelSpec, BeforeValidator(_model_shorthand)]
+MethodEntry = Annotated[MethodSpec, BeforeValidator(_method_shorthand)]
+WindowEntry = Annotated[WindowConfig, BeforeValidator(_stride_defaults_to_length)]
+Channels = Annotated[ChannelQuery, PlainValidator(_channel_query), PlainSerializer(_channel_mapping)]
+Seeds = Annotated[list[NonNegativeInt], Field(min_length=1)]
+
+
+class Section(BaseModel):
+    model_config = FORBID_UNKNOWN
+
+
+class TeacherSection(Section):
+    """The teacher's keys where a teacher is optional (head search without KD)."""
+
+    channels: Channels = ChannelQuery()
+    model: Str | None = None
+    params: dict[Str, Any] = {}
+    train: TrainConfig = TrainConfig()
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.model, self.params)
+
+
+class RequiredTeacherSection(TeacherSection):
+    model: Str
+
+
+class SemanticSection(Section):
+    model: Str = "tsak_semantic"
+    params: dict[Str, Any] = {}
+    train: TrainConfig = TrainConfig()
+
+
+class StudentsSection(Section):
+    channels: Channels = ChannelQuery()
+    models: Annotated[list[ModelEntry], Field(min_length=1)]
+    train: TrainConfig = TrainConfig()
+
+
+class DataSections(Section):
+    """The data, split and seed sections every command shares."""
+
+    dataset: Str
+    dataset_options: dict[Str, Any] = {}
+    windowing: WindowEntry | None = None
+    split: SplitSpec = SplitSpec()
+    seeds: Seeds = [0]
+
+
+class ExperimentSchema(DataSections):
+    teacher: RequiredTeacherSection
+    semantic: SemanticSection = SemanticSection()
+    students: StudentsSection
+    methods: Annotated[list[MethodEntry], Field(min_length=1)]
+    latency_runs: PositiveInt = 200
 
 
 @dataclass(frozen=True)
@@ -140,57 +205,56 @@ class ExperimentConfig:
     raw: dict
 
 
-def _unique_labels(specs: tuple[ModelSpec, ...], where: str) -> tuple[ModelSpec, ...]:
-    labels = [s.label for s in specs]
+def _check_students(students: list[ModelSpec], where: str) -> None:
+    labels = [s.label for s in students]
     if len(set(labels)) != len(labels):
-        raise HarkdError(f"{where}: two models share the label {labels}; give each a distinct 'label'")
-    return specs
+        raise HarkdError(f"{where}: students.models: two models share the label {labels}; give each a distinct "
+                         f"'label'")
 
 
-TOP_KEYS = {"dataset", "dataset_options", "windowing", "split", "seeds", "teacher", "semantic", "students",
-            "methods", "latency_runs"}
+def _check_methods(methods: list[MethodSpec], where: str) -> None:
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise HarkdError(f"{where}: methods: duplicate method names {names}")
+    for i, method in enumerate(methods):
+        if method.teacher == "self" and all(m.terms for m in methods[:i]):
+            raise HarkdError(f"{where}: methods[{i}]: method {method.name} has teacher 'self', which distils from the "
+                             f"student trained alone: list a method with no terms (none) before it")
+
+
+def check_experiment(raw: Mapping[str, Any], where: str = "config") -> ExperimentSchema:
+    """The config with every key and value checked and every default filled in."""
+    schema = validate(ExperimentSchema, raw, where)
+    _check_students(schema.students.models, where)
+    _check_methods(schema.methods, where)
+    return schema
 
 
 def parse_config(raw: Mapping[str, Any], where: str = "config") -> ExperimentConfig:
-    raw = check_keys(raw, TOP_KEYS, where, {"dataset", "teacher", "students", "methods"})
-    teacher = check_keys(raw["teacher"], {"channels", "model", "params", "train"}, f"{where}.teacher", {"model"})
-    semantic = check_keys(raw.get("semantic"), {"model", "params", "train"}, f"{where}.semantic")
-    students = check_keys(raw["students"], {"channels", "models", "train"}, f"{where}.students", {"models"})
-    methods = raw["methods"]
-    if not isinstance(methods, list) or not methods:
-        raise HarkdError(f"{where}.methods: expected a non-empty list of method names or {{name, terms}}")
-    parsed_methods = tuple(MethodSpec.parse(m, f"{where}.methods[{i}]") for i, m in enumerate(methods))
-    names = [m.name for m in parsed_methods]
-    if len(set(names)) != len(names):
-        raise HarkdError(f"{where}.methods: duplicate method names {names}")
-    for i, method in enumerate(parsed_methods):
-        if method.teacher == "self" and all(m.terms for m in parsed_methods[:i]):
-            raise HarkdError(f"{where}.methods[{i}]: method {method.name} has teacher 'self', which distils from the "
-                             f"student trained alone: list a method with no terms (none) before it")
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
-        raise HarkdError(f"{where}.seeds: expected a list of integers, got {seeds!r}")
-    windowing = raw.get("windowing")
+    schema = check_experiment(raw, where)
     return ExperimentConfig(
-        dataset=str(raw["dataset"]),
-        dataset_options=dict(raw.get("dataset_options") or {}),
-        windowing=None if windowing is None else WindowConfig.from_mapping(windowing, f"{where}.windowing"),
-        split=SplitSpec.parse(raw.get("split"), f"{where}.split"),
-        seeds=tuple(seeds),
-        teacher_channels=ChannelQuery.parse(teacher.get("channels")),
-        teacher=ModelSpec.parse({"model": teacher["model"], "params": teacher.get("params")}, f"{where}.teacher"),
-        teacher_train=TrainConfig.from_mapping(teacher.get("train"), f"{where}.teacher.train"),
-        semantic=ModelSpec.parse({"model": semantic.get("model", "tsak_semantic"), "params": semantic.get("params")},
-                                 f"{where}.semantic"),
-        semantic_train=TrainConfig.from_mapping(semantic.get("train"), f"{where}.semantic.train"),
-        student_channels=ChannelQuery.parse(students.get("channels")),
-        students=_unique_labels(tuple(ModelSpec.parse(m, f"{where}.students.models[{i}]")
-                                      for i, m in enumerate(students["models"] or [])), f"{where}.students.models"),
-        student_train=TrainConfig.from_mapping(students.get("train"), f"{where}.students.train"),
-        methods=parsed_methods,
-        latency_runs=int(raw.get("latency_runs", 200)),
+        dataset=schema.dataset,
+        dataset_options=schema.dataset_options,
+        windowing=schema.windowing,
+        split=schema.split,
+        seeds=tuple(schema.seeds),
+        teacher_channels=schema.teacher.channels,
+        teacher=schema.teacher.spec(),
+        teacher_train=schema.teacher.train,
+        semantic=ModelSpec(schema.semantic.model, schema.semantic.params),
+        semantic_train=schema.semantic.train,
+        student_channels=schema.students.channels,
+        students=tuple(schema.students.models),
+        student_train=schema.students.train,
+        methods=tuple(schema.methods),
+        latency_runs=schema.latency_runs,
         raw=copy.deepcopy(dict(raw)),
     )
+
+
+def experiment_yaml(raw: Mapping[str, Any], where: str = "config") -> str:
+    """`harkd run --print-config`: the resolved config as YAML."""
+    return resolved_yaml(ExperimentSchema, check_experiment(raw, where))
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -222,6 +286,8 @@ def read_config(path: Path, overrides: list[str] | None = None) -> dict:
         raise HarkdError(f"{path}: config file not found") from None
     except yaml.YAMLError as exc:
         raise HarkdError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if not isinstance(raw or {}, dict):
+        raise HarkdError(f"{path}: expected a mapping of sections (dataset, split, ...), got {type(raw).__name__}")
     return apply_overrides(raw or {}, overrides or [])
 
 

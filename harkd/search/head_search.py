@@ -15,13 +15,14 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Annotated, Any, Callable, Mapping
 
 import optuna
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from optuna.trial import TrialState
+from pydantic import AfterValidator
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
@@ -31,32 +32,60 @@ from harkd.data.recording import ChannelQuery
 from harkd.data.registry import WindowConfig
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
-from harkd.experiment.config import MethodSpec, ModelSpec, SplitSpec, check_keys, read_config
+from harkd.experiment.config import (DataSections, MethodEntry, MethodSpec, ModelSpec, Section, SplitSpec,
+                                    StudentsSection, TeacherSection, read_config)
 from harkd.experiment.runner import experiment_windows, fold_views, make_folds, sensor_groups
 from harkd.models.base import build_model, model_defaults
 from harkd.models.heads import HEAD_OPTIONS, HEADS
+from harkd.schema import PositiveFloats, PositiveInt, PositiveInts, Str, config_dataclass, resolved_yaml, validate
 from harkd.train.engine import TeacherTargets, TrainConfig, fit, predict
 
 # Choices per size option unless `search.sizes` replaces them: small enough for a few-thousand-parameter student.
-DEFAULT_SIZES: dict[str, tuple[int, ...]] = {"head_hidden": (8, 16, 32, 64), "memory_dim": (4, 8, 16, 32),
-                                             "patterns_per_class": (1, 2, 4), "attention_dim": (4, 8, 16, 32)}
-TOP_KEYS = {"dataset", "dataset_options", "windowing", "split", "seeds", "teacher", "students", "search"}
-SEARCH_KEYS = {"budget", "heads", "widths", "sizes", "trials", "method"}
+class Sizes(Section):
+    head_hidden: PositiveInts = (8, 16, 32, 64)
+    memory_dim: PositiveInts = (4, 8, 16, 32)
+    patterns_per_class: PositiveInts = (1, 2, 4)
+    attention_dim: PositiveInts = (4, 8, 16, 32)
+
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-@dataclass(frozen=True)
+@config_dataclass("search.budget")
 class Budget:
     """Limits on the whole student's parameters and FLOPs per window; None is no limit."""
 
-    params: int | None = None
-    flops: int | None = None
+    params: PositiveInt | None = None
+    flops: PositiveInt | None = None
 
     def exceeded(self, params: int, flops: int) -> str:
         """Why a model is over budget, or "" when it fits."""
         over = [f"{name} {value:,} > {limit:,}" for name, value, limit in
                 (("params", params, self.params), ("flops", flops, self.flops)) if limit is not None and value > limit]
         return "over budget: " + ", ".join(over) if over else ""
+
+
+def _known_heads(heads: tuple[str, ...]) -> tuple[str, ...]:
+    if not heads or len(set(heads)) != len(heads) or set(heads) - set(HEADS):
+        raise ValueError(f"expected a list of distinct heads from {', '.join(HEADS)}; got {list(heads)!r}")
+    return tuple(heads)
+
+
+class SearchSection(Section):
+    budget: Budget = Budget()
+    heads: Annotated[tuple[Str, ...], AfterValidator(_known_heads)] = HEADS
+    widths: PositiveFloats | None = None  # None: the student's own width only
+    sizes: Sizes = Sizes()
+    trials: PositiveInt = 20
+    method: MethodEntry = MethodSpec("none", ())
+
+
+class SearchSchema(DataSections):
+    """A run config's data, teacher and student sections (one student model, with a `head` option) plus `search`."""
+
+    teacher: TeacherSection = TeacherSection()
+    students: StudentsSection
+    search: SearchSection
 
 
 @dataclass(frozen=True)
@@ -84,77 +113,64 @@ class SearchConfig:
     raw: dict
 
 
-def _positive(value: Any, cast: type, where: str) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or cast(value) != value:
-        raise HarkdError(f"{where}: expected a positive {cast.__name__}, got {value!r}")
-    return cast(value)
+def _check_search(schema: SearchSchema, where: str) -> None:
+    """The head search's own rules, beyond the shared sections' schema."""
+    models = schema.students.models
+    if len(models) != 1:
+        raise HarkdError(f"{where}: students.models: a head search takes exactly one student model, got "
+                         f"{[m.label for m in models]}")
+    if "head" not in model_defaults(models[0].name):
+        raise HarkdError(f"{where}: students.models[0]: model {models[0].name} has no head option to search; "
+                         f"use mobilenet_v3_1d")
+    method = schema.search.method
+    if method.teacher != "teacher":  # each trial would need its own student-alone twin: not worth a search's time
+        raise HarkdError(f"{where}: search.method: teacher {method.teacher!r} is for `harkd run`; the head search "
+                         f"distils from its config's teacher section")
+    if method.mixup is not None:  # trials compare heads on one fixed training set
+        raise HarkdError(f"{where}: search.method: mixup is for `harkd run`; the head search trains on the fold's "
+                         f"training windows")
+    if method.terms and schema.teacher.model is None:
+        raise HarkdError(f"{where}: search.method {method.name!r} distils from a teacher; add a teacher section "
+                         f"{{channels, model, params, train}}")
+    if len(schema.seeds) != 1:
+        raise HarkdError(f"{where}: seeds: a head search uses one seed (e.g. [0]), got {schema.seeds}")
 
 
-def _positive_list(values: Any, cast: type, where: str) -> tuple:
-    if not isinstance(values, list) or not values:
-        raise HarkdError(f"{where}: expected a non-empty list, got {values!r}")
-    parsed = tuple(_positive(v, cast, where) for v in values)
-    if len(set(parsed)) != len(parsed):
-        raise HarkdError(f"{where}: values must be distinct, got {values!r}")
-    return parsed
+def check_search(raw: Mapping[str, Any], where: str = "config") -> SearchSchema:
+    """The search config with every key and value checked and every default filled in."""
+    schema = validate(SearchSchema, raw, where)
+    _check_search(schema, where)
+    return schema
 
 
 def parse_search_config(raw: Mapping[str, Any], where: str = "config") -> SearchConfig:
-    """A run config's data, teacher and student sections (one student model, with a `head` option) plus `search`."""
-    raw = check_keys(raw, TOP_KEYS, where, {"dataset", "students", "search"})
-    students = check_keys(raw["students"], {"channels", "models", "train"}, f"{where}.students", {"models"})
-    models = students["models"]
-    if not isinstance(models, list) or len(models) != 1:
-        raise HarkdError(f"{where}.students.models: a head search takes exactly one student model, got {models!r}")
-    student = ModelSpec.parse(models[0], f"{where}.students.models[0]")
-    if "head" not in model_defaults(student.name):
-        raise HarkdError(f"{where}.students.models[0]: model {student.name} has no head option to search; "
-                         f"use mobilenet_v3_1d")
-    search = check_keys(raw["search"], SEARCH_KEYS, f"{where}.search")
-    heads = search.get("heads", list(HEADS))
-    if not isinstance(heads, list) or not heads or len(set(heads)) != len(heads) or set(heads) - set(HEADS):
-        raise HarkdError(f"{where}.search.heads: expected a list of distinct heads from {', '.join(HEADS)}; "
-                         f"got {heads!r}")
-    sizes = check_keys(search.get("sizes"), set(DEFAULT_SIZES), f"{where}.search.sizes")
-    budget = check_keys(search.get("budget"), {"params", "flops"}, f"{where}.search.budget")
-    method = MethodSpec.parse(search.get("method", "none"), f"{where}.search.method")
-    if method.teacher != "teacher":  # each trial would need its own student-alone twin: not worth a search's time
-        raise HarkdError(f"{where}.search.method: teacher {method.teacher!r} is for `harkd run`; the head search "
-                         f"distils from its config's teacher section")
-    if method.mixup is not None:  # trials compare heads on one fixed training set
-        raise HarkdError(f"{where}.search.method: mixup is for `harkd run`; the head search trains on the fold's "
-                         f"training windows")
-    teacher = check_keys(raw.get("teacher"), {"channels", "model", "params", "train"}, f"{where}.teacher")
-    if method.terms and "model" not in teacher:
-        raise HarkdError(f"{where}: search.method {method.name!r} distils from a teacher; add a teacher section "
-                         f"{{channels, model, params, train}}")
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or len(seeds) != 1 or not isinstance(seeds[0], int):
-        raise HarkdError(f"{where}.seeds: a head search uses one seed (e.g. [0]), got {seeds!r}")
-    windowing = raw.get("windowing")
-    default_width = student.params.get("width", model_defaults(student.name)["width"])
+    schema = check_search(raw, where)
+    student, search = schema.students.models[0], schema.search
     return SearchConfig(
-        dataset=str(raw["dataset"]),
-        dataset_options=dict(raw.get("dataset_options") or {}),
-        windowing=None if windowing is None else WindowConfig.from_mapping(windowing, f"{where}.windowing"),
-        split=SplitSpec.parse(raw.get("split"), f"{where}.split"),
-        seed=seeds[0],
-        student_channels=ChannelQuery.parse(students.get("channels")),
+        dataset=schema.dataset,
+        dataset_options=schema.dataset_options,
+        windowing=schema.windowing,
+        split=schema.split,
+        seed=schema.seeds[0],
+        student_channels=schema.students.channels,
         student=student,
-        student_train=TrainConfig.from_mapping(students.get("train"), f"{where}.students.train"),
-        teacher_channels=ChannelQuery.parse(teacher.get("channels")),
-        teacher=(ModelSpec.parse({"model": teacher["model"], "params": teacher.get("params")}, f"{where}.teacher")
-                 if method.terms else None),
-        teacher_train=TrainConfig.from_mapping(teacher.get("train"), f"{where}.teacher.train"),
-        method=method,
-        budget=Budget(**{k: _positive(v, int, f"{where}.search.budget.{k}") for k, v in budget.items()}),
-        heads=tuple(heads),
-        widths=_positive_list(search.get("widths", [default_width]), float, f"{where}.search.widths"),
-        sizes={k: _positive_list(sizes[k], int, f"{where}.search.sizes.{k}") if k in sizes else v
-               for k, v in DEFAULT_SIZES.items()},
-        trials=_positive(search.get("trials", 20), int, f"{where}.search.trials"),
+        student_train=schema.students.train,
+        teacher_channels=schema.teacher.channels,
+        teacher=schema.teacher.spec() if search.method.terms else None,
+        teacher_train=schema.teacher.train,
+        method=search.method,
+        budget=search.budget,
+        heads=search.heads,
+        widths=search.widths or (student.params.get("width", model_defaults(student.name)["width"]),),
+        sizes=dict(search.sizes),
+        trials=search.trials,
         raw=copy.deepcopy(dict(raw)),
     )
+
+
+def search_yaml(raw: Mapping[str, Any], where: str = "config") -> str:
+    """`harkd search-head --print-config`: the resolved config as YAML."""
+    return resolved_yaml(SearchSchema, check_search(raw, where))
 
 
 def load_search_config(path: Path, overrides: list[str] | None = None) -> SearchConfig:

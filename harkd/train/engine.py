@@ -11,46 +11,34 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from pydantic import Field
 from tqdm import tqdm
 
 from harkd.distill.base import Distiller
 from harkd.errors import HarkdError
 from harkd.metrics import macro_f1
 from harkd.models.base import ModelOutput
+from harkd.schema import Bool, Float, NonNegativeInt, PositiveInt, Str, config_dataclass
 
 
-@dataclass(frozen=True)
+@config_dataclass("train")
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    patience: int = 6
-    accelerator: str = "auto"
-    deterministic: bool = True
-    progress: bool = False  # the runner shows one bar over folds; a bar per fit is noise over 100+ fits
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None, where: str) -> "TrainConfig":
-        values = dict(values or {})
-        valid = {f.name: f.type for f in fields(cls)}
-        unknown = set(values) - set(valid)
-        if unknown:
-            raise HarkdError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(valid)}")
-        casts = {"epochs": int, "batch_size": int, "lr": float, "weight_decay": float, "patience": int,
-                 "accelerator": str, "deterministic": bool, "progress": bool}
-        try:
-            return cls(**{k: casts[k](v) for k, v in values.items()})
-        except (TypeError, ValueError) as exc:
-            raise HarkdError(f"{where}: {exc}") from None
+    epochs: PositiveInt = 30
+    batch_size: PositiveInt = 64
+    lr: Annotated[Float, Field(ge=0)] = 2e-3
+    weight_decay: Annotated[Float, Field(ge=0)] = 1e-4
+    patience: NonNegativeInt = 6
+    accelerator: Str = "auto"
+    deterministic: Bool = True
+    progress: Bool = False  # the runner shows one bar over folds; a bar per fit is noise over 100+ fits
 
 
 class _Rows(Mapping[str, torch.Tensor]):

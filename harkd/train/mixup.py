@@ -9,45 +9,27 @@ own generator, so a method with mixup leaves every other method's random numbers
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harkd.errors import HarkdError
+from harkd.schema import PositiveFloat, PositiveInt, config_dataclass
 
 
 LABELS = ("teacher", "mixed")
 
 
-@dataclass(frozen=True)
+@config_dataclass("mixup")
 class MixupSpec:
     """`copies` mixes per training window; weights drawn from Beta(alpha, alpha). `labels` says what a KD method's
     cross-entropy sees on the mixes: nothing ("teacher": the mixes carry the teacher's outputs only) or mixup's mixed
     labels ("mixed", beside the teacher's outputs). The student alone always trains on mixed labels."""
 
-    copies: int = 1
-    alpha: float = 1.0
-    labels: str = "teacher"
-
-    @classmethod
-    def parse(cls, values: Any, where: str) -> "MixupSpec":
-        if not isinstance(values, dict):
-            raise HarkdError(f"{where}: expected a mapping like {{copies: 2, alpha: 1.0}}, got {values!r}")
-        unknown = set(values) - {"copies", "alpha", "labels"}
-        if unknown:
-            raise HarkdError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: ['alpha', 'copies', 'labels']")
-        try:
-            spec = cls(int(values.get("copies", 1)), float(values.get("alpha", 1.0)),
-                       str(values.get("labels", LABELS[0])))
-        except (TypeError, ValueError) as exc:
-            raise HarkdError(f"{where}: {exc}") from None
-        if spec.copies < 1 or spec.alpha <= 0:
-            raise HarkdError(f"{where}: copies must be at least 1 and alpha positive, got {spec}")
-        if spec.labels not in LABELS:
-            raise HarkdError(f"{where}.labels: unknown {spec.labels!r}; valid: {', '.join(LABELS)}")
-        return spec
+    copies: PositiveInt = 1
+    alpha: PositiveFloat = 1.0
+    labels: Literal[LABELS] = "teacher"
 
 
 @dataclass(frozen=True)
