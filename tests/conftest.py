@@ -79,3 +79,20 @@ def data_root(tmp_path_factory):
         tar.add(folder, arcname="synth")
     install_dataset("synth", str(archive), sha256=hashlib.sha256(archive.read_bytes()).hexdigest(), root=root)
     return root
+
+
+def spy_fit(monkeypatch):
+    """Record every fit of a run's stages: the model, its training windows and labels, the targets it distils from."""
+    import harkd.experiment.students as students
+    import harkd.experiment.teacher as teacher
+
+    calls = []
+    real_fit = students.fit
+
+    def recording_fit(model, train, val, config, workdir, **kwargs):
+        calls.append({"name": workdir.name, "model": model, "train": train, "targets": kwargs.get("teacher")})
+        return real_fit(model, train, val, config, workdir, **kwargs)
+
+    for stage in (teacher, students):
+        monkeypatch.setattr(stage, "fit", recording_fit)
+    return calls

@@ -12,6 +12,7 @@ from conftest import assert_one_line_error, run_cli
 from harkd.cli import app
 from harkd.cost import count_flops, count_params
 from harkd.errors import HarkdError
+from harkd.experiment import teacher as teacher_stage
 from harkd.models import build_model
 from harkd.models.heads import AttentionPool
 from harkd.search import head_search, parse_search_config, run_head_search
@@ -30,7 +31,8 @@ def fits(data_root, monkeypatch):
         return real_fit(model, *args, **kwargs)
 
     real_fit = head_search.fit
-    monkeypatch.setattr(head_search, "fit", counting_fit)
+    for module in (head_search, teacher_stage):  # the trials' fits, and the teacher stage's
+        monkeypatch.setattr(module, "fit", counting_fit)
     return trained
 
 

@@ -4,13 +4,13 @@ labels for the student alone (the mixup control)."""
 import pytest
 import torch
 
+from conftest import spy_fit
 from harkd.errors import HarkdError
 from harkd.experiment.config import parse_config
 from harkd.experiment.runner import run_experiment
 from harkd.train.engine import predict
 from harkd.train.mixup import Mixes, MixupSpec
 from test_runner import config
-from test_self_teacher import _spy_fit
 
 MIX = {"copies": 2, "alpha": 0.5}
 LOGIT_MIX = {"name": "logit+mixup", "terms": [{"distiller": "logit"}], "mixup": MIX}
@@ -57,7 +57,7 @@ def test_mixup_config_errors_name_the_method_and_the_key():
 def test_kd_methods_train_on_teacher_labelled_mixes_and_the_alone_control_on_mixed_labels(
         data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HARKD_DATA", str(data_root))
-    calls = _spy_fit(monkeypatch)
+    calls = spy_fit(monkeypatch)
     results = run_experiment(parse_config(config(methods=["none", "logit", LOGIT_MIX, SC_MIX, NONE_MIX])),
                              tmp_path / "out", command="t", log=lambda _: None)
     assert [r["method"] for r in results["rows"] if r["role"] == "student"] == [
@@ -118,7 +118,7 @@ def test_soft_targets_give_the_same_loss_as_labels_and_skip_all_zero_rows():
 def test_mixed_labels_option_gives_kd_methods_mixups_labels_beside_the_teachers_outputs(
         data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HARKD_DATA", str(data_root))
-    calls = _spy_fit(monkeypatch)
+    calls = spy_fit(monkeypatch)
     both = {"name": "logit+mixup-labels", "terms": [{"distiller": "logit"}], "mixup": {**MIX, "labels": "mixed"}}
     run_experiment(parse_config(config(methods=["none", LOGIT_MIX, both])), tmp_path / "out", command="t",
                    log=lambda _: None)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, spy_fit
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
 from harkd.experiment.config import MethodSpec, load_config, parse_config
@@ -132,25 +132,17 @@ def test_parallel_units_give_the_serial_rows_in_plan_order(data_root, tmp_path, 
 
 
 def test_calibration_windows_train_only_kd_students_and_are_never_scored(data_root, tmp_path, monkeypatch):
-    import harkd.experiment.runner as runner
-
     monkeypatch.setenv("HARKD_DATA", str(data_root))
-    seen = []
-    real_fit = runner.fit
-
-    def recording_fit(model, train, val, *args, **kwargs):
-        seen.append((type(model).__name__, kwargs.get("distiller") is not None, len(train[1]),
-                     int((train[1] < 0).sum())))
-        return real_fit(model, train, val, *args, **kwargs)
-
-    monkeypatch.setattr(runner, "fit", recording_fit)
+    calls = spy_fit(monkeypatch)
     plain = run_experiment(parse_config(config(methods=["none", "sc_logit"])), tmp_path / "plain", command="t",
                            log=lambda _: None)
-    n_train_plain = seen[0][2]
-    seen.clear()
+    n_train_plain = len(calls[0]["train"][1])
+    calls.clear()
     split = {"kind": "loso", "val_subjects": 1, "folds": ["S01"], "calibration": 0.5}
     calibrated = run_experiment(parse_config(config(split=split, methods=["none", "sc_logit"])), tmp_path / "cal",
                                 command="t", log=lambda _: None)
+    seen = [(type(c["model"]).__name__, c["targets"] is not None, len(c["train"][1]), int((c["train"][1] < 0).sum()))
+            for c in calls]
     (teacher, _, _, _), (_, _, semantic_n, _), none, kd = seen
     assert teacher == "TSAKTeacher" and semantic_n == n_train_plain
     assert none == ("CNNStudent", False, n_train_plain, 0)

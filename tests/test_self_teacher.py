@@ -4,6 +4,7 @@ self-training on its soft pseudo-labels)."""
 import pytest
 import torch
 
+from conftest import spy_fit
 from harkd.errors import HarkdError
 from harkd.experiment.config import MethodSpec, parse_config
 from harkd.experiment.runner import check_names, run_experiment
@@ -59,24 +60,9 @@ def test_check_names_builds_self_methods_with_the_students_dims():
         check_names(parse_config(config(methods=["none", method("teacher", teacher_map="feat")])))
 
 
-def _spy_fit(monkeypatch):
-    """Record every fit of the runner: the model, its training windows and labels, the targets it distils from."""
-    import harkd.experiment.runner as runner
-
-    calls = []
-    real_fit = runner.fit
-
-    def recording_fit(model, train, val, config, workdir, **kwargs):
-        calls.append({"name": workdir.name, "model": model, "train": train, "targets": kwargs.get("teacher")})
-        return real_fit(model, train, val, config, workdir, **kwargs)
-
-    monkeypatch.setattr(runner, "fit", recording_fit)
-    return calls
-
-
 def test_self_logit_distils_from_the_none_student_on_the_training_windows(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HARKD_DATA", str(data_root))
-    calls = _spy_fit(monkeypatch)
+    calls = spy_fit(monkeypatch)
     results = run_experiment(parse_config(config(methods=["none", "logit", SELF_LOGIT])), tmp_path / "out",
                              command="t", log=lambda _: None)
     assert [(r["role"], r["method"]) for r in results["rows"]][2:] == [
@@ -94,7 +80,7 @@ def test_self_logit_distils_from_the_none_student_on_the_training_windows(data_r
 
 def test_with_calibration_self_targets_cover_the_calibration_windows(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HARKD_DATA", str(data_root))
-    calls = _spy_fit(monkeypatch)
+    calls = spy_fit(monkeypatch)
     split = {"kind": "loso", "val_subjects": 1, "folds": ["S01"], "calibration": 0.5}
     results = run_experiment(parse_config(config(split=split, methods=["none", SELF_LOGIT])), tmp_path / "out",
                              command="t", log=lambda _: None)

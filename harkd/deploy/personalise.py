@@ -20,11 +20,11 @@ import torch
 
 from harkd.data.catalog import load_windows
 from harkd.data.registry import WindowConfig
-from harkd.data.splits import Fold, with_calibration
 from harkd.data.windowing import WindowSet
 from harkd.deploy.bundle import ModelBundle
 from harkd.distill.base import build_distiller
 from harkd.errors import HarkdError
+from harkd.experiment.folds import worker_fold
 from harkd.metrics import macro_f1
 from harkd.train.engine import TeacherTargets, TrainConfig, fit, predict
 
@@ -57,11 +57,10 @@ def personalise(teacher: ModelBundle, student: ModelBundle, dataset: str, subjec
     # Null windows stay: a calibration session is unlabelled data, and the teacher labels it whole.
     windows = load_windows(dataset, WindowConfig(length=student.window, stride=stride or student.window,
                                                  drop_null=False))
-    mine = np.flatnonzero(windows.subjects == subject)
-    if len(mine) == 0:
-        raise HarkdError(f"dataset {dataset} has no subject {subject!r}; subjects: {', '.join(windows.subject_ids)}")
-    none = np.zeros(0, dtype=np.int64)
-    fold = with_calibration(windows, Fold(f"personalise-{subject}", none, none, mine, (subject,)), calibration)
+    try:
+        fold = worker_fold(windows, subject, calibration)
+    except HarkdError as exc:
+        raise HarkdError(f"dataset {dataset}: {exc}") from None
     x_teacher = teacher.normalise(bundle_inputs(teacher, windows, f"teacher on {dataset}"))
     x_student = student.normalise(bundle_inputs(student, windows, f"student on {dataset}"))
 

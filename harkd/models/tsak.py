@@ -17,7 +17,7 @@ semantic classifier's logits added as head_logits["semantic"] (what SC-Logit KD 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -138,3 +138,25 @@ class TwoStageTeacher(nn.Module):
         out = self.teacher(x)
         return ModelOutput(logits=out.logits, reps=out.reps, maps=out.maps,
                            head_logits={**out.head_logits, "semantic": self.semantic(out).logits})
+
+
+def semantic_input_dims(rep_dims: Mapping[str, int]) -> list[int] | None:
+    """The widths of the reps stage 2 reads, in order; None for a teacher without TSAK's reps (it has no stage 2)."""
+    return [rep_dims[name] for name in REP_NAMES] if all(name in rep_dims for name in REP_NAMES) else None
+
+
+def stack_reps(reps: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The teacher's TSAK reps side by side: what OnStackedReps reads."""
+    return torch.cat([reps[name] for name in REP_NAMES], 1)
+
+
+class OnStackedReps(nn.Module):
+    """A semantic classifier on the teacher's reps stacked in one tensor (stack_reps), so stage 2 trains and predicts
+    with the ordinary loop on reps computed once."""
+
+    def __init__(self, semantic: SemanticClassifier, dims: Sequence[int]):
+        super().__init__()
+        self.semantic, self.dims = semantic, list(dims)
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        return self.semantic(ModelOutput(logits=x[:, :0], reps=dict(zip(REP_NAMES, x.split(self.dims, 1)))))

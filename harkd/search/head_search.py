@@ -34,11 +34,13 @@ from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
 from harkd.experiment.config import (DataSections, MethodEntry, MethodSpec, ModelSpec, Section, SplitSpec,
                                     StudentsSection, TeacherSection, read_config)
-from harkd.experiment.runner import experiment_windows, fold_views, make_folds, sensor_groups
+from harkd.experiment.folds import ExperimentData, FoldLabels, fold_views, sensor_groups
+from harkd.experiment.teacher import TeacherSettings, train_teacher
+from harkd.files import atomic_output
 from harkd.models.base import build_model, model_defaults
 from harkd.models.heads import HEAD_OPTIONS, HEADS
 from harkd.schema import PositiveFloats, PositiveInt, PositiveInts, Str, config_dataclass, resolved_yaml, validate
-from harkd.train.engine import TeacherTargets, TrainConfig, fit, predict
+from harkd.train.engine import TeacherTargets, TrainConfig, fit
 
 # Choices per size option unless `search.sizes` replaces them: small enough for a few-thousand-parameter student.
 class Sizes(Section):
@@ -201,29 +203,22 @@ class _Data:
 
 
 def _prepare(config: SearchConfig, work: Path, log: Callable[[str], None]) -> _Data:
-    windows, *protocol_subjects = experiment_windows(config)
-    labels, class_names = windows.activity_targets()
-    fold = make_folds(windows, config.split, config.seed, tuple(protocol_subjects))[0]
-    y_train, y_val = (torch.from_numpy(labels[idx]) for idx in (fold.train, fold.val))
-    student = fold_views(windows.select(config.student_channels), fold)
+    data = ExperimentData.load(config, config.teacher_channels, config.student_channels)
+    fold = data.folds(config.split, config.seed)[0]
+    y = FoldLabels.of(data.labels, fold)
+    student = fold_views(data.student_view, fold)
     log(f"{config.dataset} {fold.describe()}; searching on the {len(fold.val)} validation windows of training "
-        f"subjects, {len(class_names)} classes")
-    data = _Data(fold.name, student.train, y_train, student.val, y_val, len(class_names), {}, {}, None)
+        f"subjects, {data.n_classes} classes")
+    prepared = _Data(fold.name, student.train, y.train, student.val, y.val, data.n_classes, {}, {}, None)
     if config.teacher is None:
-        return data
+        return prepared
     # KD during the search: the teacher is trained once per run and its outputs computed once for every trial.
-    teacher_view = windows.select(config.teacher_channels)
-    inputs = fold_views(teacher_view, fold)
-    torch.manual_seed(config.seed)
-    teacher = build_model(config.teacher.name, len(teacher_view.channels), data.n_classes,
-                          sensor_groups(teacher_view.channels), **config.teacher.params)
-    result = fit(teacher, (inputs.train, y_train), (inputs.val, y_val), config.teacher_train, work / "teacher",
-                 seed=config.seed)
-    log(f"teacher {config.teacher.name}: val F1 {result.best_val_f1:.3f}")
-    teacher.eval().requires_grad_(False)
-    data.teacher_rep_dims, data.teacher_map_dims = teacher.rep_dims, teacher.map_dims
-    data.targets = {"train": predict(teacher, inputs.train)}
-    return data
+    teacher = train_teacher(TeacherSettings(config.teacher, config.teacher_train), fold_views(data.teacher_view, fold),
+                            y, sensor_groups(data.teacher_view.channels), data.n_classes, work, config.seed)
+    log(f"teacher {config.teacher.name}: val F1 {teacher.fit.best_val_f1:.3f}")
+    prepared.teacher_rep_dims, prepared.teacher_map_dims = teacher.model.rep_dims, teacher.model.map_dims
+    prepared.targets = {"train": teacher.outputs["train"]}
+    return prepared
 
 
 class _Objective:
@@ -326,7 +321,8 @@ def _plot(rows: list[dict], best: dict | None, budget: Budget, title: str, path:
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    path.write_bytes(buffer.getvalue())
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
 
 
 def run_head_search(config: SearchConfig, out_dir: Path, study_name: str, trials: int | None = None,
@@ -335,6 +331,9 @@ def run_head_search(config: SearchConfig, out_dir: Path, study_name: str, trials
     """Run the trials the study misses towards `trials` finished ones; write OUT/search.json and search.png."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # search.json records the storage as given, or the default relative to the working directory; the URL in use
+    # is absolute, so that the study is found whatever the working directory of the process.
+    recorded_storage = storage or f"sqlite:///{out_dir / 'search.db'}"
     storage = storage or f"sqlite:///{(out_dir / 'search.db').resolve()}"
     trials = config.trials if trials is None else trials
     if trials < 1:
@@ -359,13 +358,14 @@ def run_head_search(config: SearchConfig, out_dir: Path, study_name: str, trials
     rows = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
     complete = [r for r in rows if r["val_f1"] is not None]
     best = min(complete, key=lambda r: (-r["val_f1"], r["flops"], r["params"], r["number"]), default=None)
-    results = {"harkd_version": __version__, "command": command, "study": study_name, "storage": storage,
+    results = {"harkd_version": __version__, "command": command, "study": study_name, "storage": recorded_storage,
                "dataset": config.dataset, "fold": study.user_attrs.get("fold"), "method": config.method.name,
                "budget": {"params": config.budget.params, "flops": config.budget.flops},
                "finished": sum(r["state"] in ("COMPLETE", "PRUNED") for r in rows), "trials": rows,
                "best": None if best is None else {k: best[k] for k in ("number", "head", "options", "params",
                                                                        "flops", "val_f1")},
                "config": config.raw}
-    (out_dir / "search.json").write_text(json.dumps(results, indent=1) + "\n")
+    with atomic_output(out_dir / "search.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
     _plot(rows, best, config.budget, f"{study_name}: head search", out_dir / "search.png")
     return results

@@ -1,0 +1,85 @@
+"""The teacher stage of a fold: train the teacher, freeze it, run TSAK's stage 2 when the teacher has TSAK's reps,
+and hand students what they distil from (the teacher's outputs on every split, computed once)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harkd.experiment.config import ModelSpec
+from harkd.experiment.folds import FoldLabels, Views
+from harkd.models.base import build_model
+from harkd.models.tsak import OnStackedReps, semantic_input_dims, stack_reps
+from harkd.train.engine import FitResult, TeacherTargets, TrainConfig, fit, predict
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    """What to train: the teacher, and TSAK's semantic classifier (None: no stage 2, e.g. in the head search)."""
+
+    model: ModelSpec
+    train: TrainConfig
+    semantic: ModelSpec | None = None
+    semantic_train: TrainConfig | None = None
+
+
+@dataclass
+class TrainedTeacher:
+    """A fold's frozen teacher (eval mode, no gradients) and its outputs on the fold's splits, with the semantic
+    classifier's logits as head_logits["semantic"] when there is one (the SC-Logit target)."""
+
+    model: nn.Module
+    fit: FitResult
+    outputs: dict[str, TeacherTargets]  # train, val, test and, when the fold has them, calibration
+    semantic: nn.Module | None = None  # on stacked reps (OnStackedReps)
+    semantic_fit: FitResult | None = None
+
+    def label(self, x: torch.Tensor) -> TeacherTargets:
+        """The teacher's targets on other windows of its channels (e.g. mixes)."""
+        return self._with_semantic(predict(self.model, x))
+
+    def _with_semantic(self, targets: TeacherTargets) -> TeacherTargets:
+        if self.semantic is not None:
+            targets.head_logits["semantic"] = predict(self.semantic, stack_reps(targets.reps)).logits
+        return targets
+
+
+def train_teacher(settings: TeacherSettings, inputs: Views, y: FoldLabels, groups: list[list[int]], n_classes: int,
+                  workdir: Path, seed: int) -> TrainedTeacher:
+    """Train and freeze the teacher, then its semantic classifier on its reps when both exist."""
+    torch.manual_seed(seed)
+    teacher = build_model(settings.model.name, inputs.train.shape[1], n_classes, groups, **settings.model.params)
+    result = fit(teacher, (inputs.train, y.train), (inputs.val, y.val), settings.train, workdir / "teacher", seed=seed)
+    teacher.eval().requires_grad_(False)
+    splits = ("train", "val", "test") + (("calibration",) if len(inputs.calibration) else ())
+    trained = TrainedTeacher(teacher, result, {s: predict(teacher, getattr(inputs, s)) for s in splits})
+    if settings.semantic is not None and semantic_input_dims(teacher.rep_dims) is not None:
+        trained.semantic, trained.semantic_fit = _train_semantic(settings, trained.outputs, y, n_classes,
+                                                                 workdir / "semantic", seed)
+        for targets in trained.outputs.values():
+            trained._with_semantic(targets)
+    return trained
+
+
+def _train_semantic(settings: TeacherSettings, outputs: dict[str, TeacherTargets], y: FoldLabels, n_classes: int,
+                    workdir: Path, seed: int) -> tuple[nn.Module, FitResult]:
+    """TSAK stage 2 on the frozen teacher's reps; returned frozen like the teacher."""
+    stacked = {s: stack_reps(outputs[s].reps) for s in ("train", "val")}
+    dims = semantic_input_dims({name: rep.shape[1] for name, rep in outputs["train"].reps.items()})
+    torch.manual_seed(seed)
+    semantic = build_model(settings.semantic.name, sum(dims), n_classes, **settings.semantic.params)
+    adapter = OnStackedReps(semantic, dims)
+    result = fit(adapter, (stacked["train"], y.train), (stacked["val"], y.val), settings.semantic_train, workdir,
+                 seed=seed)
+    return adapter.requires_grad_(False), result
+
+
+def semantic_inputs(trained: TrainedTeacher, split: str) -> torch.Tensor:
+    """What the semantic classifier reads for one split (to score it on the test windows)."""
+    return stack_reps(trained.outputs[split].reps)
+
+
+__all__ = ["TeacherSettings", "TrainedTeacher", "train_teacher", "semantic_inputs"]
