@@ -155,6 +155,7 @@ def summarise(name: str, *, root: Path | None = None) -> dict[str, Any]:
     return {
         "name": name,
         "path": str(installed_path(name, root)),
+        "licence": get_dataset(name).licence if name in dataset_names() else None,  # the generic format's: unknown
         "recordings": len(recordings),
         "n_subjects": len(subjects),
         "subjects": sorted(subjects.values(), key=lambda e: e["subject"]),

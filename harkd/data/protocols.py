@@ -20,7 +20,7 @@ acceleration at 0.3 Hz; that changes the values, not the counts, and is not done
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from harkd.data.recording import Recording
 from harkd.data.registry import WindowConfig
 from harkd.data.windowing import make_windows
 from harkd.errors import HarkdError
+from harkd.registry import Registry
 
 UCI_HAR_CLASSES = ("WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING")
 UCI_HAR_TEST_USERS = (2, 4, 9, 10, 12, 13, 18, 20, 24)
@@ -69,17 +70,37 @@ def uci_har(recordings: Sequence[Recording]) -> Protocol:
     return Protocol(segments, WindowConfig(length=128, stride=64, label_rule="majority", drop_null=True), train, test)
 
 
-# name -> (dataset it recuts, builder, the original release's window counts per split, for comparison)
-PROTOCOLS = {"uci-har": ("hapt", uci_har, {"train": 7352, "test": 2947})}
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """A published protocol: the registered dataset it recuts, how, and the original release's windows per split."""
+
+    name: str
+    dataset: str
+    build: Callable[[Sequence[Recording]], Protocol]
+    original_windows: Mapping[str, int]
+
+
+_PROTOCOLS: Registry[ProtocolSpec] = Registry("protocol", "protocols")
+_PROTOCOLS.add("uci-har", ProtocolSpec("uci-har", "hapt", uci_har, {"train": 7352, "test": 2947}))
+
+
+def protocol_names() -> list[str]:
+    return _PROTOCOLS.names()
+
+
+def get_protocol(name: str, dataset: str | None = None) -> ProtocolSpec:
+    """The protocol `name`; with `dataset`, also checks that it is the dataset the protocol recuts."""
+    spec = _PROTOCOLS.get(name)
+    if dataset is not None and spec.dataset != dataset:
+        raise HarkdError(f"protocol {name!r} applies to dataset {spec.dataset!r}, not {dataset!r}")
+    return spec
 
 
 def protocol_counts(name: str, recordings: Sequence[Recording]) -> dict:
     """Windows per split under a protocol, beside the original release's counts."""
-    if name not in PROTOCOLS:
-        raise HarkdError(f"unknown protocol {name!r}; known protocols: {', '.join(PROTOCOLS)}")
-    _, build, original = PROTOCOLS[name]
-    protocol = build(recordings)
+    spec = get_protocol(name)
+    protocol = spec.build(recordings)
     windows = make_windows(protocol.recordings, protocol.windowing)
     splits = {"train": protocol.train_subjects, "test": protocol.test_subjects}
     return {split: {"windows": int(np.isin(windows.subjects, subjects).sum()), "subjects": len(subjects),
-                    "original_windows": original[split]} for split, subjects in splits.items()}
+                    "original_windows": spec.original_windows[split]} for split, subjects in splits.items()}

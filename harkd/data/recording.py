@@ -12,12 +12,6 @@ import pandas as pd
 
 from harkd.errors import HarkdError
 
-# Vocabulary shared by the loaders; user datasets may add their own names.
-POSITIONS = ("right_wrist", "left_wrist", "right_arm", "left_arm", "right_leg", "left_leg",
-             "torso", "waist", "hip")
-MODALITIES = ("acc", "gyro", "mag", "quat", "capacitive")
-
-
 @dataclass(frozen=True)
 class ChannelSpec:
     """What one signal column measures: where on the body, which sensor, which axis, in which unit."""

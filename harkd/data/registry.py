@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from fnmatch import fnmatchcase
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 from harkd.data.recording import Recording
 from harkd.errors import HarkdError
@@ -23,23 +24,62 @@ class WindowConfig:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Where a publisher's folder shows: `marker`, a glob of names below that folder (e.g. 'data/a01/p1'), found in a
+    tree itself or up to `max_depth` folders below it (archives often nest the publisher's folder).
+
+    The same rule reads an unpacked tree (`locate`) and an archive's member names (`in_members`), so `harkd data
+    install` refuses an archive of the wrong dataset from its listing, before unpacking anything."""
+
+    marker: str
+    max_depth: int = 2
+
+    @property
+    def _parts(self) -> tuple[str, ...]:
+        return PurePosixPath(self.marker).parts
+
+    def locate(self, tree: Path) -> Path | None:
+        """The shallowest folder holding the marker, or None."""
+        for depth in range(self.max_depth + 1):
+            hits = sorted(Path(tree).glob("*/" * depth + self.marker))
+            if hits:
+                return hits[0].parents[len(self._parts) - 1]
+        return None
+
+    def in_members(self, names: Iterable[str]) -> bool:
+        """Whether archive member names ('dsads/data/a01/p1/s01.txt', ...) hold the marker where `locate` looks;
+        stops at the first that does."""
+        return any(self._holds(PurePosixPath(name).parts) for name in names)
+
+    def _holds(self, parts: tuple[str, ...]) -> bool:
+        marker = self._parts
+        return any(len(parts) >= depth + len(marker)
+                   and all(map(fnmatchcase, parts[depth:depth + len(marker)], marker))
+                   for depth in range(self.max_depth + 1))
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
-    """How to find, load and window one publisher's dataset.
+    """How to find, load and window one publisher's dataset; the loader module that registers it holds the
+    publisher's layout, its citation and its quirks.
 
     load(root, **options) reads the installed folder `root` (the publisher's layout) into recordings.
-    locate(tree) returns the folder inside an unpacked archive that holds the publisher's layout, or None.
+    layout says where that layout shows inside an archive or its unpacked tree.
     archives maps known archive file names to their sha256, so `harkd data install` can verify them unasked.
     """
 
     name: str
     title: str
     load: Callable[..., list[Recording]]
-    locate: Callable[[Path], Path | None]
+    layout: Layout
     default_windowing: WindowConfig
     licence: str
-    citation: str
     archives: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def locate(self, tree: Path) -> Path | None:
+        """The folder inside an unpacked archive that holds the publisher's layout, or None."""
+        return self.layout.locate(tree)
 
     def load_checked(self, root: Path, options: Mapping[str, Any] | None = None) -> list[Recording]:
         options = dict(options or {})
@@ -50,18 +90,10 @@ class DatasetSpec:
         return self.load(Path(root), **{**self.options, **options})
 
 
-def find_layout(tree: Path, marker: str, levels_up: int, max_depth: int = 2) -> Path | None:
-    """The shallowest folder holding `marker` (a glob, e.g. 'data/a01/p1'), searching `tree` and up to `max_depth`
-    levels below it (archives often nest the publisher's folder); `levels_up` climbs from the match to that folder."""
-    for depth in range(max_depth + 1):
-        hits = sorted(Path(tree).glob("*/" * depth + marker))
-        if hits:
-            return hits[0].parents[levels_up - 1] if levels_up else hits[0]
-    return None
-
-
+# Every module of harkd.data.loaders is imported on first lookup: a new dataset is one new loader file there that
+# calls register_dataset (generic.py, the format of the user's own data, registers nothing).
 _DATASETS: Registry[DatasetSpec] = Registry(
-    "dataset", "datasets", ("harkd.data.loaders.dsads", "harkd.data.loaders.hapt", "harkd.data.loaders.openpack"),
+    "dataset", "datasets", package="harkd.data.loaders",
     hint=" (or your own data with a dataset.yaml, see docs/generic-format.md)")
 
 

@@ -5,6 +5,9 @@ UNITS: acc x,y,z (m/s^2), gyro x,y,z (rad/s), mag x,y,z (arbitrary units, "a.u."
 subject is the publisher's folder name ("p1".."p8"), session "a01/s01", every label the activity's index. Class names
 are the publisher's activity descriptions in snake_case, in folder order a01..a19. A segment must have exactly 125
 rows, so a short file is reported as truncated rather than silently yielding no window.
+
+Citation: K. Altun, B. Barshan, O. Tunçel, "Comparative study on classifying human activities with miniature
+inertial and magnetic sensors", Pattern Recognition 43(10), 2010.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import pyarrow.csv as pacsv
 from tqdm import tqdm
 
 from harkd.data.recording import Recording, fill_short_gaps, read_numeric_table, sensor_channels
-from harkd.data.registry import DatasetSpec, WindowConfig, find_layout, register_dataset
+from harkd.data.registry import DatasetSpec, Layout, WindowConfig, register_dataset
 from harkd.errors import HarkdError
 
 RATE_HZ = 25.0
@@ -40,9 +43,8 @@ _READ = pacsv.ReadOptions(autogenerate_column_names=True)
 _CONVERT = pacsv.ConvertOptions(column_types={f"f{i}": pa.float64() for i in range(len(CHANNELS))})
 
 
-def locate(tree: Path) -> Path | None:
-    """The folder holding `data/a01/p1`: the tree itself or one up to two levels down (zips often nest a folder)."""
-    return find_layout(tree, "data/a01/p1", levels_up=3, max_depth=2)
+LAYOUT = Layout("data/a01/p1", max_depth=2)  # zips often nest the publisher's folder
+locate = LAYOUT.locate  # the publisher's folder in an unpacked tree, or None
 
 
 def load(root: Path, max_gap_s: float = 1.0) -> list[Recording]:
@@ -109,11 +111,9 @@ SPEC = register_dataset(DatasetSpec(
     name="dsads",
     title="UCI Daily and Sports Activities (DSADS)",
     load=load,
-    locate=locate,
+    layout=LAYOUT,
     default_windowing=WindowConfig(length=SEGMENT_ROWS, stride=SEGMENT_ROWS),  # one window per 5 s segment
     licence="CC BY 4.0",
-    citation="K. Altun, B. Barshan, O. Tunçel, \"Comparative study on classifying human activities with miniature "
-             "inertial and magnetic sensors\", Pattern Recognition 43(10), 2010",
     archives={"dsads.tar.xz": "4ba8a6bbebc42ffa69acfd2086aca71e70771d8e2ae7a5fb2a633c454c02fe3b"},
     options={"max_gap_s": 1.0},
 ))

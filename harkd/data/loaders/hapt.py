@@ -8,6 +8,9 @@ Class names are activity_labels.txt's names as written, plus a final "null" clas
 labels.txt counts samples from 1 and its `end` is inclusive: 642 pairs of adjacent segments have
 end + 1 == next start and none overlap, every start is >= 1 and every end within its recording. The signals cannot tell
 a one-sample shift apart (motion ramps up over many samples), so the 1-based origin is the publisher's convention.
+
+Citation: J.-L. Reyes-Ortiz, L. Oneto, A. Samà, X. Parra, D. Anguita, "Transition-Aware Human Activity Recognition
+Using Smartphones", Neurocomputing 171, 2016.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from harkd.data.recording import Recording, fill_short_gaps, read_numeric_table, sensor_channels
-from harkd.data.registry import DatasetSpec, WindowConfig, find_layout, register_dataset
+from harkd.data.registry import DatasetSpec, Layout, WindowConfig, register_dataset
 from harkd.errors import HarkdError
 
 RATE_HZ = 50.0
@@ -34,9 +37,8 @@ def subject_name(user: int) -> str:
     return f"user{user:02d}"
 
 
-def locate(tree: Path) -> Path | None:
-    """The folder holding `RawData/labels.txt`: the tree itself or one up to two levels down."""
-    return find_layout(tree, "RawData/labels.txt", levels_up=2, max_depth=2)
+LAYOUT = Layout("RawData/labels.txt", max_depth=2)
+locate = LAYOUT.locate  # the publisher's folder in an unpacked tree, or None
 
 
 def load(root: Path, max_gap_s: float = 1.0) -> list[Recording]:
@@ -121,11 +123,9 @@ SPEC = register_dataset(DatasetSpec(
     name="hapt",
     title="UCI Smartphone-Based Recognition of Human Activities and Postural Transitions (HAPT), raw signals",
     load=load,
-    locate=locate,
+    layout=LAYOUT,
     default_windowing=WindowConfig(length=128, stride=64, label_rule="majority", drop_null=True),  # as UCI-HAR
     licence="CC BY 4.0",
-    citation="J.-L. Reyes-Ortiz, L. Oneto, A. Samà, X. Parra, D. Anguita, \"Transition-Aware Human Activity "
-             "Recognition Using Smartphones\", Neurocomputing 171, 2016",
     archives={"uci-hapt.tar.xz": "6cf9cf7efd1b010bb29b6212f6d1614196c704ea1963f61b99a9c153f74dba4f"},
     options={"max_gap_s": 1.0},
 ))

@@ -9,6 +9,9 @@ that is not a numbered release (the `vX.X.X` pre-release) is used only for sessi
 
 Streams are aligned on their unix-millisecond timestamps and linearly resampled to `rate_hz` over the span where all
 of them have data. Labels are the ten packaging operations plus Null (no operation annotated).
+
+Citation: N. Yoshimura, J. Morales, T. Maekawa, T. Hara, "OpenPack: A Large-scale Dataset for Recognizing Packaging
+Works in IoT-enabled Logistic Environments", IEEE PerCom 2024 (data: Zenodo, doi:10.5281/zenodo.5909086).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from harkd.data.recording import ChannelSpec, Recording, fill_short_gaps, read_numeric_table, sensor_channels
-from harkd.data.registry import DatasetSpec, WindowConfig, find_layout, register_dataset
+from harkd.data.registry import DatasetSpec, Layout, WindowConfig, register_dataset
 from harkd.errors import HarkdError
 
 OPERATIONS = (
@@ -61,9 +64,8 @@ def channels(include_e4: bool = False) -> tuple[ChannelSpec, ...]:
     return tuple(specs)
 
 
-def locate(tree: Path) -> Path | None:
-    """The shallowest folder under `tree` (itself included) holding `<version>/<user>/atr`."""
-    return find_layout(tree, "v*/U*/atr", levels_up=3, max_depth=3)
+LAYOUT = Layout("v*/U*/atr", max_depth=3)  # <version>/<user>/atr
+locate = LAYOUT.locate  # the publisher's folder in an unpacked tree, or None
 
 
 def _version_rank(name: str) -> tuple[int, ...]:
@@ -280,14 +282,11 @@ OPENPACK = register_dataset(DatasetSpec(
     name="openpack",
     title="OpenPack: packaging work, ATR IMUs on both wrists and upper arms",
     load=load,
-    locate=locate,
+    layout=LAYOUT,
     # 2 s windows, 1 s stride at 30 Hz: operations last 1.6-26 s (median 6.7 s in the sample), so most 2 s windows
     # hold one operation; the stride doubles the windows without repeating more than half a window.
     default_windowing=WindowConfig(length=60, stride=30, label_rule="majority", drop_null=True),
     licence="CC BY-NC-SA 4.0",
-    citation='N. Yoshimura, J. Morales, T. Maekawa, T. Hara, "OpenPack: A Large-scale Dataset for Recognizing '
-             'Packaging Works in IoT-enabled Logistic Environments", IEEE PerCom 2024 (data: Zenodo, '
-             'doi:10.5281/zenodo.5909086)',
     archives={"openpack-sample.tar.xz": "623af9738d11c13fed91ff9096462871644d00fc0a5b3dcfd970b660d6c66c15"},
     options={"rate_hz": 30.0, "include_e4": False, "max_gap_s": 1.0, "label_source": "auto"},
 ))
