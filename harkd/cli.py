@@ -24,11 +24,16 @@ def data_install(
     sha256: Optional[str] = typer.Option(None, help="expected sha256 (default: SHA256SUMS beside the archive, "
                                                     "or the checksum harkd knows for it)"),
     force: bool = typer.Option(False, help="replace an installed copy"),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="name each step on stderr as it "
+                                            "starts (default: when stderr is a terminal, which also shows bars)"),
 ) -> None:
-    """Verify an archive's checksum and unpack it into the data root (HARKD_DATA or the user cache)."""
+    """Verify an archive's checksum, check from its listing that it holds the dataset's layout, unpack it into the
+    data root (HARKD_DATA or the user cache) and read every file once."""
     from harkd.data.install import install_dataset
 
-    path, fresh = install_dataset(name, source, sha256=sha256, force=force)
+    show = sys.stderr.isatty() if progress is None else progress
+    path, fresh = install_dataset(name, source, sha256=sha256, force=force,
+                                  log=(lambda line: typer.echo(line, err=True)) if show else lambda _: None)
     typer.echo(f"installed {name} at {path}" if fresh else f"{name} is already installed at {path} "
                f"from the same archive")
 
@@ -105,6 +110,10 @@ def run(
                                                "process; the CPU cores are shared out between them"),
     keep_models: bool = typer.Option(False, "--keep-models", help="keep every trained teacher and student in "
                                      "OUT/models/<fold>-seed<seed>/ (for `harkd export`)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per process (default: the CPU "
+                                          "cores divided by --jobs); recorded in results.json"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in OUT (without it, a "
+                                   "results.json there is an error)"),
     print_config: bool = typer.Option(False, "--print-config", help="print the config with every default filled "
                                       "in, as YAML, and exit without training"),
 ) -> None:
@@ -117,8 +126,10 @@ def run(
         return
     cfg = load_config(config, overrides or [])
     command = " ".join(["harkd", "run", str(config), *(overrides or []), "--out", str(out)]
-                       + (["--jobs", str(jobs)] if jobs != 1 else []) + (["--keep-models"] if keep_models else []))
-    run_experiment(cfg, out, command, log=lambda line: typer.echo(line, err=True), jobs=jobs, keep_models=keep_models)
+                       + (["--jobs", str(jobs)] if jobs != 1 else []) + (["--keep-models"] if keep_models else [])
+                       + (["--threads", str(threads)] if threads is not None else []))
+    run_experiment(cfg, out, command, log=lambda line: typer.echo(line, err=True), jobs=jobs, keep_models=keep_models,
+                   threads=threads, overwrite=overwrite)
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'}")
 
 
