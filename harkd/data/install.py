@@ -1,4 +1,5 @@
-"""`harkd data install`: verify an archive's sha256 and unpack it atomically into the data root."""
+"""`harkd data install`: verify an archive's sha256, check its layout from its listing and unpack it atomically into
+the data root."""
 
 from __future__ import annotations
 
@@ -14,22 +15,25 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import platformdirs
 from tqdm import tqdm
 
 from harkd import __version__
-from harkd.data.loaders.generic import load_generic, locate_generic
+from harkd.data.loaders.generic import GENERIC_LAYOUT, load_generic, locate_generic
 from harkd.data.recording import Recording
-from harkd.data.registry import dataset_names, get_dataset
+from harkd.data.registry import Layout, dataset_names, get_dataset
 from harkd.errors import HarkdError
 
 INSTALL_MARKER = ".harkd-install.json"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _CHUNK = 1 << 20
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
+_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError, zlib.error, EOFError, OSError)
 
 
 def data_root() -> Path:
@@ -110,29 +114,84 @@ def _download(url: str, folder: Path) -> Path:
     return target
 
 
-def _unpack(archive: Path, into: Path) -> None:
-    name = archive.name.lower()
+def _archive_kind(name: str, shown: str) -> str:
+    lower = name.lower()
+    if lower.endswith(".zip"):
+        return "zip"
+    if lower.endswith(_TAR_SUFFIXES):
+        return "tar"
+    raise HarkdError(f"{shown}: unsupported archive type; expected .tar.xz, .tar.gz, .tgz, .tar or .zip")
+
+
+@contextmanager
+def _reading(shown: str) -> Iterator[None]:
+    """Archive library errors as one line naming the archive."""
     try:
-        if name.endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                for member in zf.namelist():
-                    resolved = (into / member).resolve()
-                    if not resolved.is_relative_to(into.resolve()):
-                        raise HarkdError(f"{archive}: member {member!r} would unpack outside the data root")
-                zf.extractall(into)
-        elif name.endswith((".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")):
-            with tarfile.open(archive) as tf:
-                tf.extractall(into, filter="data")
-        else:
-            raise HarkdError(f"{archive}: unsupported archive type; expected .tar.xz, .tar.gz, .tgz, .tar or .zip")
-    except (tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError, zlib.error, EOFError, OSError) as exc:
-        raise HarkdError(f"{archive}: corrupt or truncated archive ({exc})") from None
+        yield
+    except tarfile.FilterError as exc:
+        raise HarkdError(f"{shown}: member {exc.tarinfo.name!r} would unpack outside the data root") from None
+    except _ARCHIVE_ERRORS as exc:
+        raise HarkdError(f"{shown}: corrupt or truncated archive ({exc})") from None
+
+
+def _member_names(archive: Path, kind: str) -> Iterator[str]:
+    """The archive's member names; a tar's are read from its stream only as far as the caller asks."""
+    if kind == "zip":
+        with zipfile.ZipFile(archive) as zf:
+            yield from zf.namelist()
+    else:
+        with tarfile.open(archive) as tf:
+            yield from (member.name for member in tf)
+
+
+def _unpack(archive: Path, kind: str, into: Path) -> None:
+    bar = {"desc": f"unpack {archive.name}", "unit": "file", "disable": None, "leave": False}
+    if kind == "zip":
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                if not (into / member).resolve().is_relative_to(into.resolve()):
+                    raise HarkdError(f"{archive}: member {member!r} would unpack outside the data root")
+            zf.extractall(into, members=tqdm(zf.namelist(), **bar))
+    else:
+        with tarfile.open(archive) as tf:
+            tf.extractall(into, members=tqdm(tf, **bar), filter="data")
+
+
+@contextmanager
+def _as_given(shown: str, *paths: Path) -> Iterator[None]:
+    """Errors name paths in the staging folder, which the user never saw, as the archive they gave (path or URL):
+    a file unpacked from it as its member ('dsads.tar.xz/data/a01/p1/s01.txt'), a download as its URL."""
+    try:
+        yield
+    except HarkdError as exc:
+        message = str(exc)
+        for path in paths:
+            message = message.replace(str(path), shown)
+        raise HarkdError(message) from None
+
+
+def _dataset_of_archive(sha256: str) -> str | None:
+    """The registered dataset one of whose known archives has this checksum, if any."""
+    return next((name for name in dataset_names() if sha256 in get_dataset(name).archives.values()), None)
+
+
+def _layout(name: str) -> Layout:
+    return get_dataset(name).layout if name in dataset_names() else GENERIC_LAYOUT
 
 
 def _locator(name: str) -> Callable[[Path], Path | None]:
     if name in dataset_names():
         return get_dataset(name).locate
     return locate_generic
+
+
+def _no_layout(name: str, shown: str) -> HarkdError:
+    layout = _layout(name)
+    if name in dataset_names():
+        return HarkdError(f"{shown}: does not contain the {name} publisher layout ({layout.marker}, at the top or "
+                          f"up to {layout.max_depth} folders down)")
+    return HarkdError(f"{shown}: does not contain a dataset.yaml (harkd's generic format) at the top or one folder "
+                      f"down; known datasets: {', '.join(dataset_names())}")
 
 
 def read_dataset(name: str, path: Path, options: Mapping[str, Any] | None = None) -> list[Recording]:
@@ -144,9 +203,14 @@ def read_dataset(name: str, path: Path, options: Mapping[str, Any] | None = None
     return load_generic(path)
 
 
+def _quiet(_: str) -> None:
+    pass
+
+
 def install_dataset(name: str, source: str, *, sha256: str | None = None, root: Path | None = None,
-                    force: bool = False) -> tuple[Path, bool]:
-    """Verify, unpack, parse once and move into place; on any failure nothing is left under the data root.
+                    force: bool = False, log: Callable[[str], None] = _quiet) -> tuple[Path, bool]:
+    """Verify, check the layout from the archive's listing, unpack, parse once and move into place; on any failure
+    nothing is left under the data root. `log` hears each long step before it starts.
 
     Returns the installed folder and whether it was (re)installed now (False: the same archive was already there).
     """
@@ -155,43 +219,55 @@ def install_dataset(name: str, source: str, *, sha256: str | None = None, root: 
     root = root or data_root()
     final = root / name
     is_url = urllib.parse.urlparse(source).scheme in ("http", "https", "ftp", "file")
-    archive = None if is_url else Path(source).expanduser()
-    if archive is not None and not archive.is_file():
+    local = None if is_url else Path(source).expanduser()
+    if local is not None and not local.is_file():
         raise HarkdError(f"{source}: no such archive file")
+    kind = _archive_kind(urllib.parse.urlparse(source).path if is_url else local.name, source)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".installing-{name}-", dir=root))
+    unpacked = staging / "unpacked"
     try:
-        if archive is None:
-            archive = _download(source, staging)
-        expected = expected_sha256(archive, name, sha256)
-        actual = sha256_of(archive)
-        if actual != expected:
-            raise HarkdError(f"{archive}: sha256 mismatch (expected {expected}, got {actual}): "
-                             f"corrupted or wrong archive")
-        if final.exists() and not force:
-            # The same archive again is a no-op, so set-up commands can be rerun; another one needs --force.
-            if (final / INSTALL_MARKER).is_file() and json.loads((final / INSTALL_MARKER).read_text()).get(
-                    "sha256") == actual:
-                return final, False
-            raise HarkdError(f"dataset {name!r} is already installed at {final} from another archive; "
-                             f"add --force to replace it")
-        unpacked = staging / "unpacked"
-        unpacked.mkdir()
-        _unpack(archive, unpacked)
-        layout = _locator(name)(unpacked)
-        if layout is None:
-            known = name in dataset_names()
-            what = f"the {name} publisher layout" if known else "a dataset.yaml (harkd's generic format)"
-            extra = "" if known else f"; known datasets: {', '.join(dataset_names())}"
-            raise HarkdError(f"{archive}: does not contain {what}{extra}")
-        read_dataset(name, layout)  # bad files are refused now, not at the first experiment
+        if local is None:
+            log(f"downloading {source}")
+        archive = local or _download(source, staging)
+        with _as_given(source, unpacked, *([] if local else [archive])):
+            log(f"verifying the sha256 of {source}")
+            expected, actual = expected_sha256(archive, name, sha256), sha256_of(archive)
+            if actual != expected:
+                raise HarkdError(f"{source}: sha256 mismatch (expected {expected}, got {actual}): "
+                                 f"corrupted or wrong archive")
+            owner = _dataset_of_archive(actual)
+            if owner not in (None, name):  # a registry checksum names the archive: no need to read it to refuse it
+                raise HarkdError(f"{source}: this is the {owner} archive, not {name}'s; to install it: "
+                                 f"harkd data install {owner} --from {source}")
+            if final.exists() and not force:
+                # The same archive again is a no-op, so set-up commands can be rerun; another one needs --force.
+                if (final / INSTALL_MARKER).is_file() and json.loads((final / INSTALL_MARKER).read_text()).get(
+                        "sha256") == actual:
+                    return final, False
+                raise HarkdError(f"dataset {name!r} is already installed at {final} from another archive; "
+                                 f"add --force to replace it")
+            log(f"checking that {source} holds {name}'s layout ({_layout(name).marker})")
+            with _reading(source):
+                found = _layout(name).in_members(_member_names(archive, kind))
+            if not found:
+                raise _no_layout(name, source)
+            log(f"unpacking {source}")
+            unpacked.mkdir()
+            with _reading(source):
+                _unpack(archive, kind, unpacked)
+            folder = _locator(name)(unpacked)
+            if folder is None:
+                raise _no_layout(name, source)
+            log(f"reading every file of {name} once, so that bad files are refused now, not at the first experiment")
+            read_dataset(name, folder)
         record = {"name": name, "source": str(source), "archive": archive.name, "sha256": actual,
                   "installed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "harkd_version": __version__, "format": "registered" if name in dataset_names() else "generic"}
-        (layout / INSTALL_MARKER).write_text(json.dumps(record, indent=2))
+        (folder / INSTALL_MARKER).write_text(json.dumps(record, indent=2))
         if final.exists():  # --force: the old copy moves into staging and goes with it
             os.replace(final, staging / "previous")
-        os.replace(layout, final)
+        os.replace(folder, final)
         return final, True
     finally:
         shutil.rmtree(staging, ignore_errors=True)

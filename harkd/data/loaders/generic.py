@@ -21,9 +21,11 @@ import pyarrow.parquet as pq
 import yaml
 
 from harkd.data.recording import ChannelSpec, Recording, check_same_classes, fill_short_gaps, max_gap_samples
+from harkd.data.registry import Layout
 from harkd.errors import HarkdError
 
 SCHEMA_FILE = "dataset.yaml"
+GENERIC_LAYOUT = Layout(SCHEMA_FILE, max_depth=1)  # what locate_generic finds, for reading an archive's listing
 RATE_TOLERANCE = 0.05
 _TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 # Tokens read as a missing value in numeric CSV columns; the label column keeps every value as text, so that labels
