@@ -16,7 +16,8 @@ from harkd.deploy.bundle import ModelBundle, load_bundle
 from harkd.deploy.onnx_export import export_onnx
 from harkd.errors import HarkdError
 from harkd.experiment.config import parse_config
-from harkd.experiment.runner import RunData, run_experiment
+from harkd.experiment.folds import ExperimentData
+from harkd.experiment.runner import run_experiment
 from harkd.metrics import macro_f1
 from test_runner import config
 
@@ -52,8 +53,8 @@ def test_every_trained_model_is_kept_with_its_provenance(kept_run):
 
 def test_a_kept_model_reproduces_its_reported_score_from_raw_windows(kept_run):
     cfg, out, results = kept_run
-    data = RunData.load(cfg)
-    fold = data.folds(cfg, 0)[0]
+    data = ExperimentData.load(cfg, cfg.teacher_channels, cfg.student_channels)
+    fold = data.folds(cfg.split, 0)[0]
     for row in results["rows"]:
         if row["role"] == "semantic":
             continue
@@ -111,6 +112,35 @@ def test_unreadable_model_files_are_one_line_errors(kept_run, tmp_path):
     (tmp_path / "cut.pt").write_bytes(truncated[: len(truncated) // 2])
     with pytest.raises(HarkdError, match="not a readable harkd model file"):
         load_bundle(tmp_path / "cut.pt")
+
+
+NOT_MODELS = {"README.md": b"# harkd\n\nKnowledge distillation for wearable HAR.\n",
+              "random.bin": bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
+              "empty.pt": b""}
+
+
+@pytest.mark.parametrize("name", NOT_MODELS)
+def test_a_file_that_is_no_model_is_a_one_line_error_naming_it(name, tmp_path):
+    (tmp_path / name).write_bytes(NOT_MODELS[name])
+    with pytest.raises(HarkdError) as error:
+        load_bundle(tmp_path / name)
+    assert str(error.value) == (f"{tmp_path / name}: not a readable harkd model file (not a PyTorch file; kept "
+                                f"models come from `harkd run --keep-models`)")
+
+
+def test_a_pytorch_file_of_other_objects_is_a_one_line_error(tmp_path):
+    torch.save({"optimiser": torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)}, tmp_path / "opt.pt")
+    with pytest.raises(HarkdError) as error:
+        load_bundle(tmp_path / "opt.pt")
+    assert str(error.value) == (f"{tmp_path / 'opt.pt'}: not a harkd model file (a PyTorch file holding objects "
+                                f"other than plain data and tensors)")
+
+
+def test_cli_export_of_a_readme_is_one_line(tmp_path):
+    (tmp_path / "README.md").write_bytes(NOT_MODELS["README.md"])
+    result = run_cli("export", str(tmp_path / "README.md"), "--out", str(tmp_path / "x.onnx"), data_root=tmp_path)
+    assert_one_line_error(result, "README.md: not a readable harkd model file (not a PyTorch file")
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_onnx_export_scores_raw_windows_like_the_kept_model(kept_run, tmp_path):

@@ -98,10 +98,17 @@ def load_bundle(path: Path) -> ModelBundle:
     path = Path(path)
     if not path.is_file():
         raise HarkdError(f"{path}: model file not found")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip; text, random bytes or an empty file are refused here
+        raise HarkdError(f"{path}: not a readable harkd model file (not a PyTorch file; kept models come from "
+                         f"`harkd run --keep-models`)")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)  # plain data and tensors only: no code runs
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
-        raise HarkdError(f"{path}: not a readable harkd model file ({str(exc).splitlines()[0]})") from None
+    except pickle.UnpicklingError:  # torch's text for this is a paragraph of advice that does not apply here
+        raise HarkdError(f"{path}: not a harkd model file (a PyTorch file holding objects other than plain data and "
+                         f"tensors)") from None
+    except Exception as exc:  # a damaged zip fails anywhere in torch's reader; every such failure is this one line
+        raise HarkdError(f"{path}: not a readable harkd model file (damaged PyTorch file: "
+                         f"{type(exc).__name__})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise HarkdError(f"{path}: not a harkd model file (written by `harkd run --keep-models`)")
     if raw.get("version") != VERSION:
