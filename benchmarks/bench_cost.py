@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -25,6 +26,7 @@ from torch import nn
 from harkd.cost import count_flops, count_params, cpu_latency_ms
 from harkd.deploy.onnx_export import INPUT, to_onnx
 from harkd.experiment.config import load_config
+from harkd.files import atomic_output
 from harkd.models.base import build_model
 from harkd.models.tsak import REP_NAMES, TwoStageTeacher
 
@@ -65,7 +67,8 @@ SHAPES = {"dsads": {"teacher": 45, "student": 3, "length": 125, "classes": 19, "
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=HERE.parent / "configs" / "dsads.yaml")
+    # The default relative to the working directory, so that the results record it as a user would type it.
+    parser.add_argument("--config", type=Path, default=Path(os.path.relpath(HERE.parent / "configs" / "dsads.yaml")))
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
@@ -111,9 +114,8 @@ def main() -> None:
               "machine": f"{platform.machine()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
                          f"1 thread",
               "command": f"python benchmarks/bench_cost.py --config {args.config} --runs {args.runs}"}
-    out = HERE / "results" / f"cost_{cfg.dataset}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    with atomic_output(HERE / "results" / f"cost_{cfg.dataset}.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'model':<24}{'params':>10}{'MFLOPs':>9}{'torch ms':>10}{'ORT ms':>8}{'params -%':>11}{'FLOPs -%':>10}"
           f"{'speed-up torch / ORT':>22}")
     for name, row in rows.items():

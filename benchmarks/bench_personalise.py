@@ -21,6 +21,7 @@ from pathlib import Path
 
 from harkd.deploy.bundle import load_bundle
 from harkd.deploy.personalise import personalise
+from harkd.files import atomic_output
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,7 +66,8 @@ def main() -> None:
               "command": f"python benchmarks/bench_personalise.py {args.run} --student {args.student} "
                          f"--calibration {args.calibration}" + (f" --stride {args.stride}" if args.stride else "")}
     out = HERE / "results" / f"personalise_{dataset}.json"
-    out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    with atomic_output(out) as tmp:
+        tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps(summary, indent=1, ensure_ascii=False))
     print(f"wrote {out}")
 
