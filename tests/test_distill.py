@@ -1,4 +1,4 @@
-"""KD strategies: exact loss values from hand formulas, gradient routing, registry errors."""
+"""KD strategies: exact loss values from hand formulas, registry errors."""
 
 import math
 from types import SimpleNamespace
@@ -24,13 +24,11 @@ TARGETS = [0, 2]
 
 
 def outputs():
-    """Fresh leaf tensors: student ones to check gradients arrive, teacher ones to check they never do."""
-    def leaf(values):
-        return torch.tensor(values, requires_grad=True)
-
-    student = ModelOutput(logits=leaf(STUDENT_LOGITS), reps={"feat": leaf(STUDENT_FEAT)})
-    teacher = ModelOutput(logits=leaf(TEACHER_LOGITS), reps={k: leaf(v) for k, v in TEACHER_REPS.items()},
-                          head_logits={"semantic": leaf(SEMANTIC_LOGITS)})
+    """Fresh tensors of the values above (tests/test_contracts.py checks where gradients go)."""
+    student = ModelOutput(logits=torch.tensor(STUDENT_LOGITS), reps={"feat": torch.tensor(STUDENT_FEAT)})
+    teacher = ModelOutput(logits=torch.tensor(TEACHER_LOGITS),
+                          reps={k: torch.tensor(v) for k, v in TEACHER_REPS.items()},
+                          head_logits={"semantic": torch.tensor(SEMANTIC_LOGITS)})
     return student, teacher
 
 
@@ -161,20 +159,6 @@ def test_tsak_all_sums_every_term_with_its_weight():
     assert set(losses) == set(expected)
     for name, value in expected.items():
         assert losses[name].item() == pytest.approx(value, rel=1e-5), name
-
-
-@pytest.mark.parametrize("name", ["logit", "sc_logit", "attn_rep", "causal_rep", "combi_rep", "tsak_all"])
-def test_gradients_reach_student_and_connectors_never_the_teacher(name):
-    student, teacher = outputs()
-    distiller = build(name)
-    sum(distiller(student, teacher, torch.tensor(TARGETS)).values()).backward()
-    assert student.logits.grad is not None
-    teacher_tensors = [teacher.logits, *teacher.reps.values(), *teacher.head_logits.values()]
-    assert all(t.grad is None for t in teacher_tensors)
-    assert all(p.grad is not None for p in distiller.parameters())
-    if name.endswith("_rep") or name == "tsak_all":
-        assert student.reps["feat"].grad is not None
-        assert len(list(distiller.parameters())) == (6 if name == "tsak_all" else 2)  # connectors only
 
 
 def test_one_training_step_moves_student_and_connectors_only():

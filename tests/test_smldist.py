@@ -169,14 +169,11 @@ CONNECTOR = ([[1.0, 0.0], [0.5, -1.0], [0.0, 2.0]], [0.0, 0.5, -0.5])  # stage1:
 
 
 def outputs(student_maps=STUDENT_MAPS, teacher_maps=TEACHER_MAPS):
-    """Leaf tensors: student ones to check gradients arrive, teacher ones to check they never do."""
-    def leaf(values):
-        return torch.tensor(values, requires_grad=True)
-
-    student = ModelOutput(leaf(STUDENT_LOGITS), reps={"memory": leaf(STUDENT_MEMORY)},
-                          maps={k: leaf(v) for k, v in student_maps.items()})
-    teacher = ModelOutput(leaf(TEACHER_LOGITS), reps={"memory": leaf(TEACHER_MEMORY)},
-                          maps={k: leaf(v) for k, v in teacher_maps.items()})
+    """Fresh tensors of the values above (tests/test_contracts.py checks where gradients go)."""
+    student = ModelOutput(torch.tensor(STUDENT_LOGITS), reps={"memory": torch.tensor(STUDENT_MEMORY)},
+                          maps={k: torch.tensor(v) for k, v in student_maps.items()})
+    teacher = ModelOutput(torch.tensor(TEACHER_LOGITS), reps={"memory": torch.tensor(TEACHER_MEMORY)},
+                          maps={k: torch.tensor(v) for k, v in teacher_maps.items()})
     return student, teacher
 
 
@@ -517,21 +514,6 @@ def test_smldist_sums_its_terms_and_weight_zero_leaves_a_term_out():
     assert set(default) == {"loss_ce", "loss_stage", "loss_smld_logit"}
     no_stage = build_distiller("smldist", {"feat": 2}, {"feat": 3}, 3, {"feat": 2}, {"other": 3}, stage_weight=0)
     assert [type(p).__name__ for p in no_stage.parts] == ["ConditionalLogitKD"]
-
-
-@pytest.mark.parametrize("name,config", [("smld_stage", {}), ("smld_logit", {}), ("smld_freq", {}),
-                                         ("smld_memory", {}), ("smldist", {"freq_weight": 1.0, "memory_weight": 1.0})])
-def test_gradients_reach_student_and_connectors_never_the_teacher(name, config):
-    student, teacher = outputs()
-    distiller = build(name, **config)
-    sum(distiller(student, teacher, torch.tensor(LABELS)).values()).backward()
-    assert student.logits.grad is not None
-    assert all(t.grad is None for t in [teacher.logits, *teacher.reps.values(), *teacher.maps.values()])
-    assert all(p.grad is not None for p in distiller.parameters())
-    grads = [t.grad for t in [student.logits, *student.maps.values(), *student.reps.values()] if t.grad is not None]
-    assert all(torch.isfinite(g).all() for g in grads)  # also where a map is all zeros (|FFT| at 0)
-    if name != "smld_logit":
-        assert any(m.grad is not None for m in [*student.maps.values(), *student.reps.values()])
 
 
 def test_one_step_between_mobilenets_moves_the_student_and_never_the_teacher():

@@ -1,4 +1,4 @@
-"""The KD baseline zoo: exact loss values from hand formulas in plain Python, gradient routing, errors, listing."""
+"""The KD baseline zoo: exact loss values from hand formulas in plain Python, errors, listing."""
 
 import json
 import math
@@ -35,14 +35,11 @@ TARGETS = [0, 2, 1]
 
 
 def outputs(teacher_length=3):
-    """Fresh leaf tensors: student ones to check gradients arrive, teacher ones to check they never do."""
-    def leaf(values):
-        return torch.tensor(values, requires_grad=True)
-
-    student = ModelOutput(logits=leaf(STUDENT_LOGITS), reps={"feat": leaf(STUDENT_REP)},
-                          maps={"feat": leaf(STUDENT_MAP)})
-    teacher = ModelOutput(logits=leaf(TEACHER_LOGITS), reps={"combi": leaf(TEACHER_REP)},
-                          maps={"encoder": leaf(TEACHER_MAPS[teacher_length])})
+    """Fresh tensors of the values above (tests/test_contracts.py checks where gradients go)."""
+    student = ModelOutput(logits=torch.tensor(STUDENT_LOGITS), reps={"feat": torch.tensor(STUDENT_REP)},
+                          maps={"feat": torch.tensor(STUDENT_MAP)})
+    teacher = ModelOutput(logits=torch.tensor(TEACHER_LOGITS), reps={"combi": torch.tensor(TEACHER_REP)},
+                          maps={"encoder": torch.tensor(TEACHER_MAPS[teacher_length])})
     return student, teacher
 
 
@@ -213,6 +210,16 @@ def test_rkd_ignores_scale_and_translation_of_the_teacher():
     assert terms["loss_rkd_angle"].item() == pytest.approx(0, abs=1e-6)
 
 
+def test_rkd_on_a_batch_of_one_is_zero_not_nan():
+    """One window has no pair and no triplet: the reference's mean over no distances is NaN, ours leaves 0."""
+    distiller, _ = kd_loss("rkd")
+    student, teacher = outputs()
+    one = ModelOutput(student.logits[:1], reps={"feat": student.reps["feat"][:1]})
+    terms = distiller.kd_terms(one, ModelOutput(teacher.logits[:1], reps={"combi": teacher.reps["combi"][:1]}),
+                               torch.tensor(TARGETS[:1]))
+    assert terms["loss_rkd_distance"].item() == 0.0 and terms["loss_rkd_angle"].item() == 0.0
+
+
 def similarity_probabilities(samples, eps=1e-7):
     units = [[x / (norm(v) + eps) for x in v] for v in samples]
     rows = [[(dot(a, b) + 1) / 2 for b in units] for a in units]
@@ -320,22 +327,6 @@ def test_dkd_is_finite_where_the_target_probability_rounds_to_one():
     assert single["loss_tckd"].item() == pytest.approx((30.0 - math.log(18)) / 2, rel=1e-5)
     with pytest.raises(HarkdError, match="needs at least 2 classes"):
         build_distiller("dkd", {}, {}, 1)
-
-
-READS = {"fitnets": "map", "at": "map", "nst": "map", "sp": "map", "rkd": "rep", "pkt": "rep", "crd": "rep",
-         "dkd": "logits"}
-
-
-@pytest.mark.parametrize("name", ZOO)
-def test_gradients_reach_the_student_and_connectors_never_the_teacher(name):
-    student, teacher = outputs(5)
-    distiller = build(name, ce_weight=0.0)
-    sum(distiller(student, teacher, torch.tensor(TARGETS)).values()).backward()
-    read = {"map": student.maps["feat"], "rep": student.reps["feat"], "logits": student.logits}[READS[name]]
-    assert read.grad is not None and read.grad.abs().sum() > 0  # only the KD terms, CE weighs 0
-    assert all(t.grad is None for t in [teacher.logits, *teacher.reps.values(), *teacher.maps.values()])
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in distiller.parameters())
-    assert len(list(distiller.parameters())) == {"fitnets": 2, "crd": 4}.get(name, 0)
 
 
 @pytest.mark.parametrize("depth", [3, 2])

@@ -19,9 +19,12 @@ def pairwise_distances(features: torch.Tensor, eps: float = 1e-12) -> torch.Tens
 
 
 def normalised_distances(features: torch.Tensor) -> torch.Tensor:
-    """Pairwise distances divided by their mean over the pairs of distinct samples (positive distances)."""
+    """Pairwise distances divided by their mean over the pairs of distinct samples (the positive distances, as
+    pairwise_distances clamps them); all zero for a batch of one, which has no pair (the reference's mean over no
+    distances is NaN there). Without indexing by a mask, so no host sync on an accelerator."""
     distances = pairwise_distances(features)
-    return distances / distances[distances > 0].mean()
+    mean = distances.sum() / max(len(features) * (len(features) - 1), 1)
+    return distances / mean.clamp_min(torch.finfo(distances.dtype).tiny)
 
 
 def angles(features: torch.Tensor) -> torch.Tensor:
