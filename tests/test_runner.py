@@ -1,6 +1,7 @@
 """harkd run end to end on a small synthetic dataset in the generic format, and the frozen-teacher contract."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -39,6 +40,9 @@ def test_run_writes_one_row_per_fold_seed_role_model_method(data_root, tmp_path,
     results = run_experiment(parse_config(config()), tmp_path / "out", command="test", log=lambda _: None)
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
     assert on_disk["rows"] == results["rows"]
+    env = on_disk["environment"]  # what a rerun elsewhere needs to know to compare its figures
+    assert env["versions"]["torch"] == torch.__version__ and env["threads_per_process"] == torch.get_num_threads()
+    assert env["versions"]["numpy"] and env["cpu"] and env["python"]
     roles = [(r["role"], r["method"]) for r in results["rows"]]
     assert roles == [("teacher", "-"), ("semantic", "-"), ("student", "none"), ("student", "logit"),
                      ("student", "sc_logit"), ("student", "combi_rep")]
@@ -115,6 +119,7 @@ def test_parallel_units_give_the_serial_rows_in_plan_order(data_root, tmp_path, 
     key = lambda r: (r["fold"], r["seed"], r["role"], r["model"], r["method"])  # noqa: E731
     assert [key(r) for r in parallel["rows"]] == [key(r) for r in serial["rows"]]
     assert [r["fold"] for r in serial["rows"] if r["role"] == "teacher"] == ["loso-S01", "loso-S02", "loso-S03"]
+    assert parallel["environment"]["threads_per_process"] == max(1, (os.cpu_count() or 1) // 2)
     # Same seeds, same data: the scores agree (one torch thread per worker may round differently in the last bits).
     for a, b in zip(serial["rows"], parallel["rows"]):
         assert a["macro_f1"] == pytest.approx(b["macro_f1"], abs=0.02), key(a)
@@ -151,3 +156,19 @@ def test_calibration_windows_train_only_kd_students_and_are_never_scored(data_ro
     n_calibration = kd[3]
     assert kd[:3] == ("CNNStudent", True, n_train_plain + n_calibration) and n_calibration > 0
     assert n_scored + n_calibration == n_scored_plain
+
+
+def test_a_finished_run_is_replaced_only_with_overwrite(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARKD_DATA", str(data_root))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text('{"earlier": "run"}')
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config(methods=["none"])))
+    refused = run_cli("run", str(path), "--out", str(out), data_root=data_root)
+    assert_one_line_error(refused, f"{out} holds a finished run (results.json)", "--overwrite")
+    assert (out / "results.json").read_text() == '{"earlier": "run"}'
+    quick = {"epochs": 1, "batch_size": 32, "patience": 1}
+    cfg = parse_config(config(methods=["none"], teacher={"model": "cnn_student", "train": quick}))
+    run_experiment(cfg, out, command="t", log=lambda _: None, overwrite=True)
+    assert json.loads((out / "results.json").read_text())["rows"]

@@ -200,6 +200,23 @@ def _setup_lines(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _confusion_section(results: Mapping[str, Any], summary: Sequence[Mapping[str, Any]], out_dir: Path) -> list[str]:
+    """The confusion matrices of the teacher, the student alone and the best students, drawn into `out_dir`."""
+    confusion, class_names = results["confusion"], results["class_names"]
+    images = []
+    for role, model, method in _confusion_targets(summary):
+        key = f"{role}/{model}/{method}"
+        if key in confusion:
+            name = f"confusion_{_slug(role, model, method)}.png"
+            title = f"{role} {model}" + ("" if method == "-" else f" / {method}")
+            _confusion_png(confusion[key], class_names, title, out_dir / name)
+            images.append(f"![confusion matrix, {title}]({name})")
+    if not images:
+        return []
+    return ["## Confusion matrices", "Rows: true class, normalised to 1; numbers in %; summed over folds and seeds.",
+            *images]
+
+
 def write_report(results: Mapping[str, Any], out_dir: Path) -> Path:
     """Write out_dir/report.md and its PNG figures; return the report's path.
 
@@ -226,19 +243,7 @@ def write_report(results: Mapping[str, Any], out_dir: Path) -> Path:
 
     if _bar_chart(summary, out_dir / "macro_f1.png"):
         parts += ["## Macro-F1 per method", "![macro-F1 per method](macro_f1.png)"]
-    confusion, class_names = results["confusion"], results["class_names"]
-    images = []
-    for role, model, method in _confusion_targets(summary):
-        key = f"{role}/{model}/{method}"
-        if key in confusion:
-            name = f"confusion_{_slug(role, model, method)}.png"
-            title = f"{role} {model}" + ("" if method == "-" else f" / {method}")
-            _confusion_png(confusion[key], class_names, title, out_dir / name)
-            images.append(f"![confusion matrix, {title}]({name})")
-    if images:
-        parts += ["## Confusion matrices", "Rows: true class, normalised to 1; numbers in %; summed over folds and "
-                  "seeds.", *images]
-
+    parts += _confusion_section(results, summary, out_dir)
     path = out_dir / "report.md"
     with atomic_output(path) as tmp:
         tmp.write_text("\n\n".join(parts) + "\n")
