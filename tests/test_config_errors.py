@@ -34,6 +34,7 @@ RUN_CASES = [
     ("teacher.train.batch_size=true", "teacher.train.batch_size", "True", "expected an integer"),
     ("teacher.train.lr=-0.1", "teacher.train.lr", "-0.1", "must be at least 0"),
     ("teacher.train.epoch=3", "teacher.train", "['epoch']", "valid keys: ['accelerator', 'batch_size'"),
+    ("teacher.train.accelerator=tpu", "teacher.train.accelerator", "'tpu'", "expected 'auto', 'cpu', 'cuda' or 'gpu'"),
     ("teacher.channels={positon: torso}", "teacher.channels", "['positon']", "valid keys: ['modality', 'position']"),
     ("semantic.model=3", "semantic.model", "3", "expected a string"),
     ("semantic.modle=x", "semantic", "['modle']", "valid keys: ['model', 'params', 'train']"),

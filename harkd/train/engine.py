@@ -1,5 +1,5 @@
-"""Training: one loop for supervised models and for students with a distiller, early stopping
-on validation macro-F1 (validation windows come from training subjects), the best checkpoint restored at the end.
+"""Training: one loop for supervised models and for students with a distiller, early stopping on validation
+macro-F1 (validation windows come from training subjects), the best checkpoint restored at the end.
 
 Data live in memory as tensors and batches are index tensors: the windows of a HAR dataset fit in memory, and the
 teacher's outputs are precomputed once per fold and seed (`TeacherTargets`), so a student's epoch never runs the
@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Mapping
+from typing import Annotated, Literal, Mapping
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from harkd.distill.base import Distiller
 from harkd.errors import HarkdError
 from harkd.metrics import macro_f1
 from harkd.models.base import ModelOutput
-from harkd.schema import Bool, Float, NonNegativeInt, PositiveInt, Str, config_dataclass
+from harkd.schema import Bool, Float, NonNegativeInt, PositiveInt, config_dataclass
 
 
 @config_dataclass("train")
@@ -36,7 +36,7 @@ class TrainConfig:
     lr: Annotated[Float, Field(ge=0)] = 2e-3
     weight_decay: Annotated[Float, Field(ge=0)] = 1e-4
     patience: NonNegativeInt = 6
-    accelerator: Str = "auto"
+    accelerator: Literal["auto", "cpu", "cuda", "gpu"] = "auto"  # auto: the GPU when there is one
     deterministic: Bool = True
     progress: Bool = False  # the runner shows one bar over folds; a bar per fit is noise over 100+ fits
 
@@ -157,13 +157,8 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # all CUDA devices too
 
 
-ACCELERATORS = ("auto", "cpu", "cuda", "gpu")
-
-
 def _device(accelerator: str) -> torch.device:
     """`auto` takes the GPU when there is one; `gpu` and `cuda` insist on one."""
-    if accelerator not in ACCELERATORS:
-        raise HarkdError(f"train.accelerator: unknown accelerator {accelerator!r}; valid: {', '.join(ACCELERATORS)}")
     if accelerator in ("cuda", "gpu") and not torch.cuda.is_available():
         raise HarkdError(f"train.accelerator: {accelerator!r} asked for, but torch sees no CUDA device")
     return torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
@@ -175,9 +170,10 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
     """Train with early stopping on validation macro-F1 and return the model with its best weights restored.
 
     `config.accelerator` picks the device. The loop is ours: Lightning Trainer's per-step hooks cost as much as a
-    small student's step (benchmarks/bench_train_overhead.py), and Fabric gave nothing we use beyond the device. Per epoch: shuffled index batches over tensors held
-    on the device (the last partial batch dropped), AdamW with a cosine schedule, validation macro-F1, the best
-    weights checkpointed to `workdir`/best.ckpt, and a stop after `patience` epochs without improvement.
+    small student's step (benchmarks/bench_train_overhead.py), and Fabric gave nothing we used beyond the device.
+    Per epoch: shuffled index batches over tensors held on the device (the last partial batch dropped), AdamW with a
+    cosine schedule, validation macro-F1, the best weights checkpointed to `workdir`/best.ckpt, and a stop after
+    `patience` epochs without improvement.
     """
     _seed_everything(seed)
     _set_determinism(config.deterministic)
