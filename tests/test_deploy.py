@@ -198,28 +198,6 @@ def test_bundle_of_records_what_it_is_given():
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values()))
 
 
-@pytest.mark.parametrize("name, params", [("tsak_teacher", {}), ("causal_student", {}),
-                                          ("mobilenet_v3_1d", {"preset": "tiny", "head": "memory"})])
-def test_every_model_family_exports_to_onnx(name, params, tmp_path):
-    """Attention and LSTM (the teacher), GRU (causal student), squeeze-excitation and the memory head (MobileNet):
-    the exporter must handle each, with a batch size it was not traced with."""
-    from harkd.data.recording import ChannelSpec
-    from harkd.data.splits import Normaliser
-    from harkd.models.base import build_model
-
-    channels = [ChannelSpec(pos, "acc", axis, "g") for pos in ("left", "right") for axis in "xyz"]
-    groups = [[0, 1, 2], [3, 4, 5]] if name == "tsak_teacher" else None
-    torch.manual_seed(0)
-    model = build_model(name, 6, 4, groups, **params).eval()
-    bundle = ModelBundle.of(model, name, params, channels, list("abcd"), 64, 32.0,
-                            Normaliser(np.linspace(-1, 1, 6).astype(np.float32), np.full(6, 2.0, np.float32)),
-                            groups)
-    export_onnx(bundle, tmp_path / f"{name}.onnx", check_windows=5)
-    session = onnxruntime.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(1).normal(size=(3, 6, 64)).astype(np.float32)
-    np.testing.assert_allclose(session.run(["probabilities"], {"windows": x})[0], bundle.predict(x), atol=1e-5)
-
-
 def test_personalise_distils_the_teacher_labels_of_a_calibration_session(kept_run, monkeypatch, tmp_path):
     import harkd.deploy.personalise as personalise_module
     from harkd.train.engine import TrainConfig
