@@ -1,12 +1,11 @@
 """Render an experiment's results (the results.json dict) as report.md with PNG figures beside it.
 
-Scores are shown in percent; Δ vs none in percentage points. Figures are drawn on matplotlib's Agg canvas directly,
-so writing a report never touches the pyplot state or backend of the calling process.
+Scores are shown in percent; Δ vs a baseline in percentage points; a mean over a single run without "± std".
+Figures are drawn by harkd.experiment.figures.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -17,34 +16,40 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+import pandas as pd
 
 from harkd.experiment.families import UNKNOWN, best_per_family, tsak_vs_zoo_sentence
-from harkd.experiment.summary import BASELINE, fold_means, ratios, summarise
+from harkd.experiment.figures import confusion_png, cost_png, macro_f1_bars, paired_deltas_png, personalised_folds_png
+from harkd.experiment.summary import (BASELINE, BASELINES, PERSONALISED_LABELS, TEACHER_METHOD, fold_deltas,
+                                      fold_means, ratios, summarise)
 from harkd.files import atomic_output
 
-_SUMMARY_HEADER = ["role", "model", "method", "n", "macro-F1 (%)", "accuracy (%)", "Δ vs none (pp)", "folds won",
-                   "params", "FLOPs (M)", "latency (ms)"]
+_SUMMARY_HEADER = ["role", "model", "method", "n", "macro-F1 (%)", "accuracy (%)", "Δ vs baseline (pp)",
+                   "folds won", "params", "FLOPs (M)", "latency (ms)"]
 _SUMMARY_RIGHT = [False, False, False, True, True, True, True, True, True, True, True]
-_ANNOTATE_MAX_CLASSES = 20  # beyond this the cell numbers no longer fit; the colours still read
+_LABELS = dict(zip(PERSONALISED_LABELS, ["none (the kept student, not fine-tuned)", "its own (self-training, lower "
+                                          "bound)", "the teacher's (ours)", "the worker's true labels (upper bound, "
+                                          "reported only)"]))
+_PERSONALISED_BASELINE = BASELINES["personalised"]
 
 
-def _mean_std(mean: float, std: float) -> str:
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+def _mean_std(mean: float, std: float, n: int) -> str:
+    """Mean ± std in percent; the mean alone for a single run, whose std says nothing."""
+    return f"{100 * mean:.2f}" if n == 1 else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _delta(s: Mapping[str, Any]) -> str:
+    return "" if s["delta_vs_none_mean"] is None else f"{100 * s['delta_vs_none_mean']:+.2f}"
+
+
+def _won(s: Mapping[str, Any]) -> str:
+    return "" if s["folds_won"] is None else f"{s['folds_won']}/{s['folds_total']}"
 
 
 def _summary_cells(summary: Sequence[Mapping[str, Any]]) -> list[list[str]]:
-    cells = []
-    for s in summary:
-        delta, won = s["delta_vs_none_mean"], s["folds_won"]
-        cells.append([s["role"], s["model"], s["method"], str(s["n"]),
-                      _mean_std(s["macro_f1_mean"], s["macro_f1_std"]),
-                      _mean_std(s["accuracy_mean"], s["accuracy_std"]),
-                      "" if delta is None else f"{100 * delta:+.2f}",
-                      "" if won is None else f"{won}/{s['folds_total']}",
-                      f"{s['params']:,}", f"{s['flops'] / 1e6:.3f}", f"{s['latency_ms_cpu']:.3f}"])
-    return cells
+    return [[s["role"], s["model"], s["method"], str(s["n"]), _mean_std(s["macro_f1_mean"], s["macro_f1_std"], s["n"]),
+             _mean_std(s["accuracy_mean"], s["accuracy_std"], s["n"]), _delta(s), _won(s), f"{s['params']:,}",
+             f"{s['flops'] / 1e6:.3f}", f"{s['latency_ms_cpu']:.3f}"] for s in summary]
 
 
 def _text_table(header: list[str], rows: list[list[str]], right: list[bool]) -> str:
@@ -87,9 +92,8 @@ def _family_section(results: Mapping[str, Any], summary: Sequence[Mapping[str, A
     found = best_per_family(results.get("config"), summary)
     if not found["best"]:
         return []
-    cells = [[b["model"], b["family"], b["method"], str(b["n"]), _mean_std(b["macro_f1_mean"], b["macro_f1_std"]),
-              "" if b["delta_vs_none_mean"] is None else f"{100 * b['delta_vs_none_mean']:+.2f}",
-              "" if b["folds_won"] is None else f"{b['folds_won']}/{b['folds_total']}"] for b in found["best"]]
+    cells = [[b["model"], b["family"], b["method"], str(b["n"]),
+              _mean_std(b["macro_f1_mean"], b["macro_f1_std"], b["n"]), _delta(b), _won(b)] for b in found["best"]]
     parts = ["## Best method per family",
              "Per student, the KD method with the highest mean macro-F1 in each family, with its numbers from the "
              "summary. Families come from the methods' terms in the config: tsak (TSAK's strategies), zoo "
@@ -105,76 +109,39 @@ def _family_section(results: Mapping[str, Any], summary: Sequence[Mapping[str, A
     return parts
 
 
-def _save(fig: Figure, path: Path) -> None:
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-
-
 def _slug(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(p for p in parts if p != "-"))
 
 
-def _bar_chart(summary: Sequence[Mapping[str, Any]], path: Path) -> bool:
-    """Macro-F1 per method, one panel per student model, with the teacher and semantic classifier as reference
-    lines. False when there are no students to draw."""
-    students = [s for s in summary if s["role"] == "student"]
-    models = list(dict.fromkeys(s["model"] for s in students))
-    if not models:
-        return False
-    references = [s for s in summary if s["role"] in ("teacher", "semantic")]
-    widest = max(sum(s["model"] == m for s in students) for m in models)
-    fig = Figure(figsize=(max(4.0, 0.6 * widest + 2) * len(models), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(models), sharey=True, squeeze=False)[0]
-    for ax, model in zip(axes, models):
-        bars = [s for s in students if s["model"] == model]
-        ax.bar(range(len(bars)), [100 * s["macro_f1_mean"] for s in bars],
-               yerr=[100 * s["macro_f1_std"] for s in bars], capsize=3,
-               color=["0.6" if s["method"] == BASELINE else "C0" for s in bars])
-        for i, ref in enumerate(references):
-            ax.axhline(100 * ref["macro_f1_mean"], color=f"C{i + 1}", linestyle="--", linewidth=1,
-                       label=f"{ref['role']} {ref['model']} ({100 * ref['macro_f1_mean']:.1f})")
-        ax.set_xticks(range(len(bars)), [s["method"] for s in bars], rotation=30, ha="right")
-        ax.set_title(model)
-        ax.set_ylim(0, 100)
-    axes[0].set_ylabel("macro-F1 (%), mean ± std over runs")
-    if references:  # one legend below the panels, where it cannot cover a bar
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
-    _save(fig, path)
-    return True
+def _best(summary: Sequence[Mapping[str, Any]], role: str, model: str, keep) -> list[Mapping[str, Any]]:
+    """The model's summary entry with the highest mean macro-F1 among those `keep` accepts; none if none is."""
+    candidates = [s for s in summary if s["role"] == role and s["model"] == model and keep(s["method"])]
+    return [max(candidates, key=lambda s: s["macro_f1_mean"])] if candidates else []
 
 
-def _confusion_png(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str, path: Path) -> None:
-    counts = np.asarray(matrix, dtype=float)
-    totals = counts.sum(axis=1, keepdims=True)
-    # Row-normalised so classes of any size compare; a class absent from every test fold stays at zero.
-    share = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-    k = len(class_names)
-    side = 2.5 + 0.4 * k
-    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
-    ax = fig.add_subplot()
-    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class")
-    ax.set_xticks(range(k), class_names, rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(k), class_names)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    if k <= _ANNOTATE_MAX_CLASSES:
-        for i, j in zip(*np.nonzero(counts)):
-            ax.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center", fontsize=9 if k <= 10 else 7,
-                    color="white" if share[i, j] > 0.5 else "black")
-    _save(fig, path)
+def _models(summary: Sequence[Mapping[str, Any]], role: str) -> list[str]:
+    """The models of a role in summary order; for personalised rows, the students (not the teacher)."""
+    return list(dict.fromkeys(s["model"] for s in summary if s["role"] == role and s["method"] != TEACHER_METHOD))
+
+
+def _showcase(summary: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """What the figures single out: each teacher and semantic classifier; per student model its "none" and its
+    best KD method; per personalised student its best with the teacher's labels, and the teacher on those
+    windows."""
+    chosen = [s for s in summary if s["role"] in ("teacher", "semantic")]
+    for model in _models(summary, "student"):
+        chosen += _best(summary, "student", model, lambda m: m == BASELINE)
+        chosen += _best(summary, "student", model, lambda m: m != BASELINE)
+    for model in _models(summary, "personalised"):
+        chosen += _best(summary, "personalised", model, lambda m: m.endswith("+teacher"))
+    return chosen + [s for s in summary if s["role"] == "personalised" and s["method"] == TEACHER_METHOD]
 
 
 def _confusion_targets(summary: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
-    """Each teacher, then per student model its "none" and its best method by mean macro-F1."""
-    targets = [(s["role"], s["model"], s["method"]) for s in summary if s["role"] == "teacher"]
-    for model in dict.fromkeys(s["model"] for s in summary if s["role"] == "student"):
-        kd = [s for s in summary if s["role"] == "student" and s["model"] == model and s["method"] != BASELINE]
-        best = [max(kd, key=lambda s: s["macro_f1_mean"])["method"]] if kd else []
-        targets += [("student", model, method) for method in [BASELINE, *best]]
-    return targets
+    """Each teacher, per student model its "none" and its best method by mean macro-F1, per personalised student
+    its best with the teacher's labels."""
+    return [(s["role"], s["model"], s["method"]) for s in _showcase(summary)
+            if s["role"] == "teacher" or s["method"] != TEACHER_METHOD]
 
 
 def _setup_lines(results: Mapping[str, Any]) -> list[str]:
@@ -185,7 +152,7 @@ def _setup_lines(results: Mapping[str, Any]) -> list[str]:
              f"- started {results['started']}, wall time {timedelta(seconds=round(results['wall_time_s']))}, "
              f"machine: {results['machine']}, harkd {results['harkd_version']}",
              f"- {len(folds)} fold(s): {', '.join(folds)}; seed(s): {', '.join(map(str, seeds))}"]
-    models = {(r["role"], r["model"]): r for r in rows}
+    models = {(r["role"], r["model"]): r for r in rows if r["role"] != "personalised"}  # the same models again
     lines += [f"- {role} `{model}`: {r['n_channels']} channels (`{r['channels']}`)"
               for (role, model), r in models.items()]
     methods = list(dict.fromkeys(r["method"] for r in rows if r["role"] == "student"))
@@ -209,12 +176,112 @@ def _confusion_section(results: Mapping[str, Any], summary: Sequence[Mapping[str
         if key in confusion:
             name = f"confusion_{_slug(role, model, method)}.png"
             title = f"{role} {model}" + ("" if method == "-" else f" / {method}")
-            _confusion_png(confusion[key], class_names, title, out_dir / name)
+            confusion_png(confusion[key], class_names, title, out_dir / name)
             images.append(f"![confusion matrix, {title}]({name})")
     if not images:
         return []
     return ["## Confusion matrices", "Rows: true class, normalised to 1; numbers in %; summed over folds and seeds.",
             *images]
+
+
+def _personalised_cells(s: Mapping[str, Any]) -> list[str]:
+    is_teacher = s["method"] == TEACHER_METHOD
+    of_teacher = "" if s["of_teacher"] is None else f"{100 * s['of_teacher']:.1f}"
+    return [f"teacher `{s['model']}`" if is_teacher else s["method"],
+            "" if is_teacher else _LABELS.get(s["method"].rpartition("+")[2], "?"), str(s["n"]),
+            _mean_std(s["macro_f1_mean"], s["macro_f1_std"], s["n"]), _delta(s), _won(s), of_teacher]
+
+
+def _personalised_sentence(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Where the teacher's labels took the student, and how far the true labels would."""
+    sentences = []
+    for labels, what in (("teacher", "Best with the teacher's labels"), ("true", "Upper bound (true labels)")):
+        found = [s for s in entries if s["method"].endswith(f"+{labels}") and s["of_teacher"] is not None]
+        if found:
+            best = max(found, key=lambda s: s["macro_f1_mean"])
+            won = "" if best["folds_won"] is None else f", won {_won(best)} folds"
+            sentences.append(f"{what}: {best['method']}, {100 * best['macro_f1_mean']:.2f} macro-F1, "
+                             f"{100 * best['of_teacher']:.1f}% of the teacher on the same windows, {_delta(best)} "
+                             f"points over `{_PERSONALISED_BASELINE}`{won}.")
+    return [" ".join(sentences)] if sentences else []
+
+
+def _personalised_panels(rows: Sequence[Mapping[str, Any]], entries: Mapping[str, list]) -> dict:
+    """Per personalised student model, macro-F1 per fold (mean over seeds) of its table's rows, named as there."""
+    table = fold_means(rows)
+    return {model: pd.DataFrame({_personalised_cells(s)[0].replace("`", ""): table[("personalised", s["model"],
+                                                                                     s["method"])]
+                                 for s in model_entries})
+            for model, model_entries in entries.items()}
+
+
+def _personalised_section(rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]],
+                          out_dir: Path) -> list[str]:
+    """Per personalised student model: its variants and bounds beside the teacher on the same windows, as a table,
+    a sentence and a per-fold figure; nothing when no row is personalised."""
+    personalised = [s for s in summary if s["role"] == "personalised"]
+    teachers = [s for s in personalised if s["method"] == TEACHER_METHOD]
+    entries = {model: [s for s in personalised if s["model"] == model] + teachers
+               for model in _models(summary, "personalised")}
+    if not entries:
+        return []
+    parts = ["## Personalised to the new worker",
+             "After each fold, each kept student is fine-tuned on a calibration session of the left-out worker, "
+             "labelled as the second column says, and scored with the teacher on the same windows (the second half "
+             "of that worker's recordings, not the plain test windows above). Δ and folds won: against "
+             f"`{_PERSONALISED_BASELINE}`, paired by fold and seed. % of teacher: the student's macro-F1 over the "
+             "teacher's on the same run, averaged over runs."]
+    header = ["method", "labels", "n", "macro-F1 (%)", f"Δ vs {_PERSONALISED_BASELINE} (pp)", "folds won",
+              "% of teacher"]
+    for model, model_entries in entries.items():
+        parts += [f"### {model}", _markdown_table(header, list(map(_personalised_cells, model_entries)),
+                                                  [False, False, True, True, True, True, True]),
+                  *_personalised_sentence(model_entries)]
+    personalised_folds_png(_personalised_panels(rows, entries), out_dir / "personalised.png")
+    return parts + ["![personalised students and the teacher per fold](personalised.png)"]
+
+
+def _delta_section(rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]],
+                   out_dir: Path) -> list[str]:
+    """The paired Δ figure: per method its gain over its baseline fold by fold; nothing without a paired method."""
+    deltas = fold_deltas(rows)
+    if not deltas:
+        return []
+    paired_deltas_png(deltas, summary, out_dir / "paired_delta.png")
+    return ["## Did KD help? Gains paired by fold",
+            "Each method's macro-F1 minus its baseline's (the same student alone; for personalised students, "
+            f"`{_PERSONALISED_BASELINE}`) on the same fold and seed. Workers differ far more from each other than "
+            "methods do, so the ± of the table can hide a gain that these paired differences show: dots right of "
+            "zero on most folds mean the method helped.",
+            "![macro-F1 gain over the baseline per fold](paired_delta.png)"]
+
+
+def _cost_label(s: Mapping[str, Any], teacher_flops: float | None) -> str:
+    """The point's name and score, and for all but teachers its FLOPs against the (first) teacher's."""
+    is_teacher = s["method"] == TEACHER_METHOD and s["role"] != "semantic"
+    label = f"{s['role']} {s['model']}" + ("" if s["method"] == TEACHER_METHOD else f" / {s['method']}")
+    label += " on the personalised windows" if is_teacher and s["role"] == "personalised" else ""
+    label += f": {100 * s['macro_f1_mean']:.1f}%"
+    if teacher_flops and not is_teacher:
+        ratio = teacher_flops / s["flops"]
+        label += f", {ratio:.0f}× fewer FLOPs" if ratio >= 2 else f", {1 / ratio:.2f}× the teacher's FLOPs"
+    return label
+
+
+def _cost_section(summary: Sequence[Mapping[str, Any]], out_dir: Path) -> list[str]:
+    """Macro-F1 against FLOPs for the teacher, the semantic classifier, the students and personalised students."""
+    chosen = [s for s in _showcase(summary) if s["flops"] > 0]  # a log axis cannot place zero
+    if not chosen:
+        return []
+    teachers = [s["flops"] for s in summary if s["role"] == "teacher"]
+    points = [{"role": s["role"], "flops": s["flops"], "macro_f1": s["macro_f1_mean"],
+               "label": _cost_label(s, teachers[0] if teachers else None)} for s in chosen]
+    cost_png(points, out_dir / "f1_vs_cost.png")
+    return ["## Macro-F1 against cost",
+            "FLOPs per window against mean macro-F1: the teacher, the semantic classifier, each student alone and "
+            "with its best KD method, and each personalised student with its best teacher-label method. Personalised "
+            "rows are scored on other windows (the left-out worker's later recordings) than the rest; compare them "
+            "with the teacher on those windows.", "![macro-F1 against FLOPs](f1_vs_cost.png)"]
 
 
 def write_report(results: Mapping[str, Any], out_dir: Path) -> Path:
@@ -233,15 +300,19 @@ def write_report(results: Mapping[str, Any], out_dir: Path) -> Path:
              "<details><summary>Configuration</summary>\n\n```json\n"
              f"{json.dumps(results['config'], indent=2, default=str)}\n```\n\n</details>",
              "## Summary",
-             "Mean ± sample std over runs (folds × seeds). Δ vs none: mean difference in macro-F1 to the same "
-             "student trained without KD, paired by fold and seed. Folds won: folds where the method's mean over "
-             "seeds beats the student alone. Params, FLOPs (per window) and batch-1 CPU latency: medians over runs.",
+             "Mean ± sample std over runs (folds × seeds); the mean alone for a single run. Δ vs baseline: mean "
+             "difference in macro-F1 to the same student trained without KD (`none`), paired by fold and seed; for "
+             f"personalised students, to `{_PERSONALISED_BASELINE}`. Folds won: folds where the method's mean over "
+             "seeds beats the baseline's. Params, FLOPs (per window) and batch-1 CPU latency: medians over runs.",
              _markdown_table(_SUMMARY_HEADER, _summary_cells(summary), _SUMMARY_RIGHT),
+             *_delta_section(rows, summary, out_dir),
+             *_personalised_section(rows, summary, out_dir),
+             *_cost_section(summary, out_dir),
              *_family_section(results, summary),
              "## Students vs teacher", _ratio_table(rows),
              "## Macro-F1 (%) per fold, mean over seeds", _fold_table(rows)]
 
-    if _bar_chart(summary, out_dir / "macro_f1.png"):
+    if macro_f1_bars(summary, out_dir / "macro_f1.png"):
         parts += ["## Macro-F1 per method", "![macro-F1 per method](macro_f1.png)"]
     parts += _confusion_section(results, summary, out_dir)
     path = out_dir / "report.md"

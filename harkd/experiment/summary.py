@@ -1,8 +1,10 @@
-"""Aggregate the per-run rows of results.json: mean ± std per (role, model, method), each KD method's gain over
-the same student trained alone, per-fold means, and student/teacher cost ratios.
+"""Aggregate the per-run rows of results.json: mean ± std per (role, model, method), each method's gain over its
+baseline, per-fold means and gains, personalised students as a fraction of the teacher, and student/teacher cost
+ratios.
 
-A run is one (fold, seed); every statistic pools the runs of one (role, model, method). Gains over "none" pair the
-runs by (fold, seed), so a method is only compared with the student alone on the same split and seed.
+A run is one (fold, seed); every statistic pools the runs of one (role, model, method). Gains pair the runs by
+(fold, seed) with the same model's baseline: "none" (the student alone) for students, "none+untouched" (the kept
+student alone, not personalised) for personalised students, so a method is only compared on the same split and seed.
 """
 
 from __future__ import annotations
@@ -16,13 +18,23 @@ from harkd.errors import HarkdError
 KEY = ["role", "model", "method"]
 RUN = ["fold", "seed"]
 BASELINE = "none"
+# Role -> the method each of its methods is compared with. Personalised rows are scored on other windows than the
+# plain ones, so they are compared with the kept student alone on those windows.
+BASELINES = {"student": BASELINE, "personalised": "none+untouched"}
+# A personalised student's method is "<kept method>+<labels>", the labels it was fine-tuned on, in this order.
+PERSONALISED_LABELS = ("untouched", "self", "teacher", "true")
+TEACHER_METHOD = "-"  # the method of teacher rows, and of the teacher scored on the personalised windows
 COST = ["params", "flops", "latency_ms_cpu"]
-_ROLE_ORDER = {"teacher": 0, "semantic": 1, "student": 2}
+_ROLE_ORDER = {"teacher": 0, "semantic": 1, "student": 2, "personalised": 3}
 
 
 def order_key(role: str, model: str, method: str) -> tuple:
-    """Teacher, semantic classifier, then students by model, each model's "none" before its KD methods."""
-    return _ROLE_ORDER.get(role, len(_ROLE_ORDER)), model, method != BASELINE, method
+    """Teacher, semantic classifier, students, personalised students, each by model with its baseline first;
+    personalised methods by kept method ("none" first), then labels in PERSONALISED_LABELS order."""
+    kept, _, labels = method.rpartition("+")
+    rank = PERSONALISED_LABELS.index(labels) if labels in PERSONALISED_LABELS else len(PERSONALISED_LABELS)
+    return (_ROLE_ORDER.get(role, len(_ROLE_ORDER)), model, method != BASELINES.get(role), kept != BASELINE, kept,
+            rank, method)
 
 
 def _frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -42,20 +54,41 @@ def _std(values: pd.Series) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def _gain_over_none(frame: pd.DataFrame, role: str, model: str, method: str) -> dict:
-    gain = {"delta_vs_none_mean": None, "folds_won": None, "folds_total": None}
-    if role != "student" or method == BASELINE:
-        return gain
-    student = frame[(frame["role"] == role) & (frame["model"] == model)]
-    runs = student.loc[student["method"] == method, RUN + ["macro_f1"]]
-    alone = student.loc[student["method"] == BASELINE, RUN + ["macro_f1"]]
-    paired = runs.merge(alone, on=RUN, suffixes=("", "_none"))
+def _paired(runs: pd.DataFrame, reference: pd.DataFrame, on: list[str]) -> pd.DataFrame:
+    """`runs`' macro_f1 beside the reference's (macro_f1_ref) of the same run; empty when no run pairs, or when
+    the reference has several rows for one run (several teachers: no single reference)."""
+    if reference.duplicated(on).any():
+        return pd.DataFrame(columns=[*on, "macro_f1", "macro_f1_ref"])
+    return runs[on + ["macro_f1"]].merge(reference[on + ["macro_f1"]], on=on, suffixes=("", "_ref"))
+
+
+def _paired_with_baseline(frame: pd.DataFrame, role: str, model: str, method: str) -> pd.DataFrame:
+    baseline = BASELINES.get(role)
+    if baseline is None or method == baseline:
+        return pd.DataFrame(columns=[*RUN, "macro_f1", "macro_f1_ref"])
+    same = frame[(frame["role"] == role) & (frame["model"] == model)]
+    return _paired(same[same["method"] == method], same[same["method"] == baseline], RUN)
+
+
+def _gain(frame: pd.DataFrame, role: str, model: str, method: str) -> dict:
+    paired = _paired_with_baseline(frame, role, model, method)
     if paired.empty:
-        return gain
-    by_fold = paired.groupby("fold", sort=False)[["macro_f1", "macro_f1_none"]].mean()
-    return {"delta_vs_none_mean": float((paired["macro_f1"] - paired["macro_f1_none"]).mean()),
-            "folds_won": int((by_fold["macro_f1"] > by_fold["macro_f1_none"]).sum()),
+        return {"delta_vs_none_mean": None, "folds_won": None, "folds_total": None}
+    by_fold = paired.groupby("fold", sort=False)[["macro_f1", "macro_f1_ref"]].mean()
+    return {"delta_vs_none_mean": float((paired["macro_f1"] - paired["macro_f1_ref"]).mean()),
+            "folds_won": int((by_fold["macro_f1"] > by_fold["macro_f1_ref"]).sum()),
             "folds_total": len(by_fold)}
+
+
+def _of_teacher(frame: pd.DataFrame, role: str, method: str, runs: pd.DataFrame) -> float | None:
+    """Mean over runs of a personalised student's macro-F1 / the teacher's on the same windows, paired by fold and
+    seed (and by source run in a merged comparison, where each run brings its own teacher)."""
+    if role != "personalised" or method == TEACHER_METHOD:
+        return None
+    on = RUN + ["source"] if "source" in frame else RUN
+    teacher = frame[(frame["role"] == role) & (frame["method"] == TEACHER_METHOD)]
+    paired = _paired(runs, teacher, on)
+    return None if paired.empty else float((paired["macro_f1"] / paired["macro_f1_ref"]).mean())
 
 
 def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
@@ -63,8 +96,10 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
 
     Keys: role, model, method, n (runs), macro_f1_mean/std, accuracy_mean/std (std with ddof=1, 0 for one run),
     params, flops, latency_ms_cpu (medians over the runs), delta_vs_none_mean (mean paired macro-F1 difference to
-    the same student's "none"), folds_won / folds_total (folds whose seed-mean macro-F1 beats "none"'s). The last
-    three are None for teacher, semantic and "none" rows, and for a method with no paired "none" run.
+    the same model's baseline in BASELINES: "none" for students, "none+untouched" for personalised students),
+    folds_won / folds_total (folds whose seed-mean macro-F1 beats the baseline's). The last three are None for
+    teacher, semantic and baseline rows, and for a method with no paired baseline run. of_teacher: for personalised
+    students, the mean paired fraction of the teacher's macro-F1 on the same windows; None for other rows.
     """
     frame = _frame(rows)
     if frame.empty:
@@ -77,7 +112,8 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
             "accuracy_mean": float(runs["accuracy"].mean()), "accuracy_std": _std(runs["accuracy"]),
             "params": int(runs["params"].median()), "flops": int(runs["flops"].median()),
             "latency_ms_cpu": float(runs["latency_ms_cpu"].median()),
-            **_gain_over_none(frame, role, model, method),
+            **_gain(frame, role, model, method),
+            "of_teacher": _of_teacher(frame, role, method, runs),
         })
     return sorted(summary, key=lambda s: order_key(s["role"], s["model"], s["method"]))
 
@@ -110,3 +146,18 @@ def fold_means(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         return pd.DataFrame()
     table = frame.pivot_table(index="fold", columns=KEY, values="macro_f1", aggfunc="mean")
     return table.reindex(index=pd.unique(frame["fold"]), columns=sorted(table.columns, key=lambda c: order_key(*c)))
+
+
+def fold_deltas(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], pd.Series]:
+    """Per (role, model, method) with a paired baseline run, in `order_key` order: its macro-F1 minus the
+    baseline's per fold (each a mean over the fold's paired seeds), indexed by fold in run order."""
+    frame = _frame(rows)
+    if frame.empty:
+        return {}
+    deltas = {}
+    for key in sorted(frame.groupby(KEY).groups, key=lambda k: order_key(*k)):
+        paired = _paired_with_baseline(frame, *key)
+        if not paired.empty:
+            difference = paired["macro_f1"] - paired["macro_f1_ref"]
+            deltas[key] = difference.groupby(paired["fold"], sort=False).mean()
+    return deltas
