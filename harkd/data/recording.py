@@ -21,6 +21,10 @@ class ChannelSpec:
     axis: str
     unit: str
     sensor: str = ""  # device id where one position carries two devices (e.g. OpenPack's ATR and E4 on a wrist)
+    # Free-text notes from the dataset's description, carried into kept models: which way the axis points
+    # ("x towards the fingers") and how the sensor sits ("dorsal wrist, strap over the styloid").
+    orientation: str = ""
+    placement: str = ""
 
     @property
     def name(self) -> str:
@@ -29,8 +33,9 @@ class ChannelSpec:
 
     def to_dict(self) -> dict[str, str]:
         spec = {"position": self.position, "modality": self.modality, "axis": self.axis, "unit": self.unit}
-        if self.sensor:
-            spec["sensor"] = self.sensor
+        for note in ("sensor", "orientation", "placement"):
+            if getattr(self, note):
+                spec[note] = getattr(self, note)
         return spec
 
 

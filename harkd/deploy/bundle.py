@@ -19,6 +19,7 @@ from torch import nn
 
 from harkd.data.recording import ChannelSpec
 from harkd.data.splits import Normaliser
+from harkd.data.units import channel_factors
 from harkd.errors import HarkdError
 from harkd.files import atomic_output
 from harkd.models.base import build_model
@@ -78,11 +79,24 @@ class ModelBundle:
                              f"sample {bad[2]}")
         return x
 
+    def in_units(self, x: np.ndarray, channels: Sequence[ChannelSpec], where: str = "input") -> np.ndarray:
+        """Raw windows (N, C, L) whose channels are `channels` (this model's, in its order) in the units the model
+        was trained on: converted where they differ (g to m/s^2, deg/s to rad/s, ...), refused in one line where
+        they cannot be (a.u. against uT, or different units of a modality harkd has no table for)."""
+        names = [c.name for c in channels]
+        if names != self.channel_names:
+            raise HarkdError(f"{where}: channels {', '.join(names)} given, the model reads "
+                             f"{', '.join(self.channel_names)}")
+        factors = channel_factors(channels, [ChannelSpec(**c) for c in self.channels], where)
+        return x if (factors == 1.0).all() else (np.asarray(x) * factors[:, None]).astype(np.float32)
+
     @torch.no_grad()
-    def predict(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-        """Class probabilities (N, classes) for raw (unnormalised) windows (N, channels, window)."""
+    def predict(self, x: np.ndarray, batch_size: int = 512, channels: Sequence[ChannelSpec] | None = None
+                ) -> np.ndarray:
+        """Class probabilities (N, classes) for raw (unnormalised) windows (N, channels, window); with `channels`
+        (what x holds, with units), values in other units than the model's are converted or refused."""
         model = self.build()
-        x = self.normalise(self.check_input(x))
+        x = self.normalise(self.check_input(x if channels is None else self.in_units(x, channels)))
         parts = [torch.softmax(model(torch.from_numpy(x[i:i + batch_size])).logits, 1).numpy()
                  for i in range(0, len(x), batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, len(self.class_names)), np.float32)

@@ -42,7 +42,8 @@ def bundle_inputs(bundle: ModelBundle, windows: WindowSet, where: str) -> np.nda
     if abs(windows.rate_hz - bundle.rate_hz) > 1e-6:
         raise HarkdError(f"{where}: the data is sampled at {windows.rate_hz:g} Hz, the model expects "
                          f"{bundle.rate_hz:g} Hz")
-    return windows.x[:, [available[name] for name in bundle.channel_names], :]
+    index = [available[name] for name in bundle.channel_names]
+    return bundle.in_units(windows.x[:, index, :], [windows.channels[i] for i in index], where)
 
 
 def personalise(teacher: ModelBundle, student: ModelBundle, dataset: str, subject: str, calibration: float = 0.5,
