@@ -114,9 +114,21 @@ def test_locate(tmp_path):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda s: s.replace("position: right_wrist, modality: capacitive", "positon: right_wrist, modality: capacitive"),
-     "dataset.yaml: channels[1]: unknown key 'positon'; valid keys: axis, column, modality, position, sensor, unit"),
+     "dataset.yaml: channels[1]: unknown key 'positon'; valid keys: axis, column, modality, orientation, placement, "
+     "position, sensor, unit"),
     (lambda s: s.replace("rate_hz: 10", "rate: 10"), "dataset.yaml: unknown key 'rate'; valid keys: "),
-    (lambda s: s.replace("label_column: label\n", ""), "dataset.yaml: missing required key 'label_column'"),
+    (lambda s: s.replace("unit: m/s^2", "unit: furlong/s^2"),
+     "dataset.yaml: channels[0].unit: unknown unit 'furlong/s^2' for modality 'acc'; use one of m/s^2, m/s2"),
+    (lambda s: s.replace(", unit: m/s^2", ""), "dataset.yaml: channels[0].unit: modality 'acc' needs a unit; use one of m/s^2"),
+    (lambda s: s.replace("sessions:\n", "sessions: '{subject}_{label}.csv'\nx:\n"), "dataset.yaml: unknown key 'x'"),
+    (lambda s: s.split("sessions:")[0] + "sessions: '{label}_{trial}.csv'\n",
+     "dataset.yaml: sessions: pattern '{label}_{trial}.csv' needs a {subject} field"),
+    (lambda s: s.split("sessions:")[0] + "sessions: '{subject}_{x-y}.csv'\n",
+     "dataset.yaml: sessions: {x-y} in pattern '{subject}_{x-y}.csv' is not a field name"),
+    (lambda s: s.split("sessions:")[0] + "sessions: '{subject}_{label}.txt'\n",
+     "dataset.yaml: sessions: '{subject}_{label}.txt' is neither .csv nor .parquet"),
+    (lambda s: s.split("sessions:")[0] + "sessions: 'z{subject}.csv'\n",
+     "dataset.yaml: sessions: no file under "),
     (lambda s: s.replace(", axis: t}", "}"), "dataset.yaml: channels[2]: missing required key 'axis'"),
     (lambda s: s.replace("rate_hz: 10", "rate_hz: fast"), "dataset.yaml: rate_hz: expected a positive number, got str"),
     (lambda s: s.replace("max_gap_s: 0.3", "max_gap_s: -1"), "dataset.yaml: max_gap_s: expected a non-negative"),
