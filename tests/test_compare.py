@@ -78,3 +78,33 @@ def test_cli_writes_the_merged_report_and_names_a_missing_run(tmp_path):
                       data_root=tmp_path)
     assert_one_line_error(missing, "no results.json", "nope")
     assert not (tmp_path / "x").exists()
+
+
+def personalised(source, teacher, teacher_f1, methods):
+    """A run's personalised rows on folds p1, p2 (seed 0): its teacher on those windows, then method -> F1s."""
+    rows = [row(f, 0, "personalised", teacher, "-", f1) for f, f1 in zip(("p1", "p2"), teacher_f1)]
+    rows += [row(f, 0, "personalised", "cnn", method, f1) for method, f1s in methods.items()
+             for f, f1 in zip(("p1", "p2"), f1s)]
+    return rows
+
+
+@pytest.mark.parametrize("second_teacher", ["big", "mnv3"])
+def test_personalised_rows_merge_beside_the_plain_ones_each_paired_with_its_runs_teacher(second_teacher):
+    zoo, sml = zoo_and_smldist()
+    zoo["rows"] += personalised("zoo", "big", [0.8, 0.6], {"none+untouched": [0.4, 0.3], "none+teacher": [0.6, 0.3]})
+    sml["rows"] += personalised("sml", second_teacher, [0.8, 0.6] if second_teacher == "big" else [0.5, 0.5],
+                                {"none+untouched": [0.4, 0.3], "smldist+teacher": [0.5, 0.45]})
+    merged = merge_results([zoo, sml], "test")
+    summary = {(s["role"], s["model"], s["method"]): s for s in merged["summary"]}
+    assert [key for key in summary if key[0] == "personalised"] == [  # by model, each baseline first
+        ("personalised", "big", "-"), ("personalised", "cnn", "none+untouched"),
+        ("personalised", "cnn", "none+teacher"), ("personalised", "cnn", "smldist+teacher"), *[("personalised", "mnv3", "-")] * (second_teacher == "mnv3")]
+    # the plain "none" (2 runs), the untouched student (2) and, with one teacher, the teacher's rows (2) are shared
+    assert merged["shared_runs"]["count"] == (6 if second_teacher == "big" else 4)
+    assert summary[("personalised", "cnn", "none+untouched")]["n"] == 2
+    ours, theirs = summary[("personalised", "cnn", "none+teacher")], summary[("personalised", "cnn", "smldist+teacher")]
+    assert ours["delta_vs_none_mean"] == pytest.approx(0.1) and ours["of_teacher"] == pytest.approx((0.75 + 0.5) / 2)
+    assert theirs["delta_vs_none_mean"] == pytest.approx(0.125) and theirs["folds_won"] == 2
+    # each run's students as a fraction of that run's teacher: .5/.8 .45/.6 with "big", .5/.5 .45/.5 with "mnv3"
+    expected = (0.625 + 0.75) / 2 if second_teacher == "big" else (1.0 + 0.9) / 2
+    assert theirs["of_teacher"] == pytest.approx(expected)

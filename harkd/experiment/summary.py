@@ -82,11 +82,11 @@ def _gain(frame: pd.DataFrame, role: str, model: str, method: str) -> dict:
 
 def _of_teacher(frame: pd.DataFrame, role: str, method: str, runs: pd.DataFrame) -> float | None:
     """Mean over runs of a personalised student's macro-F1 / the teacher's on the same windows, paired by fold and
-    seed (and by source run in a merged comparison, where each run brings its own teacher)."""
+    seed; in a comparison of runs with different teachers, by source run too (each run's own teacher)."""
     if role != "personalised" or method == TEACHER_METHOD:
         return None
-    on = RUN + ["source"] if "source" in frame else RUN
     teacher = frame[(frame["role"] == role) & (frame["method"] == TEACHER_METHOD)]
+    on = RUN + ["source"] if teacher.duplicated(RUN).any() and "source" in frame else RUN
     paired = _paired(runs, teacher, on)
     return None if paired.empty else float((paired["macro_f1"] / paired["macro_f1_ref"]).mean())
 
