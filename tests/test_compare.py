@@ -98,7 +98,8 @@ def test_personalised_rows_merge_beside_the_plain_ones_each_paired_with_its_runs
     summary = {(s["role"], s["model"], s["method"]): s for s in merged["summary"]}
     assert [key for key in summary if key[0] == "personalised"] == [  # by model, each baseline first
         ("personalised", "big", "-"), ("personalised", "cnn", "none+untouched"),
-        ("personalised", "cnn", "none+teacher"), ("personalised", "cnn", "smldist+teacher"), *[("personalised", "mnv3", "-")] * (second_teacher == "mnv3")]
+        ("personalised", "cnn", "none+teacher"), ("personalised", "cnn", "smldist+teacher"),
+        *[("personalised", "mnv3", "-")] * (second_teacher == "mnv3")]
     # the plain "none" (2 runs), the untouched student (2) and, with one teacher, the teacher's rows (2) are shared
     assert merged["shared_runs"]["count"] == (6 if second_teacher == "big" else 4)
     assert summary[("personalised", "cnn", "none+untouched")]["n"] == 2
