@@ -91,7 +91,7 @@ def paired_deltas_png(deltas: Mapping[tuple[str, str, str], pd.Series], summary:
         ax.scatter(points, np.full(len(points), y), s=22, alpha=0.8, zorder=3,
                    c=np.where(points > 0, "tab:green", "tab:red"))
         ax.scatter([100 * stats[key]["delta_vs_none_mean"]], [y], marker="|", s=300, color="black", zorder=4)
-        if y and key[0] != keys[y - 1][0]:  # a rule between roles: personalised gains are on other windows
+        if y and key[:2] != keys[y - 1][:2]:  # a rule between models, and between plain and personalised rows
             ax.axhline(y - 0.5, color="0.6", linewidth=0.8)
     ax.axvline(0, color="0.3", linewidth=1)
     ax.set_yticks(range(len(keys)), [_delta_label(stats[key]) for key in keys], fontsize=8)

@@ -257,7 +257,7 @@ def _delta_section(rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[
 
 
 def _cost_label(s: Mapping[str, Any], teacher_flops: float | None) -> str:
-    """The point's name and score, and for all but teachers its FLOPs against the (first) teacher's."""
+    """The point's name and score, and for all but teachers its FLOPs against the reference teacher's."""
     is_teacher = s["method"] == TEACHER_METHOD and s["role"] != "semantic"
     label = f"{s['role']} {s['model']}" + ("" if s["method"] == TEACHER_METHOD else f" / {s['method']}")
     label += " on the personalised windows" if is_teacher and s["role"] == "personalised" else ""
@@ -273,15 +273,17 @@ def _cost_section(summary: Sequence[Mapping[str, Any]], out_dir: Path) -> list[s
     chosen = [s for s in _showcase(summary) if s["flops"] > 0]  # a log axis cannot place zero
     if not chosen:
         return []
-    teachers = [s["flops"] for s in summary if s["role"] == "teacher"]
+    teachers = [s for s in summary if s["role"] == "teacher"]
+    reference = max(teachers, key=lambda s: s["macro_f1_mean"]) if teachers else None  # the one worth distilling
     points = [{"role": s["role"], "flops": s["flops"], "macro_f1": s["macro_f1_mean"],
-               "label": _cost_label(s, teachers[0] if teachers else None)} for s in chosen]
+               "label": _cost_label(s, reference["flops"] if reference else None)} for s in chosen]
     cost_png(points, out_dir / "f1_vs_cost.png")
+    ratio = f" FLOPs ratios are against the most accurate teacher, `{reference['model']}`." if reference else ""
     return ["## Macro-F1 against cost",
             "FLOPs per window against mean macro-F1: the teacher, the semantic classifier, each student alone and "
             "with its best KD method, and each personalised student with its best teacher-label method. Personalised "
             "rows are scored on other windows (the left-out worker's later recordings) than the rest; compare them "
-            "with the teacher on those windows.", "![macro-F1 against FLOPs](f1_vs_cost.png)"]
+            f"with the teacher on those windows.{ratio}", "![macro-F1 against FLOPs](f1_vs_cost.png)"]
 
 
 def write_report(results: Mapping[str, Any], out_dir: Path) -> Path:

@@ -31,7 +31,7 @@ _ROLE_ORDER = {"teacher": 0, "semantic": 1, "student": 2, "personalised": 3}
 def order_key(role: str, model: str, method: str) -> tuple:
     """Teacher, semantic classifier, students, personalised students, each by model with its baseline first;
     personalised methods by kept method ("none" first), then labels in PERSONALISED_LABELS order."""
-    kept, _, labels = method.rpartition("+")
+    kept, labels = method.rsplit("+", 1) if role == "personalised" and "+" in method else ("", "")
     rank = PERSONALISED_LABELS.index(labels) if labels in PERSONALISED_LABELS else len(PERSONALISED_LABELS)
     return (_ROLE_ORDER.get(role, len(_ROLE_ORDER)), model, method != BASELINES.get(role), kept != BASELINE, kept,
             rank, method)
