@@ -19,23 +19,55 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("install")
 def data_install(
-    name: str = typer.Argument(..., help="dataset name: dsads, hapt, openpack, or a new name for your own data"),
-    source: str = typer.Option(..., "--from", help="archive file or URL (the publisher's download or ours)"),
-    sha256: Optional[str] = typer.Option(None, help="expected sha256 (default: SHA256SUMS beside the archive, "
+    name: Optional[str] = typer.Argument(None, help="dataset name: dsads, hapt, openpack, or a name for your own "
+                                         "data (default: the name in its dataset.yaml, or the known archive's)"),
+    source: str = typer.Option(..., "--from", help="archive file or URL (the publisher's download or ours), or a "
+                               "folder in the generic format"),
+    sha256: Optional[str] = typer.Option(None, help="expected sha256 of an archive (default: SHA256SUMS beside it, "
                                                     "or the checksum harkd knows for it)"),
     force: bool = typer.Option(False, help="replace an installed copy"),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="name each step on stderr as it "
                                             "starts (default: when stderr is a terminal, which also shows bars)"),
 ) -> None:
     """Verify an archive's checksum, check from its listing that it holds the dataset's layout, unpack it into the
-    data root (HARKD_DATA or the user cache) and read every file once."""
+    data root (HARKD_DATA or the user cache) and read every file once; a folder in the generic format is read where
+    it is and copied in."""
     from harkd.data.install import install_dataset
 
     show = sys.stderr.isatty() if progress is None else progress
     path, fresh = install_dataset(name, source, sha256=sha256, force=force,
                                   log=(lambda line: typer.echo(line, err=True)) if show else lambda _: None)
-    typer.echo(f"installed {name} at {path}" if fresh else f"{name} is already installed at {path} "
-               f"from the same archive")
+    typer.echo(f"installed {path.name} at {path}" if fresh else f"{path.name} is already installed at {path} "
+               f"from the same {'folder' if Path(source).is_dir() else 'archive'}")
+
+
+@data_app.command("check")
+def data_check(
+    source: str = typer.Argument(..., help="a folder holding dataset.yaml (or its parent), or an archive of one"),
+    windowing: Optional[str] = typer.Option(None, help="windows to count, in samples: length=100,stride=50 "
+                                            "(default: 2 s windows with 50% overlap)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Read your own dataset where it is, as `data install` would, and print what `data info` would; every problem
+    is one line on stderr naming your file (and row), and any problem exits with status 2."""
+    from collections import Counter
+
+    from harkd.data.check import check_dataset, parse_windowing
+
+    report = check_dataset(source, parse_windowing(windowing))
+    if as_json:
+        typer.echo(json.dumps({"folder": report.folder, "problems": report.problems, "info": report.info}, indent=2))
+    elif report.info is not None:
+        _print_info({"name": report.folder, "path": None, "licence": None, **report.info})
+        converted = Counter((given, stored) for _, given, stored in report.info["declared_units"] if given != stored)
+        if converted:
+            typer.echo("  converted at load time: " + ", ".join(f"{given} -> {stored} ({n} channels)"
+                                                                 for (given, stored), n in converted.items()))
+    for line in report.problems:
+        typer.echo(f"harkd: error: {line}", err=True)
+    if report.problems:
+        raise typer.Exit(2)
+    typer.echo(f"{report.folder}: no problems")
 
 
 @data_app.command("list")
@@ -77,7 +109,17 @@ def data_info(
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
-    typer.echo(f"{info['name']}  ({info['path']})" + (f"  licence {info['licence']}" if info["licence"] else ""))
+    _print_info(info)
+    if "protocol" in info:
+        for split, counts in info["protocol"]["splits"].items():
+            typer.echo(f"  {protocol} {split}: {counts['windows']} windows from {counts['subjects']} subjects "
+                       f"(original release: {counts['original_windows']})")
+
+
+def _print_info(info: dict) -> None:
+    """What `data info` and `data check` print of a dataset (catalog.describe's fields)."""
+    typer.echo(info["name"] + (f"  ({info['path']})" if info["path"] else "")
+               + (f"  licence {info['licence']}" if info["licence"] else ""))
     typer.echo(f"  {info['recordings']} recordings, {info['n_subjects']} subjects, "
                f"{info['duration_s'] / 3600:.2f} h at {info['rate_hz']:g} Hz, "
                f"{info['labelled_segments']} labelled segments")
@@ -85,16 +127,14 @@ def data_info(
     typer.echo(f"  {info['n_channels']} channels: positions {', '.join(info['positions'])}; "
                f"modalities {', '.join(info['modalities'])}" +
                (f"; sensors {', '.join(info['sensors'])}" if info["sensors"] else ""))
+    typer.echo("  units: " + "; ".join(f"{m} {', '.join(u or 'none' for u in units)}"
+                                       for m, units in info["units"].items()))
     w = info["windowing"]
     typer.echo(f"  {info['windows']} windows (length {w['length']}, stride {w['stride']}, {w['label_rule']} label"
                f"{', Null dropped' if w['drop_null'] else ''})")
     typer.echo(f"  {info['n_classes']} classes" + (f" + {info['null_class']}" if info["null_class"] else "") + ":")
     for c in info["classes"]:
         typer.echo(f"    {c['name']:<32} {c['samples']:>10} samples {c['windows']:>8} windows")
-    if "protocol" in info:
-        for split, counts in info["protocol"]["splits"].items():
-            typer.echo(f"  {protocol} {split}: {counts['windows']} windows from {counts['subjects']} subjects "
-                       f"(original release: {counts['original_windows']})")
     if info["interpolated_samples"]:
         typer.echo(f"  {info['interpolated_samples']} missing values were interpolated (short NaN gaps)")
 

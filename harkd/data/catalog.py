@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from harkd import __version__
-from harkd.data.install import INSTALL_MARKER, data_root, installed_path, read_dataset
+from harkd.data.install import INSTALL_MARKER, content_fingerprint, data_root, installed_path, read_dataset
 from harkd.data.recording import ChannelSpec, Recording, check_same_classes
 from harkd.data.registry import WindowConfig, dataset_names, get_dataset
 from harkd.data.windowing import WindowSet, make_windows
@@ -24,9 +24,13 @@ CACHE_FORMAT = 1
 
 def _cache_file(kind: str, name: str, path: Path, options: Mapping[str, Any], extra: Mapping[str, Any]) -> Path:
     install = json.loads((path / INSTALL_MARKER).read_text())
-    key = json.dumps({"kind": kind, "name": name, "sha256": install.get("sha256"),
-                      "installed_at": install.get("installed_at"), "options": dict(options), "extra": dict(extra),
-                      "format": CACHE_FORMAT, "version": __version__}, sort_keys=True, default=str)
+    key = {"kind": kind, "name": name, "sha256": install.get("sha256"), "installed_at": install.get("installed_at"),
+           "options": dict(options), "extra": dict(extra), "format": CACHE_FORMAT, "version": __version__}
+    # The files as they are now: an installed copy edited after install is read again, never served stale. Installs
+    # of registered datasets older than the fingerprint keep their key (and cache).
+    if "content" in install or install.get("format") == "generic":
+        key["content"] = content_fingerprint(path)
+    key = json.dumps(key, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return path.parent / ".cache" / f"{name}-{kind}-{digest}.npz"
 
@@ -101,7 +105,12 @@ def default_windowing(name: str, root: Path | None = None) -> WindowConfig:
     overlap at the declared rate (our default, common in wearable HAR), majority label, Null dropped."""
     if name in dataset_names():
         return get_dataset(name).default_windowing
-    length = max(1, round(2.0 * load_recordings(name, root=root)[0].rate_hz))
+    return generic_windowing(load_recordings(name, root=root)[0].rate_hz)
+
+
+def generic_windowing(rate_hz: float) -> WindowConfig:
+    """2 s windows with 50% overlap at `rate_hz`."""
+    length = max(1, round(2.0 * rate_hz))
     return WindowConfig(length=length, stride=max(1, length // 2))
 
 
@@ -133,12 +142,19 @@ def load_windows(name: str, windowing: WindowConfig | None = None, options: Mapp
 def summarise(name: str, *, root: Path | None = None) -> dict[str, Any]:
     """What `harkd data info` prints: subjects, classes with counts, channels, duration, default windows."""
     recordings = load_recordings(name, root=root)
+    windowing = default_windowing(name, root)
+    return {"name": name, "path": str(installed_path(name, root)),
+            "licence": get_dataset(name).licence if name in dataset_names() else None,  # the generic format's: unknown
+            **describe(recordings, windowing, load_windows(name, windowing, root=root))}
+
+
+def describe(recordings: list[Recording], windowing: WindowConfig, windows: WindowSet | None) -> dict[str, Any]:
+    """Subjects, classes with sample and window counts, channels with units, duration and windows of recordings
+    (`windows`: theirs under `windowing`; None when no recording is one window long)."""
     class_names = check_same_classes(recordings)
     first = recordings[0]
     sample_counts = np.bincount(np.concatenate([r.labels for r in recordings]), minlength=len(class_names))
-    windowing = default_windowing(name, root)
-    windows = load_windows(name, windowing, root=root)
-    window_counts = windows.class_counts()
+    window_counts = windows.class_counts() if windows is not None else dict.fromkeys(class_names, 0)
     segments = Counter()
     for rec in recordings:
         segments[rec.subject] += rec.labelled_segments()
@@ -153,9 +169,6 @@ def summarise(name: str, *, root: Path | None = None) -> dict[str, Any]:
         entry["classes_present"] = sorted(entry["classes_present"], key=class_names.index)
         entry["labelled_segments"] = segments[entry["subject"]]
     return {
-        "name": name,
-        "path": str(installed_path(name, root)),
-        "licence": get_dataset(name).licence if name in dataset_names() else None,  # the generic format's: unknown
         "recordings": len(recordings),
         "n_subjects": len(subjects),
         "subjects": sorted(subjects.values(), key=lambda e: e["subject"]),
@@ -168,13 +181,15 @@ def summarise(name: str, *, root: Path | None = None) -> dict[str, Any]:
         "sensors": sorted({c.sensor for c in first.channels if c.sensor}),
         "positions": sorted({c.position for c in first.channels}),
         "modalities": sorted({c.modality for c in first.channels}),
+        "units": {m: sorted({c.unit for c in first.channels if c.modality == m})
+                  for m in sorted({c.modality for c in first.channels})},
         "rate_hz": first.rate_hz,
         "duration_s": round(sum(r.duration_s for r in recordings), 3),
         "labelled_segments": sum(segments.values()),
         "interpolated_samples": sum(r.interpolated_samples for r in recordings),
         "windowing": windowing.__dict__,
-        "windows": len(windows),
+        "windows": len(windows) if windows is not None else 0,
     }
 
 
-__all__ = ["load_recordings", "load_windows", "summarise", "default_windowing", "data_root"]
+__all__ = ["load_recordings", "load_windows", "summarise", "describe", "default_windowing", "data_root"]

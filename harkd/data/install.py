@@ -1,5 +1,5 @@
 """`harkd data install`: verify an archive's sha256, check its layout from its listing and unpack it atomically into
-the data root."""
+the data root; or copy a folder in the generic format there, atomically too."""
 
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import platformdirs
+import yaml
 from tqdm import tqdm
 
 from harkd import __version__
-from harkd.data.loaders.generic import GENERIC_LAYOUT, load_generic, locate_generic
+from harkd.data.loaders.generic import GENERIC_LAYOUT, SCHEMA_FILE, load_generic, locate_generic, schema_name
 from harkd.data.recording import Recording
 from harkd.data.registry import Layout, dataset_names, get_dataset
 from harkd.errors import HarkdError
@@ -67,6 +68,27 @@ def installed_datasets(root: Path | None = None) -> list[dict]:
         except (OSError, json.JSONDecodeError):
             raise HarkdError(f"{marker}: unreadable install record; reinstall with --force") from None
     return records
+
+
+def content_fingerprint(folder: Path) -> str:
+    """What every file of an installed folder looks like (path, size, modification time), in one digest: recorded
+    at install, so that a copy edited afterwards is noticed and re-read instead of served from a stale cache."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != INSTALL_MARKER):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def folder_sha256(folder: Path) -> str:
+    """The sha256 of a folder's files' paths and bytes: a folder install's identity, as an archive's checksum is."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != INSTALL_MARKER):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{path.stat().st_size}\0".encode())
+        with open(path, "rb") as stream:
+            for chunk in iter(lambda: stream.read(_CHUNK), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def sha256_of(path: Path, progress: bool = True) -> str:
@@ -207,24 +229,95 @@ def _quiet(_: str) -> None:
     pass
 
 
-def install_dataset(name: str, source: str, *, sha256: str | None = None, root: Path | None = None,
+def _schema_member(names: list[str]) -> str | None:
+    """The dataset.yaml among an archive's member names, at the top or one folder down."""
+    return next((n for n in names if GENERIC_LAYOUT.in_members([n]) and n.rstrip("/").endswith(SCHEMA_FILE)), None)
+
+
+def _name_in_archive(archive: Path, kind: str, shown: str) -> str:
+    """The `name:` of the dataset.yaml in an archive, read from the archive: the default install name."""
+    with _reading(shown):
+        if kind == "zip":
+            with zipfile.ZipFile(archive) as zf:
+                member = _schema_member(zf.namelist())
+                text = zf.read(member) if member else None
+        else:
+            with tarfile.open(archive) as tf:
+                info = next((m for m in tf if m.isfile() and _schema_member([m.name])), None)
+                member, text = (info.name, tf.extractfile(info).read()) if info else (None, None)
+    if member is None:
+        raise HarkdError(f"{shown}: no {SCHEMA_FILE} in it, so no name to install it under; give one: "
+                         f"harkd data install NAME --from {shown}")
+    try:
+        raw = yaml.safe_load(text)
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise HarkdError(f"{shown}/{member}: not valid YAML") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise HarkdError(f"{shown}/{member}: no name (a string) to install it under")
+    return install_name(raw["name"], f"{shown}/{member}")
+
+
+def install_name(yaml_name: str, where: str) -> str:
+    """A dataset.yaml's `name:` as an install name (the default one); one that cannot be is a one-line error."""
+    if not _NAME.match(yaml_name):
+        raise HarkdError(f"{where}: name {yaml_name!r} cannot be an install name; use lower-case letters, digits, "
+                         f"'-' and '_'")
+    return yaml_name
+
+
+def _check_schema_name(name: str, folder: Path) -> None:
+    """dataset.yaml's `name:` is the install name: one name for the dataset everywhere (configs, data list)."""
+    if name in dataset_names():
+        return
+    yaml_path = folder / SCHEMA_FILE
+    declared = schema_name(yaml_path)
+    if declared != name:
+        raise HarkdError(f"{yaml_path}: name {declared!r} differs from the install name {name!r}; make them the same "
+                         f"(or leave the install name out: it defaults to the name in {SCHEMA_FILE})")
+
+
+def _same_install(final: Path, name: str, sha256: str) -> bool:
+    """True when `final` holds this very archive or folder (a no-op, so that set-up commands can be rerun); an
+    install from anything else needs --force."""
+    if not final.exists():
+        return False
+    if (final / INSTALL_MARKER).is_file() and json.loads((final / INSTALL_MARKER).read_text()).get("sha256") == sha256:
+        return True
+    raise HarkdError(f"dataset {name!r} is already installed at {final} from another archive or folder; add --force "
+                     f"to replace it")
+
+
+def _put_in_place(folder: Path, final: Path, staging: Path, record: dict[str, Any]) -> None:
+    """The install record (with the files' fingerprint) goes in, then the folder replaces `final` in one rename."""
+    record = {**record, "installed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "harkd_version": __version__, "content": content_fingerprint(folder)}
+    (folder / INSTALL_MARKER).write_text(json.dumps(record, indent=2))
+    if final.exists():  # --force: the old copy moves into staging and goes with it
+        os.replace(final, staging / "previous")
+    os.replace(folder, final)
+
+
+def install_dataset(name: str | None, source: str, *, sha256: str | None = None, root: Path | None = None,
                     force: bool = False, log: Callable[[str], None] = _quiet) -> tuple[Path, bool]:
     """Verify, check the layout from the archive's listing, unpack, parse once and move into place; on any failure
-    nothing is left under the data root. `log` hears each long step before it starts.
+    nothing is left under the data root. `log` hears each long step before it starts. `source` may also be a folder
+    in the generic format, copied in. Without `name`, a generic dataset installs under its dataset.yaml's name and
+    a registered dataset's archive under its dataset's name.
 
     Returns the installed folder and whether it was (re)installed now (False: the same archive was already there).
     """
-    if not _NAME.match(name):
+    if name is not None and not _NAME.match(name):
         raise HarkdError(f"dataset name {name!r}: use lower-case letters, digits, '-' and '_'")
     root = root or data_root()
-    final = root / name
     is_url = urllib.parse.urlparse(source).scheme in ("http", "https", "ftp", "file")
     local = None if is_url else Path(source).expanduser()
+    if local is not None and local.is_dir():
+        return _install_folder(name, local, root, force, log)
     if local is not None and not local.is_file():
-        raise HarkdError(f"{source}: no such archive file")
+        raise HarkdError(f"{source}: no such archive file or folder")
     kind = _archive_kind(urllib.parse.urlparse(source).path if is_url else local.name, source)
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".installing-{name}-", dir=root))
+    staging = Path(tempfile.mkdtemp(prefix=f".installing-{name or 'dataset'}-", dir=root))
     unpacked = staging / "unpacked"
     try:
         if local is None:
@@ -232,21 +325,18 @@ def install_dataset(name: str, source: str, *, sha256: str | None = None, root: 
         archive = local or _download(source, staging)
         with _as_given(source, unpacked, *([] if local else [archive])):
             log(f"verifying the sha256 of {source}")
-            expected, actual = expected_sha256(archive, name, sha256), sha256_of(archive)
+            expected, actual = expected_sha256(archive, name or "", sha256), sha256_of(archive)
             if actual != expected:
                 raise HarkdError(f"{source}: sha256 mismatch (expected {expected}, got {actual}): "
                                  f"corrupted or wrong archive")
             owner = _dataset_of_archive(actual)
+            name = name or owner or _name_in_archive(archive, kind, source)
             if owner not in (None, name):  # a registry checksum names the archive: no need to read it to refuse it
                 raise HarkdError(f"{source}: this is the {owner} archive, not {name}'s; to install it: "
                                  f"harkd data install {owner} --from {source}")
-            if final.exists() and not force:
-                # The same archive again is a no-op, so set-up commands can be rerun; another one needs --force.
-                if (final / INSTALL_MARKER).is_file() and json.loads((final / INSTALL_MARKER).read_text()).get(
-                        "sha256") == actual:
-                    return final, False
-                raise HarkdError(f"dataset {name!r} is already installed at {final} from another archive; "
-                                 f"add --force to replace it")
+            final = root / name
+            if not force and _same_install(final, name, actual):
+                return final, False
             log(f"checking that {source} holds {name}'s layout ({_layout(name).marker})")
             with _reading(source):
                 found = _layout(name).in_members(_member_names(archive, kind))
@@ -259,15 +349,47 @@ def install_dataset(name: str, source: str, *, sha256: str | None = None, root: 
             folder = _locator(name)(unpacked)
             if folder is None:
                 raise _no_layout(name, source)
+            _check_schema_name(name, folder)
             log(f"reading every file of {name} once, so that bad files are refused now, not at the first experiment")
             read_dataset(name, folder)
-        record = {"name": name, "source": str(source), "archive": archive.name, "sha256": actual,
-                  "installed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  "harkd_version": __version__, "format": "registered" if name in dataset_names() else "generic"}
-        (folder / INSTALL_MARKER).write_text(json.dumps(record, indent=2))
-        if final.exists():  # --force: the old copy moves into staging and goes with it
-            os.replace(final, staging / "previous")
-        os.replace(folder, final)
+        _put_in_place(folder, final, staging, {"name": name, "source": str(source), "archive": archive.name,
+                                               "sha256": actual, "format": _format(name)})
+        return final, True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _format(name: str) -> str:
+    return "registered" if name in dataset_names() else "generic"
+
+
+def _install_folder(name: str | None, source: Path, root: Path, force: bool,
+                    log: Callable[[str], None]) -> tuple[Path, bool]:
+    """A folder in the generic format, checked where it is, then copied in (atomically, as an archive is unpacked);
+    errors name the user's own files."""
+    folder = locate_generic(source)
+    if folder is None:
+        raise HarkdError(f"{source}: no {SCHEMA_FILE} in this folder or one folder down (harkd installs folders in "
+                         f"its generic format, docs/generic-format.md; a publisher's download installs as its archive)")
+    name = name or install_name(schema_name(folder / SCHEMA_FILE), str(folder / SCHEMA_FILE))
+    _check_schema_name(name, folder)
+    if name in dataset_names():
+        raise HarkdError(f"{source}: {name} is a registered dataset; install it from the publisher's archive")
+    log(f"hashing {folder}")
+    actual, final = folder_sha256(folder), root / name
+    if not force and _same_install(final, name, actual):
+        return final, False
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".installing-{name}-", dir=root))
+    try:
+        copy = staging / "unpacked" / folder.name
+        log(f"copying {folder}")
+        shutil.copytree(folder, copy, ignore=shutil.ignore_patterns(INSTALL_MARKER))
+        with _as_given(str(folder), copy):
+            log(f"reading every file of {name} once, so that bad files are refused now, not at the first experiment")
+            read_dataset(name, copy)
+        _put_in_place(copy, final, staging, {"name": name, "source": str(source), "archive": f"{folder.name}/",
+                                             "sha256": actual, "format": "generic"})
         return final, True
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -247,7 +247,7 @@ def _pattern_sessions(pattern: str, folder: Path, at: str) -> list[_Session]:
         if match := regex.fullmatch(file.relative_to(folder).as_posix()):
             fields = match.groupdict()
             sessions.append(_Session(file, fields["subject"], fields.get("session") or file.stem, fields.get("label"),
-                                     f"{file}: the file name's label"))
+                                     f"{file} (label from the file name)"))
     if not sessions:
         raise HarkdError(f"{at}: no file under {folder} matches the pattern {pattern!r}")
     return sessions

@@ -1,0 +1,227 @@
+"""Your own recordings: a folder of one-activity-per-file CSVs described by a short pattern YAML is checked in place,
+installed from the folder and run; it gives the windows of today's explicit format; every problem of `data check`
+names the user's own file; the install name is dataset.yaml's; an edited installed copy is re-read."""
+
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+from harkd.data.catalog import load_windows
+from harkd.data.loaders.generic import load_generic
+from harkd.data.registry import WindowConfig
+from harkd.data.windowing import make_windows
+
+SUBJECTS, ACTIVITIES, TRIALS = ("s01", "s02", "s03"), ("walk", "sit"), (1, 2)
+PATTERN_YAML = """\
+name: walkdata
+rate_hz: 20
+sessions: "{subject}_{label}_t{trial}.csv"
+channels:
+  - {column: ax, position: right_wrist, modality: acc, axis: x, unit: g}
+  - {column: ay, position: right_wrist, modality: acc, axis: y, unit: g}
+  - {column: az, position: right_wrist, modality: acc, axis: z, unit: g}
+  - {column: gx, position: torso, modality: gyro, axis: x, unit: deg/s}
+  - {column: gy, position: torso, modality: gyro, axis: y, unit: deg/s}
+  - {column: gz, position: torso, modality: gyro, axis: z, unit: deg/s}
+"""
+COLUMNS = ["ax", "ay", "az", "gx", "gy", "gz"]
+
+
+def _signals(subject, activity, trial, n=160):
+    rng = np.random.default_rng([SUBJECTS.index(subject), ACTIVITIES.index(activity), trial])
+    t = np.arange(n) / 20
+    moving = 1.0 if activity == "walk" else 0.1
+    return np.stack([moving * np.sin(2 * np.pi * 2 * t + k) + rng.normal(0, 0.1, n) for k in range(6)], axis=1)
+
+
+def write_folder(folder: Path, with_label_column: bool = False) -> Path:
+    """One file per subject, activity and trial; no label column unless asked (then the explicit format)."""
+    folder.mkdir(parents=True)
+    sessions = []
+    for subject in SUBJECTS:
+        for activity in ACTIVITIES:
+            for trial in TRIALS:
+                name = f"{subject}_{activity}_t{trial}.csv"
+                rows = [",".join(f"{v:.5f}" for v in row) for row in _signals(subject, activity, trial)]
+                if with_label_column:
+                    rows = [f"{row},{activity}" for row in rows]
+                header = ",".join(COLUMNS + (["activity"] if with_label_column else []))
+                (folder / name).write_text("\n".join([header, *rows]) + "\n")
+                sessions.append(f"  - {{file: {name}, subject: {subject}}}")
+    schema = PATTERN_YAML
+    if with_label_column:
+        schema = schema.replace('sessions: "{subject}_{label}_t{trial}.csv"\n', "label_column: activity\n")
+        schema += "sessions:\n" + "\n".join(sorted(sessions)) + "\n"
+    (folder / "dataset.yaml").write_text(schema)
+    return folder
+
+
+RUN_CONFIG = """\
+dataset: walkdata
+windowing: {length: 40, stride: 20}
+split: {kind: loso, val_subjects: 1, folds: [s01, s02]}
+seeds: [0]
+teacher: {model: tsak_teacher, train: {epochs: 1, batch_size: 32, patience: 1}}
+semantic: {train: {epochs: 1, batch_size: 32, patience: 1}}
+students: {channels: {position: right_wrist}, models: [cnn_student], train: {epochs: 1, batch_size: 32, patience: 1}}
+methods: [none, logit]
+latency_runs: 2
+"""
+
+
+def test_pattern_folder_is_checked_installed_and_run(tmp_path):
+    folder = write_folder(tmp_path / "walkdata")
+    assert len((folder / "dataset.yaml").read_text().splitlines()) <= 25
+    check = run_cli("data", "check", str(folder), "--windowing", "length=40,stride=20", data_root=tmp_path / "root",
+                    check=True)
+    assert check.stderr == ""
+    assert "12 recordings, 3 subjects" in check.stdout and "subjects: s01, s02, s03" in check.stdout
+    assert "units: acc m/s^2; gyro rad/s" in check.stdout
+    assert "g -> m/s^2 (3 channels), deg/s -> rad/s (3 channels)" in check.stdout
+    assert "84 windows (length 40, stride 20" in check.stdout  # 12 sessions x 7 windows of 160 samples
+    assert "no problems" in check.stdout
+    install = run_cli("data", "install", "--from", str(folder), data_root=tmp_path / "root", check=True)
+    assert f"installed walkdata at {tmp_path / 'root' / 'walkdata'}" in install.stdout
+    config = tmp_path / "walkdata.yaml"
+    config.write_text(RUN_CONFIG)
+    out = tmp_path / "out"
+    run_cli("run", str(config), "--out", str(out), data_root=tmp_path / "root", check=True)
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert sorted({r["fold"] for r in rows}) == ["loso-s01", "loso-s02"]
+    assert {r["n_channels"] for r in rows if r["role"] == "student"} == {3}
+
+
+def test_pattern_and_explicit_forms_give_identical_windows(tmp_path):
+    compact = load_generic(write_folder(tmp_path / "compact"))
+    explicit = load_generic(write_folder(tmp_path / "explicit", with_label_column=True))
+    assert len((tmp_path / "explicit" / "dataset.yaml").read_text().splitlines()) > 12 + 10
+    windowing = WindowConfig(length=40, stride=20)
+    a, b = make_windows(compact, windowing), make_windows(explicit, windowing)
+    for field in ("x", "y", "subjects", "sessions"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert a.class_names == b.class_names == ("sit", "walk") and a.channels == b.channels
+    assert [r.session for r in compact] == [f"{s}_{a}_t{t}" for s in SUBJECTS for a in sorted(ACTIVITIES)
+                                           for t in TRIALS]
+    np.testing.assert_array_equal(compact[0].signals[:, 0],
+                                  (np.round(_signals("s01", "sit", 1)[:, 0], 5) * 9.80665).astype(np.float32))
+
+
+def test_windows_never_span_sessions(tmp_path):
+    """Each session is windowed on its own: a window never joins the end of one file to the start of another,
+    whatever the lengths (160 samples is not a multiple of the stride 30 here)."""
+    folder = write_folder(tmp_path / "walkdata")
+    recordings = load_generic(folder)
+    for i, rec in enumerate(recordings):  # mark every sample with its session
+        rec.signals[:] = i
+    windows = make_windows(recordings, WindowConfig(length=50, stride=30))
+    per_window = windows.x.reshape(len(windows), -1)
+    assert (per_window.min(axis=1) == per_window.max(axis=1)).all()
+    assert len(windows) == len(recordings) * 4  # starts 0, 30, 60, 90 fit in 160 samples; 120 does not
+
+
+def test_sessions_without_labels_load_as_null(tmp_path):
+    folder = write_folder(tmp_path / "walkdata")
+    schema = (folder / "dataset.yaml").read_text()
+    (folder / "dataset.yaml").write_text(schema.replace('"{subject}_{label}_t{trial}.csv"',
+                                                        '"{subject}_walk_t{trial}.csv"') + "classes: [sit, walk]\n")
+    recordings = load_generic(folder)
+    assert len(recordings) == 6 and recordings[0].class_names == ("sit", "walk", "Null")
+    assert all((r.labels == 2).all() and r.null_class == 2 for r in recordings)
+    kept = make_windows(recordings, WindowConfig(length=40, stride=20, drop_null=False))
+    assert len(kept) == 6 * 7 and (kept.y == 2).all()
+
+
+def _bad_inputs():
+    """(edit of a good folder, fragment the one line about it must hold); {f} is the folder as given."""
+    def replace_in(name, old, new):
+        def edit(folder):
+            path = folder / name
+            path.write_text(path.read_text().replace(old, new, 1))
+        return edit
+
+    def append(name, text):
+        return lambda folder: (folder / name).write_text((folder / name).read_text() + text)
+
+    return [
+        (replace_in("dataset.yaml", "unit: deg/s}", "unit: degrees}"),
+         "{f}/dataset.yaml: channels[3].unit: unknown unit 'degrees' for modality 'gyro'"),
+        (replace_in("dataset.yaml", "axis: y, unit: g", "axs: y, unit: g"),
+         "{f}/dataset.yaml: channels[1]: unknown key 'axs'"),
+        (append("s02_sit_t1.csv", "1,2,3\n"), "{f}/s02_sit_t1.csv: row 162 has 3 fields, expected 6"),
+        (replace_in("s01_walk_t2.csv", "ax,", "acc_x,"), "{f}/s01_walk_t2.csv: column 'ax' named in dataset.yaml is "
+                                                         "missing"),
+        (replace_in("s03_sit_t1.csv", "\n", "\n" + ",,,,,\n" * 30),
+         "{f}/s03_sit_t1.csv: rows 2-31: column 'ax' is missing (NaN) for 30 samples, more than the 20"),
+        (replace_in("s03_walk_t2.csv", "\n", "\nabc,1,1,1,1,1\n"),
+         "{f}/s03_walk_t2.csv: row 2: column 'ax' holds 'abc', not a number"),
+        (lambda folder: [(folder / "s01_walk_t1.csv").rename(folder / "s01_run_t1.csv"),
+                         append("dataset.yaml", "classes: [sit, walk]\n")(folder)],
+         "{f}/s01_run_t1.csv (label from the file name): label 'run' is not in classes of dataset.yaml (sit, walk)"),
+        (lambda folder: (folder / "s02_walk_t1.csv").write_bytes(b"\xff\xfe\x00garbage"),
+         "{f}/s02_walk_t1.csv: cannot read"),
+        (replace_in("dataset.yaml", "name: walkdata", "name: Walk Data"),
+         "{f}/dataset.yaml: name 'Walk Data' cannot be an install name"),
+    ]
+
+
+@pytest.mark.parametrize("edit, fragment", _bad_inputs())
+def test_every_problem_of_check_names_the_users_file(tmp_path, edit, fragment):
+    os.chdir(tmp_path)  # the folder as a user types it: relative
+    folder = write_folder(Path("walkdata"))
+    edit(folder)
+    result = run_cli("data", "check", "walkdata", data_root=tmp_path / "root")
+    assert_one_line_error(result, fragment.format(f="walkdata"))
+
+
+def test_check_reports_every_problem_and_names_archive_members(tmp_path):
+    folder = write_folder(tmp_path / "walkdata")
+    for edit, _ in _bad_inputs()[:4]:
+        edit(folder)
+    archive = tmp_path / "walkdata.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="walkdata")
+    for source, shown in ((str(folder), str(folder)), (str(archive), f"{archive}/walkdata")):
+        result = run_cli("data", "check", source, data_root=tmp_path / "root")
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 4, result.stderr
+        assert all(line.startswith(f"harkd: error: {shown}/") for line in lines), lines
+        assert "Traceback" not in result.stderr and "harkd-check-" not in result.stderr
+        assert "10 recordings, 3 subjects" in result.stdout  # what did load is still reported
+    assert not list(tmp_path.glob("root/*"))  # checking installs nothing
+
+
+def test_install_name_is_the_yaml_name(tmp_path):
+    folder = write_folder(tmp_path / "walkdata")
+    root = tmp_path / "root"
+    assert_one_line_error(run_cli("data", "install", "other", "--from", str(folder), data_root=root),
+                          f"{folder}/dataset.yaml: name 'walkdata' differs from the install name 'other'")
+    archive = tmp_path / "w.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="walkdata")
+    import hashlib
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert_one_line_error(run_cli("data", "install", "other", "--from", str(archive), "--sha256", digest,
+                                  data_root=root), f"{archive}/walkdata/dataset.yaml: name 'walkdata' differs")
+    installed = run_cli("data", "install", "--from", str(archive), "--sha256", digest, data_root=root, check=True)
+    assert f"installed walkdata at {root / 'walkdata'}" in installed.stdout
+    assert sorted(p.name for p in root.iterdir()) == ["walkdata"]
+
+
+def test_an_edited_installed_copy_is_read_again(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    run_cli("data", "install", "--from", str(write_folder(tmp_path / "walkdata")), data_root=root, check=True)
+    monkeypatch.setenv("HARKD_DATA", str(root))
+    windowing = WindowConfig(length=40, stride=20)
+    before = load_windows("walkdata", windowing)
+    assert load_windows("walkdata", windowing).x.tolist() == before.x.tolist()  # from the cache
+    edited = root / "walkdata" / "s01_sit_t1.csv"
+    lines = edited.read_text().splitlines()
+    edited.write_text("\n".join([lines[0], "1,1,1,1,1,1", *lines[2:]]) + "\n")
+    after = load_windows("walkdata", windowing)
+    changed = np.flatnonzero((after.x != before.x).any(axis=(1, 2)))
+    assert changed.tolist() == [0] and after.x[0, 0, 0] == np.float32(9.80665)
