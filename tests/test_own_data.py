@@ -4,7 +4,11 @@ names the user's own file; the install name is dataset.yaml's; an edited install
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +229,30 @@ def test_an_edited_installed_copy_is_read_again(tmp_path, monkeypatch):
     after = load_windows("walkdata", windowing)
     changed = np.flatnonzero((after.x != before.x).any(axis=(1, 2)))
     assert changed.tolist() == [0] and after.x[0, 0, 0] == np.float32(9.80665)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_interrupted_run_leaves_no_temporary_folder(tmp_path, jobs):
+    """Ctrl-C (SIGINT to the process group, workers too) once a unit has finished and the next is training: exit
+    130, no harkd-run-* folder left in the temp directory, the finished unit kept in OUT/.units for a resume."""
+    from harkd.data.install import install_dataset
+
+    root, temp, out = tmp_path / "root", tmp_path / "tmp", tmp_path / "out"
+    temp.mkdir()
+    install_dataset(None, str(write_folder(tmp_path / "walkdata")), root=root)
+    config = tmp_path / "walkdata.yaml"
+    config.write_text(RUN_CONFIG.replace("folds: [s01, s02]", "folds: [s01, s02, s03]").replace("[0]", "[0, 1]"))
+    env = {**os.environ, "HARKD_DATA": str(root), "TMPDIR": str(temp)}
+    command = [sys.executable, "-m", "harkd", "run", str(config), "--out", str(out), "--jobs", str(jobs)]
+    run = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (list(out.glob(".units/seed*.json")) and list(temp.glob("harkd-run-*"))):
+        assert run.poll() is None, f"the run ended before it could be interrupted:\n{run.communicate()[1]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
+    assert list(temp.glob("harkd-run-*")) == []
+    assert list(out.glob(".units/seed*.json"))
