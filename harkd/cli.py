@@ -180,14 +180,30 @@ def export(
     out: Path = typer.Option(..., "--out", help="the .onnx file to write; its description goes beside it as .json"),
     tolerance: float = typer.Option(1e-4, help="largest difference allowed between ONNX Runtime's and PyTorch's "
                                                "outputs on the check windows"),
+    int8: bool = typer.Option(False, "--int8", help="write the graph statically quantised to int8 (QDQ, per-channel "
+                              "weights), calibrated on the model's training windows, compared with fp32"),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="with --int8: an installed dataset to "
+                                              "calibrate on instead of the model's own training data"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="device limits to check, e.g. flash=64KB,ram=16KB "
+                                         "(KB = 1024 bytes)"),
 ) -> None:
     """A kept model as ONNX for the device: raw sensor windows in (normalisation inside), logits and class
-    probabilities out; written only if ONNX Runtime reproduces PyTorch's outputs."""
+    probabilities out; written only if ONNX Runtime reproduces PyTorch's outputs. Prints and records what it costs a
+    device: weight bytes, peak activation memory, MACs."""
+    from harkd.deploy.budget import describe, parse_budget
     from harkd.deploy.bundle import load_bundle
     from harkd.deploy.onnx_export import export_onnx
 
+    limits = parse_budget(budget)
+    if calibration is not None and not int8:
+        raise HarkdError("--calibration applies to --int8 only")
     bundle = load_bundle(model)
-    spec = export_onnx(bundle, out, tolerance=tolerance)
+    data = None
+    if int8:
+        from harkd.deploy.quantise import quantisation_data
+
+        data = quantisation_data(bundle, calibration)
+    spec = export_onnx(bundle, out, tolerance=tolerance, budget=limits, int8=data)
     origin, names = bundle.provenance, bundle.channel_names
     channels = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:3])}, ..., {names[-1]} (all in the .json)"
     typer.echo(f"wrote {out} and {out.with_suffix('.json')}: {bundle.model}"
@@ -196,6 +212,47 @@ def export(
                + f"; input (N, {len(names)}, {bundle.window}) at {bundle.rate_hz:g} Hz: {channels}; "
                f"{len(bundle.class_names)} classes; ONNX Runtime matches PyTorch to "
                f"{spec['check']['max_abs_diff']:.1g}")
+    if int8:
+        q = spec["int8"]
+        typer.echo(f"int8: {q['check']['agreement']:.1%} of {q['check']['windows']} held-out windows get fp32's class"
+                   + (f"; test macro-F1 fp32 {q['test']['macro_f1_fp32']:.4f}, int8 {q['test']['macro_f1_int8']:.4f}"
+                      f" ({q['test']['delta_points']:+.2f} points, {q['test']['windows']} windows)"
+                      if "test" in q else "")
+                   + f"; file {q['file_bytes']['fp32']:,} -> {q['file_bytes']['int8']:,} bytes; latency per window "
+                   f"{q['latency_ms_per_window']['fp32']:.3f} -> {q['latency_ms_per_window']['int8']:.3f} ms")
+    typer.echo(f"device: {describe(spec['device'])}")
+
+
+@app.command("stream")
+def stream_cmd(
+    model: Path = typer.Argument(..., help="a kept model (.pt) or an exported one (.onnx, its .json beside it)"),
+    source: str = typer.Option(..., "--input", help="CSV with a time column (seconds) and the model's channels "
+                               "by name, a session file of your own data (dataset.yaml beside it), or - for stdin"),
+    hop: Optional[int] = typer.Option(None, "--hop", help="samples between predictions (default: the run's stride)"),
+    smooth: int = typer.Option(1, "--smooth", help="smooth the class over the last K predictions"),
+    smoothing: str = typer.Option("majority", "--smoothing", help="majority (vote) or mean (probabilities)"),
+    rate: Optional[float] = typer.Option(None, "--rate", help="the input's rate in Hz (default: from its times)"),
+    resample: bool = typer.Option(False, "--resample", help="resample input at another rate to the model's "
+                                  "(each run between gaps is scored when it ends)"),
+    max_gap_s: float = typer.Option(1.0, "--max-gap-s", help="longest gap (NaN or missing rows) interpolated; a "
+                                    "longer one restarts the window"),
+    time_column: str = typer.Option("time", "--time-column", help="name of the time column in a plain CSV"),
+    realtime: bool = typer.Option(False, "--realtime", help="replay a file at its own rate"),
+) -> None:
+    """Predict activities on a stream of samples: one JSON line per prediction (start and end time, class,
+    probabilities) and per gap, then a summary of activity segments."""
+    from harkd.deploy.stream import own_data_format, open_model, plain_format, stream_csv
+
+    predictor = open_model(model)
+    path = None if source == "-" else Path(source)
+    if path is not None and not path.is_file():
+        raise HarkdError(f"{path}: input file not found")
+    own_data = path is not None and (path.parent / "dataset.yaml").is_file()
+    spec = own_data_format(path, predictor) if own_data else plain_format(predictor, time_column, rate, max_gap_s)
+    with (sys.stdin if path is None else path.open(encoding="utf-8-sig")) as lines:
+        for event in stream_csv(predictor, lines, source if path else "stdin", spec, resample, hop, smooth,
+                                smoothing, realtime):
+            print(json.dumps(event), flush=True)  # each line out as it is known: an error later loses none
 
 
 @app.command("personalise")

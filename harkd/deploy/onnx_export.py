@@ -1,6 +1,8 @@
 """A model bundle as ONNX for the device: it takes raw sensor windows (the bundle's normalisation is part of the graph)
 and returns logits and class probabilities. ONNX Runtime must reproduce PyTorch's outputs before the file is kept,
-and a JSON file beside it says what the input is (channels in order, units, window, rate) and what the classes are.
+and a JSON file beside it says what the input is (channels in order, units, window, rate, stride), what the classes
+are and what the model costs a device (harkd.deploy.budget). With int8, the file holds the statically quantised graph
+(harkd.deploy.quantise) and the JSON its comparison with fp32.
 """
 
 from __future__ import annotations
@@ -11,16 +13,21 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from harkd import __version__
+from harkd.cost import count_flops
+from harkd.deploy.budget import device_budget
 from harkd.deploy.bundle import ModelBundle
 from harkd.errors import HarkdError
 from harkd.files import atomic_output
+
+if TYPE_CHECKING:
+    from harkd.deploy.quantise import QuantisationData
 
 INPUT, OUTPUTS = "windows", ("logits", "probabilities")
 
@@ -70,41 +77,72 @@ def to_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: 
 
 
 def export_onnx(bundle: ModelBundle, path: Path, tolerance: float = 1e-4, check_windows: int = 64,
-                seed: int = 0) -> dict[str, Any]:
-    """Write `path` (ONNX) and `path` with suffix .json (its input and output description); return that description.
+                seed: int = 0, budget: dict[str, int] | None = None, int8: "QuantisationData | None" = None
+                ) -> dict[str, Any]:
+    """Write `path` (ONNX) and `path` with suffix .json (its input and output description, with the device budget);
+    return that description. With `int8` (calibration, check and test windows), `path` is the int8 graph.
 
     The check: ONNX Runtime and PyTorch score `check_windows` random windows on the training data's scale (another
     batch size than the export's, so the dynamic batch axis is exercised too); if any probability or logit differs
     by more than `tolerance`, nothing is written and the error says by how much.
     """
-    import onnxruntime
+    import onnx
+
+    from harkd.deploy.quantise import quantise
 
     path = Path(path)
     if path.suffix != ".onnx":
         raise HarkdError(f"{path}: the output file must end in .onnx")
     module = Deployable(bundle).eval()
     with atomic_output(path) as tmp, atomic_output(path.with_suffix(".json")) as tmp_json:
-        to_onnx(module, _raw_like(bundle, 2, seed), tmp)
-        windows = _raw_like(bundle, check_windows, seed + 1)
-        with torch.no_grad():
-            expected = [t.numpy() for t in module(windows)]
-        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = session.run(list(OUTPUTS), {INPUT: windows.numpy()})
-        diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
-        if not diff <= tolerance:
-            raise HarkdError(f"{path}: ONNX Runtime's outputs differ from PyTorch's by {diff:.3g} "
-                             f"(tolerance {tolerance:g}); nothing written")
-        spec = {
-            "format": "harkd-onnx", "harkd_version": __version__, "onnx": path.name,
-            "input": {"name": INPUT, "shape": ["N", len(bundle.channels), bundle.window], "dtype": "float32",
-                      "units": "raw sensor values, as the dataset's loader reads them; normalisation is inside",
-                      "channels": [{"name": name, **c} for name, c in zip(bundle.channel_names, bundle.channels)],
-                      "rate_hz": bundle.rate_hz},
-            "outputs": {"logits": ["N", len(bundle.class_names)], "probabilities": ["N", len(bundle.class_names)]},
-            "class_names": bundle.class_names, "model": bundle.model, "params": bundle.params,
-            "provenance": bundle.provenance,
-            "check": {"windows": check_windows, "max_abs_diff": diff, "tolerance": tolerance,
-                      "onnxruntime": onnxruntime.__version__, "torch": torch.__version__},
-        }
+        fp32 = tmp.with_name(tmp.name + ".fp32") if int8 is not None else tmp
+        try:
+            diff = _write_checked(module, bundle, fp32, path, tolerance, check_windows, seed)
+            quantised = quantise(fp32, tmp, int8) if int8 is not None else None
+            macs = count_flops(module.model, (1, len(bundle.channels), bundle.window)) // 2
+            device = device_budget(onnx.load(fp32), macs, bundle.rate_hz / bundle.hop,
+                                   onnx.load(tmp) if int8 is not None else None, budget)
+        finally:
+            if int8 is not None:
+                fp32.unlink(missing_ok=True)
+        spec = _describe(bundle, path, diff, tolerance, check_windows)
+        spec.update({"precision": "int8" if int8 is not None else "fp32", "device": device})
+        if quantised is not None:
+            spec["int8"] = quantised
         tmp_json.write_text(json.dumps(spec, indent=2) + "\n")
     return spec
+
+
+def _write_checked(module: Deployable, bundle: ModelBundle, path: Path, shown: Path, tolerance: float,
+                   check_windows: int, seed: int) -> float:
+    """Export to `path` and return ONNX Runtime's largest difference from PyTorch; beyond `tolerance`, an error."""
+    import onnxruntime
+
+    to_onnx(module, _raw_like(bundle, 2, seed), path)
+    windows = _raw_like(bundle, check_windows, seed + 1)
+    with torch.no_grad():
+        expected = [t.numpy() for t in module(windows)]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(list(OUTPUTS), {INPUT: windows.numpy()})
+    diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
+    if not diff <= tolerance:
+        raise HarkdError(f"{shown}: ONNX Runtime's outputs differ from PyTorch's by {diff:.3g} "
+                         f"(tolerance {tolerance:g}); nothing written")
+    return diff
+
+
+def _describe(bundle: ModelBundle, path: Path, diff: float, tolerance: float, check_windows: int) -> dict[str, Any]:
+    import onnxruntime
+
+    return {
+        "format": "harkd-onnx", "harkd_version": __version__, "onnx": path.name,
+        "input": {"name": INPUT, "shape": ["N", len(bundle.channels), bundle.window], "dtype": "float32",
+                  "units": "raw sensor values, as the dataset's loader reads them; normalisation is inside",
+                  "channels": [{"name": name, **c} for name, c in zip(bundle.channel_names, bundle.channels)],
+                  "rate_hz": bundle.rate_hz, "stride": bundle.hop},
+        "outputs": {"logits": ["N", len(bundle.class_names)], "probabilities": ["N", len(bundle.class_names)]},
+        "class_names": bundle.class_names, "model": bundle.model, "params": bundle.params,
+        "provenance": bundle.provenance,
+        "check": {"windows": check_windows, "max_abs_diff": diff, "tolerance": tolerance,
+                  "onnxruntime": onnxruntime.__version__, "torch": torch.__version__},
+    }

@@ -1,0 +1,488 @@
+"""A student on a live stream: samples in (the model's channels, in its units), one prediction per hop out.
+
+`open_model` reads a kept model (PyTorch) or an exported ONNX file with its .json sidecar (ONNX Runtime);
+`StreamPredictor` keeps a ring buffer of one window and scores it every `hop` samples, optionally smoothed over the
+last k predictions; `Stream` puts gap handling (short NaN or missing-row gaps interpolated as in loading, longer ones
+reset the buffer and are reported) and resampling in front of it; `read_rows` parses CSV text line by line for
+`harkd stream`, each bad line a one-line error naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from harkd.data.recording import ChannelSpec, max_gap_samples
+from harkd.errors import HarkdError
+
+RATE_TOLERANCE = 0.05  # as the generic loader: a rate off by more than this is another rate
+SMOOTHING = ("majority", "mean")
+Scorer = Callable[[np.ndarray], np.ndarray]  # raw windows (N, channels, window) -> probabilities (N, classes)
+
+
+@dataclass
+class StreamModel:
+    """What streaming needs of a model: its input (channels, window, rate), classes, hop and a scorer."""
+
+    channels: list[dict[str, str]]
+    class_names: list[str]
+    window: int
+    rate_hz: float
+    hop: int
+    score: Scorer
+    source: str
+
+    @property
+    def channel_names(self) -> list[str]:
+        return [c.name for c in _specs(self)]
+
+
+def open_model(path: Path, threads: int = 1) -> StreamModel:
+    """A kept model (.pt, scored by PyTorch) or an exported one (.onnx beside its .json, scored by ONNX Runtime)."""
+    path = Path(path)
+    return _onnx_model(path, threads) if path.suffix == ".onnx" else _torch_model(path)
+
+
+def _torch_model(path: Path) -> StreamModel:
+    import torch
+
+    from harkd.deploy.bundle import load_bundle
+    from harkd.deploy.onnx_export import Deployable
+
+    bundle = load_bundle(path)
+    module = Deployable(bundle).eval()
+
+    @torch.no_grad()
+    def score(windows: np.ndarray) -> np.ndarray:
+        return module(torch.from_numpy(np.ascontiguousarray(windows, np.float32)))[1].numpy()
+
+    return StreamModel(bundle.channels, bundle.class_names, bundle.window, bundle.rate_hz, bundle.hop, score,
+                       str(path))
+
+
+def _onnx_model(path: Path, threads: int) -> StreamModel:
+    import onnxruntime
+
+    sidecar = path.with_suffix(".json")
+    if not path.is_file():
+        raise HarkdError(f"{path}: model file not found")
+    try:
+        spec = json.loads(sidecar.read_text())
+        channels, rate_hz = spec["input"]["channels"], float(spec["input"]["rate_hz"])
+        window, classes = int(spec["input"]["shape"][2]), list(spec["class_names"])
+    except FileNotFoundError:
+        raise HarkdError(f"{path}: its description {sidecar.name} is missing (harkd export writes both)") from None
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise HarkdError(f"{sidecar}: not a harkd export description ({type(exc).__name__}: {exc})") from None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = threads
+    try:
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime raises its own types for unreadable graphs
+        raise HarkdError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__})") from None
+    name = session.get_inputs()[0].name
+
+    def score(windows: np.ndarray) -> np.ndarray:
+        return session.run(["probabilities"], {name: np.ascontiguousarray(windows, np.float32)})[0]
+
+    return StreamModel(channels, classes, window, rate_hz, int(spec["input"].get("stride") or window), score,
+                       str(path))
+
+
+@dataclass
+class Prediction:
+    start: float  # time of the window's first sample
+    end: float  # time just after its last sample (start + window / rate at the model's rate)
+    label: str  # after smoothing
+    raw_label: str  # this window's own argmax
+    probabilities: np.ndarray
+
+    def to_json(self, class_names: Sequence[str]) -> dict:
+        return {"event": "prediction", "start": round(self.start, 6), "end": round(self.end, 6), "class": self.label,
+                "raw_class": self.raw_label,
+                "probabilities": {c: round(float(p), 6) for c, p in zip(class_names, self.probabilities)}}
+
+
+@dataclass
+class Gap:
+    start: float  # last good sample before the gap
+    end: float  # first good sample after it
+    missing: int  # samples that were missing or NaN
+
+    def to_json(self, class_names: Sequence[str] = ()) -> dict:
+        return {"event": "gap", "start": round(self.start, 6), "end": round(self.end, 6), "missing": self.missing,
+                "note": "longer than the interpolation limit: the window buffer restarts after it"}
+
+
+class StreamPredictor:
+    """A ring buffer of one window of finite samples; every `hop` samples once full, one prediction.
+
+    Sample by sample it gives the predictions of windowing the same samples at stride `hop` from the first sample.
+    """
+
+    def __init__(self, model: StreamModel, hop: int | None = None, smooth: int = 1, smoothing: str = "majority"):
+        hop = model.hop if hop is None else hop
+        if hop < 1:
+            raise HarkdError(f"hop must be at least 1 sample, got {hop}")
+        if smooth < 1:
+            raise HarkdError(f"smoothing over {smooth} predictions: needs at least 1")
+        if smoothing not in SMOOTHING:
+            raise HarkdError(f"smoothing {smoothing!r}: expected one of {', '.join(SMOOTHING)}")
+        self.model, self.hop, self.smoothing = model, hop, smoothing
+        self._buffer = np.zeros((len(model.channels), model.window), np.float32)
+        self._times = np.zeros(model.window)
+        self._recent: deque[np.ndarray] = deque(maxlen=smooth)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the buffer and the smoothing history (after a gap)."""
+        self._seen = 0
+        self._recent.clear()
+
+    def push(self, time: float, sample: np.ndarray) -> Prediction | None:
+        at = self._seen % self.model.window
+        self._buffer[:, at] = sample
+        self._times[at] = time
+        self._seen += 1
+        if self._seen < self.model.window or (self._seen - self.model.window) % self.hop:
+            return None
+        oldest = self._seen % self.model.window
+        window = np.roll(self._buffer, -oldest, axis=1)
+        return self._predict(float(self._times[oldest]), window)
+
+    def _predict(self, start: float, window: np.ndarray) -> Prediction:
+        probabilities = self.model.score(window[None])[0]
+        self._recent.append(probabilities)
+        names = self.model.class_names
+        if self.smoothing == "mean":
+            label = int(np.mean(self._recent, axis=0).argmax())
+        else:  # ties go to the most recent of the tied classes
+            votes = [int(p.argmax()) for p in self._recent]
+            counts = np.bincount(votes, minlength=len(names))
+            label = next(v for v in reversed(votes) if counts[v] == counts.max())
+        end = start + self.model.window / self.model.rate_hz
+        return Prediction(start, end, names[label], names[int(probabilities.argmax())], probabilities)
+
+
+class GapFiller:
+    """Samples in time order; NaN values and missing rows (a time step of more than one sample period) are
+    interpolated per channel when the run is at most `max_gap_s` long (as loading does), else they are a gap.
+
+    `push` and `finish` return what is ready, in order: finite (time, sample) pairs and Gap events.
+    """
+
+    def __init__(self, rate_hz: float, max_gap_s: float):
+        self.rate_hz, self.max_gap = rate_hz, max_gap_samples(max_gap_s, rate_hz)
+        self._anchor: tuple[float, np.ndarray] | None = None  # the last finite sample
+        self._pending: list[tuple[float, np.ndarray]] = []  # samples after it with some value NaN
+        self._run: np.ndarray | int = 0  # per channel: how many samples in a row it has been NaN
+        self._gap: Gap | None = None  # open until the next finite sample
+        self._last: float | None = None
+
+    def push(self, time: float, sample: np.ndarray) -> list:
+        if self._last is not None and not time > self._last:
+            raise HarkdError(f"time {time:g} s is not after the previous sample's {self._last:g} s")
+        missing = 0 if self._last is None else int(round((time - self._last) * self.rate_hz)) - 1
+        out: list = []
+        if missing > self.max_gap:
+            self._open_gap(self._last, missing)
+        else:  # rows that never came are NaN rows, filled the same way
+            for k in range(1, missing + 1):
+                out += self._take(self._last + k / self.rate_hz, np.full(len(sample), np.nan))
+        self._last = time
+        return out + self._take(time, np.asarray(sample, np.float64))
+
+    def _take(self, time: float, sample: np.ndarray) -> list:
+        nan = np.isnan(sample)
+        if self._gap is not None:
+            if nan.any():
+                self._gap.missing += 1
+                return []
+            self._gap.end, gap, self._gap = time, self._gap, None
+            self._anchor = (time, sample)
+            return [gap, (time, sample)]
+        self._run = np.where(nan, self._run + 1, 0)
+        if self._run.max() > self.max_gap:
+            self._open_gap(time, 1)
+            return []
+        if nan.any():
+            self._pending.append((time, sample))
+            return []
+        ready = self._fill(end=(time, sample))
+        self._anchor = (time, sample)
+        return ready + [(time, sample)]
+
+    def _open_gap(self, time: float, missing: int) -> None:
+        """What is pending is dropped; the stream restarts at the next finite sample."""
+        start = self._anchor[0] if self._anchor else self._pending[0][0] if self._pending else time
+        self._gap = Gap(start, time, missing + len(self._pending))
+        self._anchor, self._pending, self._run = None, [], 0
+
+    def _fill(self, end: tuple[float, np.ndarray] | None) -> list:
+        """The pending samples, each NaN interpolated between the finite values around it (np.interp: held
+        constant at an edge with nothing beyond it, as loading does)."""
+        if not self._pending:
+            return []
+        points = ([self._anchor] if self._anchor else []) + self._pending + ([end] if end else [])
+        block = np.stack([s for _, s in points])
+        t = np.arange(len(block))
+        for c in np.flatnonzero(np.isnan(block).any(axis=0)):
+            good = ~np.isnan(block[:, c])
+            block[~good, c] = np.interp(t[~good], t[good], block[good, c])
+        first = 1 if self._anchor else 0
+        filled = [(time, block[first + i]) for i, (time, _) in enumerate(self._pending)]
+        self._pending = []
+        return filled
+
+    def finish(self) -> list:
+        """At the end: a gap still open is reported; NaN values after the last finite sample hold it."""
+        if self._gap is not None:
+            gap, self._gap = self._gap, None
+            gap.end = self._last
+            return [gap]
+        return self._fill(end=None) if self._anchor else []
+
+
+class Resampler:
+    """One run of samples (between gaps) to the model's rate with scipy's polyphase filter; a run is complete only
+    at a gap or the end, so resampled input is scored then."""
+
+    def __init__(self, from_hz: float, to_hz: float):
+        ratio = Fraction(to_hz / from_hz).limit_denominator(1000)
+        self.up, self.down, self.to_hz = ratio.numerator, ratio.denominator, to_hz
+        self._run: list[tuple[float, np.ndarray]] = []
+
+    def push(self, time: float, sample: np.ndarray) -> None:
+        self._run.append((time, sample))
+
+    def flush(self) -> list[tuple[float, np.ndarray]]:
+        from scipy.signal import resample_poly
+
+        if not self._run:
+            return []
+        start = self._run[0][0]
+        signals = resample_poly(np.stack([s for _, s in self._run]), self.up, self.down, axis=0)
+        self._run = []
+        return [(start + i / self.to_hz, row) for i, row in enumerate(signals)]
+
+
+class Segments:
+    """Consecutive predictions of one class merged into activity segments; a gap ends a segment."""
+
+    def __init__(self) -> None:
+        self.done: list[dict] = []
+        self.gaps = 0
+        self._open: dict | None = None
+
+    def add(self, event: Prediction | Gap) -> None:
+        if isinstance(event, Prediction) and self._open and self._open["class"] == event.label:
+            self._open["end"], self._open["predictions"] = event.end, self._open["predictions"] + 1
+            return
+        self.close()
+        self.gaps += isinstance(event, Gap)
+        if isinstance(event, Prediction):
+            self._open = {"class": event.label, "start": event.start, "end": event.end, "predictions": 1}
+
+    def close(self) -> list[dict]:
+        if self._open:
+            self.done.append({k: round(v, 6) if isinstance(v, float) else v for k, v in self._open.items()})
+            self._open = None
+        return self.done
+
+
+class Stream:
+    """Samples in (time in seconds, one value per model channel, NaN where missing), predictions and gaps out.
+
+    `input_rate_hz` is the samples' rate (default the model's); another rate is an error unless `resample`.
+    """
+
+    def __init__(self, model: StreamModel, input_rate_hz: float | None = None, resample: bool = False,
+                 max_gap_s: float = 1.0, hop: int | None = None, smooth: int = 1, smoothing: str = "majority"):
+        rate = input_rate_hz or model.rate_hz
+        other_rate = abs(rate - model.rate_hz) > RATE_TOLERANCE * model.rate_hz
+        if other_rate and not resample:
+            raise HarkdError(f"the input is sampled at {rate:.4g} Hz, the model expects {model.rate_hz:g} Hz "
+                             f"(--resample converts it)")
+        self.filler = GapFiller(rate, max_gap_s)
+        self.resampler = Resampler(rate, model.rate_hz) if other_rate else None
+        self.predictor = StreamPredictor(model, hop, smooth, smoothing)
+        self.segments = Segments()
+
+    def push(self, time: float, sample: Sequence[float]) -> list[Prediction | Gap]:
+        return self._route(self.filler.push(time, np.asarray(sample, np.float64)))
+
+    def finish(self) -> list[Prediction | Gap]:
+        events = self._route(self.filler.finish()) + self._score(self._flush())
+        self.segments.close()
+        return events
+
+    def _route(self, items: list) -> list[Prediction | Gap]:
+        events: list[Prediction | Gap] = []
+        for item in items:
+            if isinstance(item, Gap):
+                events += self._score(self._flush())
+                self.predictor.reset()
+                self.segments.add(item)
+                events.append(item)
+            elif self.resampler:
+                self.resampler.push(*item)
+            else:
+                events += self._score([item])
+        return events
+
+    def _flush(self) -> list[tuple[float, np.ndarray]]:
+        return self.resampler.flush() if self.resampler else []
+
+    def _score(self, samples: list[tuple[float, np.ndarray]]) -> list[Prediction]:
+        events = []
+        for time, sample in samples:
+            prediction = self.predictor.push(time, sample)
+            if prediction is not None:
+                self.segments.add(prediction)
+                events.append(prediction)
+        return events
+
+
+# --- CSV input -------------------------------------------------------------------------------------------------------
+
+NA_TOKENS = {"", "nan", "NaN", "NA", "N/A", "null", "NULL"}  # as the generic loader: a missing value
+
+
+@dataclass
+class InputFormat:
+    """Where the time and each model channel are in the input's columns."""
+
+    time_column: str | None  # None: no time column, samples are 1 / rate_hz apart
+    time_scale: float  # seconds per time unit
+    columns: list[str]  # one per model channel, in the model's order
+    rate_hz: float | None  # None: measured from the first rows' times
+    max_gap_s: float = 1.0
+    factors: np.ndarray | None = None  # per channel, to the model's units (None: already in them)
+
+
+def plain_format(model: StreamModel, time_column: str = "time", rate_hz: float | None = None,
+                 max_gap_s: float = 1.0) -> InputFormat:
+    """A CSV with a header naming `time_column` (seconds) and the model's channels (e.g. right_arm/acc/x), in any
+    order, other columns ignored; or without a header, time then the channels in the model's order. Values are in
+    the model's units."""
+    return InputFormat(time_column, 1.0, model.channel_names, rate_hz, max_gap_s)
+
+
+def own_data_format(session: Path, model: StreamModel) -> InputFormat:
+    """A session file of a dataset in harkd's own-data format: dataset.yaml beside it names the columns, their units,
+    the time unit, the rate and the gap limit. Each model channel must be there; values in other units than the
+    model's are converted (g to m/s^2, ...) or, where they cannot be, refused."""
+    from dataclasses import replace
+
+    from harkd.data.loaders.generic import SCHEMA_FILE, _read_schema
+    from harkd.data.units import channel_factors
+
+    schema = _read_schema(Path(session).parent / SCHEMA_FILE)
+    by_name = {c.spec.name: c for c in schema.channels}
+    missing = [name for name in model.channel_names if name not in by_name]
+    if missing:
+        raise HarkdError(f"{schema.where}: no channel {missing[0]} (the model reads {', '.join(model.channel_names)})")
+    mine = [by_name[name] for name in model.channel_names]
+    factors = channel_factors([replace(c.spec, unit=c.declared_unit) for c in mine], _specs(model), schema.where)
+    return InputFormat(schema.time_column, schema.time_scale, [c.column for c in mine], schema.rate_hz,
+                       schema.max_gap_s, None if (factors == 1.0).all() else factors)
+
+
+def _specs(model: StreamModel) -> list[ChannelSpec]:
+    return [ChannelSpec(**{k: v for k, v in c.items() if k != "name"}) for c in model.channels]
+
+
+def read_rows(lines: Iterable[str], source: str, spec: InputFormat) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(line number, time in seconds, values per model channel) for each data line; a line with the wrong number of
+    fields, a non-number or no time is a one-line error naming it. A first line of numbers means no header: then
+    the time (if any) and the channels come in the model's order."""
+    positions, width, row_index = None, 0, 0
+    for number, line in enumerate(lines, start=1):
+        fields = [f.strip() for f in line.rstrip("\r\n").split(",")]
+        if positions is None:
+            header = number == 1 and not all(_is_number(f) for f in fields)
+            names = fields if header else ([spec.time_column] if spec.time_column else []) + spec.columns
+            positions = _column_positions(names, spec, source)
+            width = len(names)
+            if header:
+                continue
+        if fields == [""]:
+            continue
+        if len(fields) != width:
+            raise HarkdError(f"{source}: line {number} has {len(fields)} fields, expected {width}")
+        values = np.array([_value(fields[p], number, spec.columns[i], source) for i, p in enumerate(positions[1:])])
+        values = values if spec.factors is None else values * spec.factors
+        time = row_index / (spec.rate_hz or 1.0) if positions[0] is None else \
+            _value(fields[positions[0]], number, spec.time_column, source) * spec.time_scale
+        if np.isnan(time):
+            raise HarkdError(f"{source}: line {number}: no value in the time column {spec.time_column!r}")
+        row_index += 1
+        yield number, time, values
+
+
+def _column_positions(names: list[str], spec: InputFormat, source: str) -> list[int | None]:
+    wanted = ([spec.time_column] if spec.time_column else []) + spec.columns
+    missing = [w for w in wanted if w not in names]
+    if missing:
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        raise HarkdError(f"{source}: no column {', '.join(missing)} in the header ({shown})")
+    return [names.index(spec.time_column) if spec.time_column else None] + [names.index(c) for c in spec.columns]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return text in NA_TOKENS
+    return True
+
+
+def _value(text: str, line: int, column: str, source: str) -> float:
+    if text in NA_TOKENS:
+        return np.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise HarkdError(f"{source}: line {line}: column {column!r} holds {text!r}, not a number") from None
+
+
+def measured_rate(times: Sequence[float]) -> float | None:
+    """The rate the first rows' times give (median step), None with fewer than two rows."""
+    steps = np.diff(np.asarray(times, np.float64))
+    return 1.0 / float(np.median(steps)) if len(steps) and np.median(steps) > 0 else None
+
+
+def stream_csv(model: StreamModel, lines: Iterable[str], source: str, spec: InputFormat, resample: bool = False,
+               hop: int | None = None, smooth: int = 1, smoothing: str = "majority", realtime: bool = False
+               ) -> Iterator[dict]:
+    """What `harkd stream` prints, as dicts in order: a start line, each prediction and gap as soon as it is known,
+    a summary of activity segments at the end. Errors name the input line; what was yielded before stands."""
+    import itertools
+    import time as clock
+
+    rows = read_rows(lines, source, spec)
+    first = list(itertools.islice(rows, 16))  # enough rows to measure the rate when the input does not say it
+    rate = spec.rate_hz or measured_rate([t for _, t, _ in first]) or model.rate_hz
+    stream = Stream(model, rate, resample, spec.max_gap_s, hop, smooth, smoothing)
+    yield {"event": "start", "model": model.source, "classes": model.class_names, "channels": model.channel_names,
+           "window": model.window, "hop": stream.predictor.hop, "rate_hz": model.rate_hz, "input_rate_hz": rate}
+    started, t0 = clock.monotonic(), None
+    for line, time, values in itertools.chain(first, rows):
+        if realtime:  # replay at the input's own pace
+            t0 = time if t0 is None else t0
+            clock.sleep(max(0.0, (time - t0) - (clock.monotonic() - started)))
+        try:
+            events = stream.push(time, values)
+        except HarkdError as exc:
+            raise HarkdError(f"{source}: line {line}: {exc}") from None
+        yield from (e.to_json(model.class_names) for e in events)
+    yield from (e.to_json(model.class_names) for e in stream.finish())
+    segments = stream.segments.done
+    yield {"event": "summary", "predictions": sum(s["predictions"] for s in segments),
+           "gaps": stream.segments.gaps, "segments": segments}

@@ -1,0 +1,276 @@
+"""The streaming predictor (harkd.deploy.stream, `harkd stream`): sample by sample it predicts what batch windowing at
+the same stride predicts, with a kept model (PyTorch) and its ONNX export (ONNX Runtime); short gaps are filled as
+loading fills them, long ones restart the window and are reported; bad input lines are one-line errors that keep
+what was already printed."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error
+from harkd.data.loaders.generic import write_generic
+from harkd.data.recording import ChannelSpec, Recording, fill_short_gaps
+from harkd.data.splits import Normaliser
+from harkd.deploy.bundle import ModelBundle
+from harkd.deploy.onnx_export import export_onnx
+from harkd.deploy.stream import (Gap, Prediction, Stream, StreamModel, StreamPredictor, open_model, own_data_format,
+                                 plain_format, stream_csv)
+from harkd.errors import HarkdError
+from harkd.models.base import build_model
+
+RATE, WINDOW, STRIDE = 25.0, 20, 10
+CHANNELS = [ChannelSpec("right_wrist", "acc", axis, "m/s^2") for axis in "xyz"]
+NAMES = [c.name for c in CHANNELS]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A small student as a kept model and as its ONNX export; its weights are random but fixed, with large enough
+    logits that the class varies from window to window."""
+    import torch
+
+    torch.manual_seed(0)
+    model = build_model("cnn_student", 3, 4, width=8, depth=2)
+    with torch.no_grad():
+        model.head.weight.mul_(20)
+    folder = tmp_path_factory.mktemp("models")
+    bundle = ModelBundle.of(model, "cnn_student", {"width": 8, "depth": 2}, CHANNELS, ["sit", "walk", "run", "lie"],
+                            WINDOW, RATE, Normaliser(np.array([0.0, 1.0, -1.0], np.float32),
+                                                     np.array([1.0, 2.0, 0.5], np.float32)))
+    bundle.stride = STRIDE
+    bundle.save(folder / "student.pt")
+    export_onnx(bundle, folder / "student.onnx")
+    return {"pt": folder / "student.pt", "onnx": folder / "student.onnx"}
+
+
+def signals(n: int, seed: int = 0) -> np.ndarray:
+    t = np.arange(n) / RATE
+    rng = np.random.default_rng(seed)
+    slow = np.stack([np.sin(2 * np.pi * f * t) for f in (0.3, 0.7, 1.1)], axis=1)
+    return (2 * slow + rng.normal(0, 0.5, (n, 3))).astype(np.float32)
+
+
+def csv_text(x: np.ndarray, header: bool = True, times: np.ndarray | None = None) -> str:
+    times = np.arange(len(x)) / RATE if times is None else times
+    lines = ["time," + ",".join(NAMES)] if header else []
+    lines += [f"{t:.6f}," + ",".join("" if np.isnan(v) else repr(float(v)) for v in row) for t, row in zip(times, x)]
+    return "\n".join(lines) + "\n"
+
+
+def batch(model: StreamModel, x: np.ndarray, stride: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Start times and probabilities of windowing (T, C) samples at `stride` and scoring them in one batch."""
+    starts = np.arange(0, len(x) - WINDOW + 1, stride)
+    windows = np.lib.stride_tricks.sliding_window_view(x, WINDOW, axis=0)[starts]
+    return (starts + offset) / RATE, model.score(windows.astype(np.float32))
+
+
+def streamed(model: StreamModel, x: np.ndarray, **options) -> list:
+    stream = Stream(model, **options)
+    events = [e for i, row in enumerate(x) for e in stream.push(i / RATE, row)]
+    return events + stream.finish()
+
+
+def assert_matches(events: list, starts: np.ndarray, probabilities: np.ndarray) -> None:
+    predictions = [e for e in events if isinstance(e, Prediction)]
+    assert len(predictions) == len(starts) > 3
+    np.testing.assert_allclose([p.start for p in predictions], starts, atol=1e-9)
+    got = np.stack([p.probabilities for p in predictions])
+    np.testing.assert_allclose(got, probabilities, atol=1e-6)
+    assert [p.raw_label for p in predictions] == [["sit", "walk", "run", "lie"][k] for k in probabilities.argmax(1)]
+
+
+@pytest.mark.parametrize("kind", ["pt", "onnx"])
+@pytest.mark.parametrize("hop", [None, 3, WINDOW])
+def test_streaming_sample_by_sample_equals_batch_windowing(models, kind, hop):
+    model = open_model(models[kind])
+    x = signals(200)
+    events = streamed(model, x, hop=hop)
+    assert_matches(events, *batch(model, x, hop or STRIDE))
+    assert len({p.raw_label for p in events}) > 1  # the check means something only if the class changes
+
+
+def test_pytorch_and_onnx_runtime_stream_the_same(models):
+    x = signals(300, seed=1)
+    pt, onnx = (streamed(open_model(models[k]), x) for k in ("pt", "onnx"))
+    assert [p.label for p in pt] == [p.label for p in onnx]
+    np.testing.assert_allclose([p.probabilities for p in pt], [p.probabilities for p in onnx], atol=1e-5)
+
+
+def test_a_short_nan_gap_is_interpolated_as_loading_does(models):
+    model = open_model(models["pt"])
+    x = signals(150).astype(np.float64)
+    x[40:45, 1] = np.nan  # 5 samples, under the 1 s (25-sample) limit
+    x[90, :] = np.nan
+    filled, count = fill_short_gaps(x, RATE, "test")
+    assert count == 8
+    events = streamed(model, x)
+    assert not [e for e in events if isinstance(e, Gap)]
+    assert_matches(events, *batch(model, filled.astype(np.float32), STRIDE))
+
+
+def test_missing_rows_are_filled_like_nan_rows(models):
+    model = open_model(models["pt"])
+    x = signals(150).astype(np.float64)
+    keep = np.setdiff1d(np.arange(150), [60, 61, 62])
+    stream = Stream(model)
+    events = [e for i in keep for e in stream.push(i / RATE, x[i])] + stream.finish()
+    with_nan = x.copy()
+    with_nan[60:63] = np.nan
+    assert_matches(events, *batch(model, fill_short_gaps(with_nan, RATE, "test")[0].astype(np.float32), STRIDE))
+
+
+@pytest.mark.parametrize("how", ["nan", "missing rows"])
+def test_a_long_gap_restarts_the_window_and_is_reported(models, how):
+    model = open_model(models["pt"])
+    x = signals(200).astype(np.float64)
+    gap = np.arange(70, 100)  # 30 samples: over the 25 that may be interpolated
+    stream = Stream(model)
+    if how == "nan":
+        x[gap, 2] = np.nan
+        events = [e for i, row in enumerate(x) for e in stream.push(i / RATE, row)]
+    else:
+        events = [e for i in np.setdiff1d(np.arange(200), gap) for e in stream.push(i / RATE, x[i])]
+    events += stream.finish()
+    gaps = [e for e in events if isinstance(e, Gap)]
+    assert len(gaps) == 1 and gaps[0].missing == 30
+    assert gaps[0].start == pytest.approx(69 / RATE) and gaps[0].end == pytest.approx(100 / RATE)
+    cut = events.index(gaps[0])
+    assert_matches(events[:cut], *batch(model, x[:70].astype(np.float32), STRIDE))
+    assert_matches(events[cut + 1:], *batch(model, x[100:].astype(np.float32), STRIDE, offset=100))
+    assert stream.segments.gaps == 1
+
+
+def fixed(probabilities: list[list[float]]) -> StreamModel:
+    """A model whose windows score `probabilities` in turn (window 1, hop 1): smoothing alone decides the class."""
+    scores = iter(np.array(probabilities, np.float32))
+    return StreamModel(CHANNELS[:1], ["a", "b"], 1, RATE, 1, lambda w: next(scores)[None], "fixed")
+
+
+@pytest.mark.parametrize("smoothing, expected", [("majority", ["a", "a", "a", "a", "a"]),
+                                                 ("mean", ["a", "a", "b", "b", "b"])])
+def test_smoothing_over_the_last_k_predictions(smoothing, expected):
+    probabilities = [[0.6, 0.4], [0.6, 0.4], [0.0, 1.0], [0.6, 0.4], [0.6, 0.4]]
+    predictor = StreamPredictor(fixed(probabilities), smooth=3, smoothing=smoothing)
+    predictions = [predictor.push(i, np.zeros(1)) for i in range(5)]
+    assert [p.label for p in predictions] == expected
+    assert [p.raw_label for p in predictions] == ["a", "a", "b", "a", "a"]
+
+
+def test_wrong_predictor_settings_are_errors(models):
+    model = open_model(models["pt"])
+    with pytest.raises(HarkdError, match="hop must be at least 1"):
+        StreamPredictor(model, hop=0)
+    with pytest.raises(HarkdError, match="smoothing 'median': expected one of majority, mean"):
+        StreamPredictor(model, smoothing="median")
+    with pytest.raises(HarkdError, match="sampled at 50 Hz, the model expects 25 Hz"):
+        Stream(model, input_rate_hz=50.0)
+
+
+def stream_text(model: StreamModel, text: str, spec=None, **options) -> tuple[list[dict], HarkdError | None]:
+    """What `harkd stream` prints for `text`, up to the error that stops it (if any)."""
+    printed = []
+    try:
+        for event in stream_csv(model, text.splitlines(keepends=True), "stdin", spec or plain_format(model),
+                                **options):
+            printed.append(event)
+    except HarkdError as exc:
+        return printed, exc
+    return printed, None
+
+
+def test_csv_stream_prints_predictions_and_a_segment_summary(models):
+    model = open_model(models["onnx"])
+    x = signals(200)
+    for text in (csv_text(x), csv_text(x, header=False)):
+        printed, error = stream_text(model, text)
+        assert error is None and printed[0]["event"] == "start" and printed[0]["hop"] == STRIDE
+        assert printed[0]["input_rate_hz"] == pytest.approx(RATE)
+        predictions = [p for p in printed if p["event"] == "prediction"]
+        starts, probabilities = batch(model, x, STRIDE)
+        assert [p["start"] for p in predictions] == pytest.approx(starts.tolist())
+        assert [p["raw_class"] for p in predictions] == [model.class_names[k] for k in probabilities.argmax(1)]
+        summary = printed[-1]
+        assert summary["event"] == "summary" and summary["predictions"] == len(predictions) and summary["gaps"] == 0
+        changes = [p["class"] for i, p in enumerate(predictions) if i == 0 or p["class"] != predictions[i - 1]["class"]]
+        assert [s["class"] for s in summary["segments"]] == changes
+        assert summary["segments"][0]["start"] == 0 and summary["segments"][-1]["end"] == predictions[-1]["end"]
+
+
+BAD_LINES = {"a row with too few fields": ("1.2,1.0,2.0", "line 32 has 3 fields, expected 4"),
+             "a non-number": ("1.2,1.0,abc,2.0", "line 32: column 'right_wrist/acc/y' holds 'abc', not a number"),
+             "no time": (",1.0,1.0,1.0", "line 32: no value in the time column 'time'"),
+             "time going backwards": ("0.1,1.0,1.0,1.0", "line 32: time 0.1 s is not after the previous sample's")}
+
+
+def with_line(line: str, after: int = 30) -> str:
+    rows = csv_text(signals(40)).splitlines()
+    return "\n".join(rows[:after + 1] + [line] + rows[after + 1:]) + "\n"  # after the header and `after` samples
+
+
+@pytest.mark.parametrize("case", BAD_LINES)
+def test_a_bad_line_is_a_one_line_error_after_what_was_printed(models, case):
+    line, message = BAD_LINES[case]
+    printed, error = stream_text(open_model(models["pt"]), with_line(line), hop=1)
+    assert str(error).startswith(f"stdin: {message}") and "\n" not in str(error)
+    assert [p["event"] for p in printed] == ["start"] + ["prediction"] * (30 - WINDOW + 1)
+
+
+def test_cli_bad_line_exits_2_and_keeps_the_printed_lines(models, tmp_path):
+    env = {**os.environ, "HARKD_DATA": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "harkd", "stream", str(models["onnx"]), "--input", "-", "--hop", "1"],
+                          input=with_line(BAD_LINES["a non-number"][0]), capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert_one_line_error(done, "stdin: line 32: column 'right_wrist/acc/y' holds 'abc', not a number")
+    assert [json.loads(line)["event"] for line in done.stdout.splitlines()] == ["start"] + ["prediction"] * 11
+
+
+def test_a_rate_mismatch_is_an_error_unless_resampled(models):
+    model = open_model(models["pt"])
+    x = signals(400)
+    text = csv_text(x[::2], times=np.arange(200) * 2 / RATE)  # 12.5 Hz
+    printed, error = stream_text(model, text)
+    assert printed == [] and str(error) == ("the input is sampled at 12.5 Hz, the model expects 25 Hz "
+                                            "(--resample converts it)")
+    printed, error = stream_text(model, text, resample=True)
+    predictions = [p for p in printed if p["event"] == "prediction"]
+    assert error is None and len(predictions) == (400 - WINDOW) // STRIDE + 1
+    assert predictions[1]["start"] == pytest.approx(STRIDE / RATE)
+
+
+def own_session(folder, x: np.ndarray, unit: str):
+    channels = tuple(ChannelSpec(c.position, c.modality, c.axis, unit) for c in CHANNELS)
+    write_generic([Recording(x, channels, np.zeros(len(x), int), ("sit",), "S01", "a", RATE)], folder)
+    return next(folder.glob("*.csv"))
+
+
+@pytest.mark.parametrize("unit, factor", [("m/s^2", 1.0), ("g", 9.80665)])
+def test_an_own_data_session_streams_in_the_models_units(models, tmp_path, unit, factor):
+    model = open_model(models["pt"])
+    x = signals(120)
+    session = own_session(tmp_path / "mine", x, unit)
+    printed, error = stream_text(model, session.read_text(), own_data_format(session, model))
+    assert error is None
+    starts, probabilities = batch(model, (x.astype(np.float64) * factor).astype(np.float32), STRIDE)
+    got = np.array([list(p["probabilities"].values()) for p in printed if p["event"] == "prediction"])
+    np.testing.assert_allclose(got, probabilities, atol=1e-5)
+
+
+def test_an_own_data_session_in_units_that_cannot_convert_is_refused(models, tmp_path):
+    model = open_model(models["pt"])
+    session = own_session(tmp_path / "au", signals(50), "a.u.")
+    with pytest.raises(HarkdError, match=r"channel right_wrist/acc/x: acc data in 'a.u.' cannot be converted"):
+        own_data_format(session, model)
+
+
+def test_stream_input_and_model_errors(models, tmp_path):
+    model = open_model(models["pt"])
+    (tmp_path / "lonely.onnx").write_bytes(models["onnx"].read_bytes())
+    with pytest.raises(HarkdError, match="its description lonely.json is missing"):
+        open_model(tmp_path / "lonely.onnx")
+    _, error = stream_text(model, "t,a,b\n0,1,2\n")
+    assert str(error) == ("stdin: no column time, right_wrist/acc/x, right_wrist/acc/y, right_wrist/acc/z in the "
+                          "header (t, a, b)")
