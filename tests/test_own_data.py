@@ -174,8 +174,8 @@ def _bad_inputs():
 
 
 @pytest.mark.parametrize("edit, fragment", _bad_inputs())
-def test_every_problem_of_check_names_the_users_file(tmp_path, edit, fragment):
-    os.chdir(tmp_path)  # the folder as a user types it: relative
+def test_every_problem_of_check_names_the_users_file(tmp_path, monkeypatch, edit, fragment):
+    monkeypatch.chdir(tmp_path)  # the folder as a user types it: relative
     folder = write_folder(Path("walkdata"))
     edit(folder)
     result = run_cli("data", "check", "walkdata", data_root=tmp_path / "root")
