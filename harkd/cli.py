@@ -265,18 +265,31 @@ def personalise_cmd(
     out: Path = typer.Option(..., "--out", help="the personalised student (a kept-model file, for `harkd export`)"),
     calibration: float = typer.Option(0.5, help="fraction (in time) of each of the worker's recordings the teacher "
                                                 "labels; the rest, if labelled, scores before and after"),
-    stride: Optional[int] = typer.Option(None, help="window hop in samples (default: the window length)"),
+    stride: Optional[int] = typer.Option(None, help="window hop in samples (default: the run's, recorded in the "
+                                                    "kept model)"),
+    method: str = typer.Option("logit", help="KD method on the teacher's labels: a registered strategy (logit, "
+                               "sc_logit, attn_rep, tsak_all, ...) or a method mapping in YAML, e.g. "
+                               "'{name: m, terms: [{distiller: sc_logit}], mixup: {copies: 2}}'"),
+    bounds: bool = typer.Option(False, "--bounds", help="also score the student fine-tuned on its own labels "
+                                "(self-training, the lower bound) and on the worker's true labels (the upper bound)"),
     seed: int = typer.Option(0, help="seed of the fine-tuning"),
 ) -> None:
     """Personalise a kept student to a new worker: the kept teacher labels the worker's calibration session (full
     sensor kit), and the student is distilled on it. The worker's labels are never used for training."""
+    import yaml
+
     from harkd.deploy.bundle import load_bundle
     from harkd.deploy.personalise import personalise
+    from harkd.experiment.config import MethodSpec
 
     if out.suffix != ".pt":
         raise HarkdError(f"{out}: the personalised student's file must end in .pt")
+    try:
+        spec = MethodSpec.parse(yaml.safe_load(method), "--method")
+    except yaml.YAMLError:
+        raise HarkdError(f"--method: not a method name or a YAML mapping: {method!r}") from None
     personal, report = personalise(load_bundle(teacher), load_bundle(student), dataset, subject, calibration,
-                                   stride, seed=seed)
+                                   stride, seed=seed, method=spec, bounds=bounds)
     personal.save(out)
     before, after = report["before"], report["after"]
     typer.echo(f"wrote {out}: {report['calibration_windows']} calibration windows of {subject} labelled by the "
@@ -286,6 +299,12 @@ def personalise_cmd(
         typer.echo(f"on the other {report['scored_windows']} windows (labelled): student macro-F1 "
                    f"{before['student_macro_f1']:.3f} -> {after['student_macro_f1']:.3f}, teacher "
                    f"{after['teacher_macro_f1']:.3f}")
+    for source, scores in report.get("bounds", {}).items():
+        said = "not scored (too few labelled windows)" if scores is None or scores["student_macro_f1"] is None \
+            else f"{scores['student_macro_f1']:.3f}"
+        typer.echo(f"bound, fine-tuned on {'its own' if source == 'self' else 'the true'} labels: {said}")
+    if after["student_macro_f1"] is None:
+        typer.echo("the rest of the session has no labels: nothing scored")
 
 
 @app.command("methods")

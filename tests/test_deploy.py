@@ -244,8 +244,8 @@ def test_personalise_refuses_mismatched_models_and_data(kept_run):
         personalise(teacher, replace(student, channels=renamed), "synth", "S01")
     with pytest.raises(HarkdError, match="sampled at 25 Hz, the model expects 50 Hz"):
         personalise(replace(teacher, rate_hz=50.0), student, "synth", "S01")
-    with pytest.raises(HarkdError, match="subject S01: 4 calibration windows in synth are too few"):
-        personalise(teacher, student, "synth", "S01", calibration=0.2)
+    with pytest.raises(HarkdError, match="subject S01 in synth: 4 calibration windows are too few"):
+        personalise(teacher, student, "synth", "S01", calibration=0.2, stride=50)
 
 
 def test_cli_personalise(kept_run, data_root, tmp_path):

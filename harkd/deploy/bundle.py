@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +23,7 @@ from harkd.data.units import channel_factors
 from harkd.errors import HarkdError
 from harkd.files import atomic_output
 from harkd.models.base import build_model
+from harkd.models.tsak import TwoStageTeacher, semantic_input_dims
 
 FORMAT, VERSION = "harkd-model", 1
 
@@ -40,6 +41,9 @@ class ModelBundle:
     state_dict: dict[str, torch.Tensor]
     channel_groups: list[list[int]] | None = None  # the teacher's sensor tokens
     provenance: dict[str, Any] = field(default_factory=dict)  # dataset, fold, seed, role, method, macro_f1, ...
+    stride: int | None = None        # the run's window hop in samples (None: kept before strides were recorded)
+    # A TSAK teacher's stage-2 classifier: {"model", "params", "state_dict"}; SC-Logit distils its logits.
+    semantic: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, model: nn.Module, name: str, params: dict[str, Any], channels: Sequence[ChannelSpec],
@@ -49,6 +53,27 @@ class ModelBundle:
                    float(rate_hz), normaliser.mean.tolist(), normaliser.std.tolist(),
                    {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, channel_groups,
                    dict(provenance))
+
+    def with_semantic(self, semantic: nn.Module, name: str, params: dict[str, Any]) -> "ModelBundle":
+        """The teacher's bundle carrying its semantic classifier too (what every KD strategy may need of it)."""
+        weights = {k: v.detach().cpu().clone() for k, v in semantic.state_dict().items()}
+        return replace(self, semantic={"model": name, "params": dict(params), "state_dict": weights})
+
+    def build_teacher(self) -> nn.Module:
+        """The frozen teacher as distillers see it: with its semantic classifier's logits as
+        head_logits["semantic"] when the bundle carries one."""
+        teacher = self.build().requires_grad_(False)
+        if self.semantic is None:
+            return teacher
+        semantic = build_model(self.semantic["model"], sum(semantic_input_dims(teacher.rep_dims)),
+                               len(self.class_names), **self.semantic["params"])
+        semantic.load_state_dict(self.semantic["state_dict"])
+        return TwoStageTeacher(teacher, semantic).eval().requires_grad_(False)
+
+    @property
+    def hop(self) -> int:
+        """The stride to window new data with: the run's, else the window length."""
+        return self.stride or self.window
 
     @property
     def channel_names(self) -> list[str]:
@@ -128,7 +153,7 @@ def load_bundle(path: Path) -> ModelBundle:
     if raw.get("version") != VERSION:
         raise HarkdError(f"{path}: harkd model format version {raw.get('version')}; this harkd reads {VERSION}")
     fields = set(ModelBundle.__dataclass_fields__)
-    missing = fields - set(raw) - {"channel_groups", "provenance"}
+    missing = fields - set(raw) - {"channel_groups", "provenance", "stride", "semantic"}
     if missing:
         raise HarkdError(f"{path}: harkd model file lacks {sorted(missing)}")
     return ModelBundle(**{k: v for k, v in raw.items() if k in fields})

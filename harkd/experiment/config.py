@@ -100,6 +100,24 @@ class MethodSpec:
         return validate(MethodEntry, values, where)
 
 
+PERSONALISE_LABELS = ("teacher", "self", "true")
+
+
+@config_dataclass("personalise")
+class PersonaliseSpec:
+    """After each unit, every student of the unit fine-tuned to each left-out worker on the first `calibration` of
+    their recordings (harkd.experiment.personalised): labelled by the teacher through `method` (ours), by itself
+    (self-training, the lower bound) and by the worker's true labels (the upper bound), as `labels` lists; scored on
+    the rest of the worker's recordings beside the untouched student and the teacher."""
+
+    calibration: Annotated[Float, Field(gt=0, lt=1)] = 0.5
+    method: Annotated[MethodSpec, BeforeValidator(lambda v: _method_shorthand(v))] = MethodSpec(
+        "logit", ({"distiller": "logit"},))
+    labels: tuple[Literal[PERSONALISE_LABELS], ...] = PERSONALISE_LABELS
+    students: tuple[Str, ...] | None = None  # the run's methods whose students are personalised (default: all)
+    train: TrainConfig = TrainConfig(epochs=30, lr=1e-3, patience=8)
+
+
 def _model_shorthand(values: Any) -> Any:
     return {"model": values} if isinstance(values, str) else values
 
@@ -182,6 +200,7 @@ class ExperimentSchema(DataSections):
     semantic: SemanticSection = SemanticSection()
     students: StudentsSection
     methods: Annotated[list[MethodEntry], Field(min_length=1)]
+    personalise: PersonaliseSpec | None = None
     latency_runs: PositiveInt = 200
 
 
@@ -203,6 +222,7 @@ class ExperimentConfig:
     methods: tuple[MethodSpec, ...]
     latency_runs: int
     raw: dict
+    personalise: PersonaliseSpec | None = None
 
 
 def _check_students(students: list[ModelSpec], where: str) -> None:
@@ -227,7 +247,33 @@ def check_experiment(raw: Mapping[str, Any], where: str = "config") -> Experimen
     schema = validate(ExperimentSchema, raw, where)
     _check_students(schema.students.models, where)
     _check_methods(schema.methods, where)
+    if schema.personalise is not None:
+        _check_personalise(schema, where)
     return schema
+
+
+def _check_personalise(schema: ExperimentSchema, where: str) -> None:
+    spec, method = schema.personalise, schema.personalise.method
+    if schema.split.calibration:
+        raise HarkdError(f"{where}: personalise and split.calibration both use the left-out workers' data; "
+                         f"choose one")
+    unknown = set(spec.students or ()) - {m.name for m in schema.methods}
+    if unknown:
+        raise HarkdError(f"{where}: personalise.students: {sorted(unknown)} are not methods of this run; methods: "
+                         f"{[m.name for m in schema.methods]}")
+    check_personalise_method(method, f"{where}: personalise.method")
+
+
+def check_personalise_method(method: MethodSpec, where: str) -> MethodSpec:
+    """A method personalisation can use: it distils the kept teacher (the student's own and the true labels are
+    the bounds), and the session has no labels to mix."""
+    if method.teacher != "teacher" or not method.terms:
+        raise HarkdError(f"{where}: {method.name!r}: a KD method with terms that distils the teacher (the 'self' "
+                         f"and 'true' labels are the bounds)")
+    if method.mixup is not None and method.mixup.labels == "mixed":
+        raise HarkdError(f"{where}: mixup labels 'mixed' need the worker's labels, which personalisation never "
+                         f"reads; use labels: teacher")
+    return method
 
 
 def parse_config(raw: Mapping[str, Any], where: str = "config") -> ExperimentConfig:
@@ -249,6 +295,7 @@ def parse_config(raw: Mapping[str, Any], where: str = "config") -> ExperimentCon
         methods=tuple(schema.methods),
         latency_runs=schema.latency_runs,
         raw=copy.deepcopy(dict(raw)),
+        personalise=schema.personalise,
     )
 
 

@@ -9,7 +9,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from harkd.data.catalog import load_recordings, load_windows
+from harkd.data.catalog import default_windowing, load_recordings, load_windows
 from harkd.data.protocols import get_protocol
 from harkd.data.recording import ChannelQuery, ChannelSpec
 from harkd.data.registry import WindowConfig
@@ -43,16 +43,19 @@ class SplitSettings(Protocol):
     calibration: float
 
 
-def experiment_windows(config: DataSettings) -> tuple[WindowSet, SubjectLists]:
-    """The windows, and for a protocol split its (train, test) subject lists; (None, None) otherwise."""
+def experiment_windows(config: DataSettings) -> tuple[WindowSet, SubjectLists, WindowConfig]:
+    """The windows, for a protocol split its (train, test) subject lists ((None, None) otherwise), and the windowing
+    they were cut with."""
     if config.split.kind != "protocol":
-        return load_windows(config.dataset, config.windowing, config.dataset_options), (None, None)
+        windowing = config.windowing or default_windowing(config.dataset)
+        return load_windows(config.dataset, windowing, config.dataset_options), (None, None), windowing
     protocol = get_protocol(config.split.protocol)
     if protocol.dataset != config.dataset:
         raise HarkdError(f"split.protocol {config.split.protocol!r} applies to dataset {protocol.dataset!r}, "
                          f"not {config.dataset!r}")
     cut = protocol.build(load_recordings(config.dataset, config.dataset_options))
-    return make_windows(cut.recordings, config.windowing or cut.windowing), (cut.train_subjects, cut.test_subjects)
+    windowing = config.windowing or cut.windowing
+    return make_windows(cut.recordings, windowing), (cut.train_subjects, cut.test_subjects), windowing
 
 
 def make_folds(windows: WindowSet, split: SplitSettings, seed: int, protocol_subjects: SubjectLists) -> list[Fold]:
@@ -140,14 +143,15 @@ class ExperimentData:
     labels: np.ndarray
     class_names: list[str]
     protocol_subjects: SubjectLists
+    windowing: WindowConfig | None = None  # what the windows were cut with (kept models record its stride)
 
     @classmethod
     def load(cls, config: DataSettings, teacher_channels: ChannelQuery, student_channels: ChannelQuery
              ) -> "ExperimentData":
-        windows, protocol_subjects = experiment_windows(config)
+        windows, protocol_subjects, windowing = experiment_windows(config)
         labels, class_names = windows.activity_targets()
         return cls(windows.select(teacher_channels), windows.select(student_channels), labels, class_names,
-                   protocol_subjects)
+                   protocol_subjects, windowing)
 
     @property
     def n_classes(self) -> int:

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -41,13 +41,13 @@ from harkd.experiment.config import ExperimentConfig, ModelSpec, parse_config
 from harkd.experiment.families import best_per_family
 from harkd.experiment.folds import ExperimentData, FoldLabels, Views, fold_views, sensor_groups
 from harkd.experiment.report import format_summary_table, write_results
+from harkd.experiment.personalised import KeptStudent, Personaliser
+from harkd.experiment.scoring import Scorer
 from harkd.experiment.students import Sources, train_student
 from harkd.experiment.summary import summarise
 from harkd.experiment.teacher import TeacherSettings, TrainedTeacher, semantic_inputs, train_teacher
-from harkd.metrics import confusion
 from harkd.models.base import build_model
 from harkd.models.tsak import TwoStageTeacher, semantic_input_dims
-from harkd.train.engine import FitResult, evaluate
 
 
 def check_names(config: ExperimentConfig) -> None:
@@ -57,7 +57,8 @@ def check_names(config: ExperimentConfig) -> None:
         build_model(config.semantic.name, sum(dims), 2, **config.semantic.params)
     for spec in config.students:
         student = build_model(spec.name, 3, 2, **spec.params)
-        for method in config.methods:
+        personalise = () if config.personalise is None else (config.personalise.method,)
+        for method in (*config.methods, *personalise):
             source = student if method.teacher == "self" else teacher
             build_method(method, student.rep_dims, source.rep_dims, 2, student.map_dims, source.map_dims)
 
@@ -78,27 +79,6 @@ class FoldResult:
     confusion: dict[str, np.ndarray]
 
 
-@dataclass
-class _Scorer:
-    """Scores one unit's models on the fold's test windows: a results row each, and its confusion matrix."""
-
-    dataset: str
-    fold: Fold
-    seed: int
-    y_test: np.ndarray
-    n_classes: int
-    confusions: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def row(self, role: str, model_label: str, method: str, view: tuple[str, int], model: nn.Module,
-            x_test: torch.Tensor, result: FitResult) -> dict[str, Any]:
-        preds, f1, acc = evaluate(model, x_test, self.y_test)
-        self.confusions[f"{role}/{model_label}/{method}"] = confusion(self.y_test, preds, self.n_classes)
-        return {"dataset": self.dataset, "fold": self.fold.name, "test_subjects": list(self.fold.test_subjects),
-                "seed": self.seed, "role": role, "model": model_label, "method": method, "channels": view[0],
-                "n_channels": view[1], "macro_f1": round(f1, 5), "accuracy": round(acc, 5),
-                "epochs": result.epochs, "train_time_s": round(result.train_time_s, 2)}
-
-
 class FoldRunner:
     """Trains one (seed, fold) unit: the teacher stage, then every student with every method; with `models` set,
     each trained teacher and student is kept there as a bundle (harkd.deploy)."""
@@ -112,12 +92,13 @@ class FoldRunner:
         cfg, data = self.cfg, self.data
         y = FoldLabels.of(data.labels, fold)
         xt, xs = fold_views(data.teacher_view, fold), fold_views(data.student_view, fold)
-        score = _Scorer(cfg.dataset, fold, seed, y.test.numpy(), data.n_classes)
+        score = Scorer(cfg.dataset, fold, seed, y.test.numpy(), data.n_classes)
         work = self.work / f"{fold.name}-seed{seed}"
         groups = sensor_groups(data.teacher_view.channels)
         teacher = train_teacher(teacher_settings(cfg), xt, y, groups, data.n_classes, work, seed)
         rows = self._teacher_rows(teacher, xt, score, groups)
         sources = Sources(teacher, xt, xs)  # its self teacher is each student's own: `none` runs first (config rule)
+        kept = []
         for spec in cfg.students:
             for method in cfg.methods:
                 result = train_student(spec, method, sources, y, data.n_classes, cfg.student_train,
@@ -125,20 +106,29 @@ class FoldRunner:
                 rows.append(score.row("student", spec.label, method.name, self.student_view, result.model, xs.test,
                                       result))
                 self._keep(result.model, spec, data.student_view, xs, fold, rows[-1])
+                kept.append(KeptStudent(spec.label, method.name, result.model))
+        if cfg.personalise is not None:
+            personaliser = Personaliser(cfg.personalise, data, (xt, xs), teacher, cfg.teacher.name,
+                                        (self.teacher_view, self.student_view), seed, work / "personalise")
+            chosen = cfg.personalise.students
+            rows += personaliser.rows(fold, [k for k in kept if chosen is None or k.method in chosen], score)
         return FoldResult(rows, score.confusions)
 
-    def _teacher_rows(self, teacher: TrainedTeacher, xt: Views, score: _Scorer,
+    def _teacher_rows(self, teacher: TrainedTeacher, xt: Views, score: Scorer,
                       groups: list[list[int]]) -> list[dict[str, Any]]:
         cfg = self.cfg
         rows = [score.row("teacher", cfg.teacher.name, "-", self.teacher_view, teacher.model, xt.test, teacher.fit)]
-        self._keep(teacher.model, cfg.teacher, self.data.teacher_view, xt, score.fold, rows[0], groups)
+        self._keep(teacher.model, cfg.teacher, self.data.teacher_view, xt, score.fold, rows[0], groups,
+                   None if teacher.semantic is None else teacher.semantic.semantic)
         if teacher.semantic is not None:
             rows.append(score.row("semantic", cfg.semantic.name, "-", self.teacher_view, teacher.semantic,
                                   semantic_inputs(teacher, "test"), teacher.semantic_fit))
         return rows
 
     def _keep(self, model: nn.Module, spec: ModelSpec, view: WindowSet, views: Views, fold: Fold,
-              row: dict[str, Any], channel_groups: list[list[int]] | None = None) -> None:
+              row: dict[str, Any], channel_groups: list[list[int]] | None = None,
+              semantic: nn.Module | None = None) -> None:
+        """The model as a bundle in OUT/models/<fold>-seed<seed>/; a TSAK teacher's carries its semantic classifier."""
         if self.models is None:
             return
         name = row["role"] if row["role"] == "teacher" else f"{row['role']}-{row['model']}-{row['method']}"
@@ -147,6 +137,9 @@ class FoldRunner:
                                 fold=fold.name, test_subjects=list(fold.test_subjects), seed=row["seed"],
                                 role=row["role"], method=row["method"], macro_f1=row["macro_f1"],
                                 accuracy=row["accuracy"], harkd_version=__version__)
+        bundle.stride = self.data.windowing.stride if self.data.windowing else None
+        if semantic is not None:
+            bundle = bundle.with_semantic(semantic, self.cfg.semantic.name, self.cfg.semantic.params)
         bundle.save(self.models / f"{fold.name}-seed{row['seed']}" / f"{name.replace('/', '_')}.pt")
 
 
@@ -240,8 +233,9 @@ class Runner:
         finished in earlier ones)."""
         rows = [row for unit in units for row in unit.rows]
         costs = self._costs(data)
-        for row in rows:
-            row.update(costs[(row["role"], row["model"])])
+        for row in rows:  # a personalised row costs what its model costs
+            row.update(costs.get((row["role"], row["model"])) or costs.get(("student", row["model"]))
+                       or costs[("teacher", row["model"])])
         env = environment(threads=self.threads)
         results = {"harkd_version": __version__, "started": started, "command": self.command,
                    "wall_time_s": round(wall_time_s, 1), "jobs": self.jobs, "resumed_units": resumed,

@@ -72,6 +72,12 @@ class TeacherTargets:
         return ModelOutput(self.logits[index], _Rows(self.reps, index), _Rows(self.head_logits, index),
                            _Rows(self.maps, index))
 
+    def subset(self, index: torch.Tensor | np.ndarray) -> "TeacherTargets":
+        """The targets of some of the windows, copied."""
+        index = torch.as_tensor(index)
+        pick = lambda named: {k: v[index] for k, v in named.items()}  # noqa: E731
+        return TeacherTargets(self.logits[index], pick(self.reps), pick(self.head_logits), pick(self.maps))
+
     def to(self, device: torch.device) -> "TeacherTargets":
         move = lambda named: {k: v.to(device) for k, v in named.items()}  # noqa: E731
         return TeacherTargets(self.logits.to(device), move(self.reps), move(self.head_logits), move(self.maps))
