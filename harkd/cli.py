@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -379,7 +380,12 @@ def compare(
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'}")
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary folders go, finished units stay
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)  # `kill`, a scheduler's time limit
     try:
         app()
     except HarkdError as exc:

@@ -231,10 +231,12 @@ def test_an_edited_installed_copy_is_read_again(tmp_path, monkeypatch):
     assert changed.tolist() == [0] and after.x[0, 0, 0] == np.float32(9.80665)
 
 
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_an_interrupted_run_leaves_no_temporary_folder(tmp_path, jobs):
-    """Ctrl-C (SIGINT to the process group, workers too) once a unit has finished and the next is training: exit
-    130, no harkd-run-* folder left in the temp directory, the finished unit kept in OUT/.units for a resume."""
+@pytest.mark.parametrize("jobs, stop", [(1, signal.SIGINT), (2, signal.SIGINT), (1, signal.SIGTERM)],
+                         ids=["ctrl-c", "ctrl-c-jobs-2", "kill"])
+def test_an_interrupted_run_leaves_no_temporary_folder(tmp_path, jobs, stop):
+    """Ctrl-C (SIGINT to the process group, workers too) or `kill` (SIGTERM to the process group) once a unit has
+    finished and the next is training: exit 130, no harkd-run-* folder left in the temp directory, the finished unit
+    kept in OUT/.units for a resume."""
     from harkd.data.install import install_dataset
 
     root, temp, out = tmp_path / "root", tmp_path / "tmp", tmp_path / "out"
@@ -251,7 +253,7 @@ def test_an_interrupted_run_leaves_no_temporary_folder(tmp_path, jobs):
         assert run.poll() is None, f"the run ended before it could be interrupted:\n{run.communicate()[1]}"
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    os.killpg(run.pid, signal.SIGINT)
+    os.killpg(run.pid, stop)
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stderr
     assert list(temp.glob("harkd-run-*")) == []
