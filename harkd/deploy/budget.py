@@ -31,8 +31,8 @@ def parse_budget(text: str | None) -> dict[str, int]:
         key, _, amount = part.partition("=")
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(B|KB|MB)?\s*", amount, re.IGNORECASE)
         if key.strip() not in BUDGET_KEYS or not match:
-            raise HarkdError(f"--budget {text!r}: expected parts like flash=64KB,ram=16KB (keys {', '.join(BUDGET_KEYS)}"
-                             f"; units B, KB, MB)")
+            raise HarkdError(f"--budget {text!r}: expected parts like flash=64KB,ram=16KB (keys "
+                             f"{', '.join(BUDGET_KEYS)}; units B, KB, MB)")
         budget[key.strip()] = int(float(match[1]) * _UNITS[(match[2] or "B").upper()])
     return budget
 
@@ -61,22 +61,42 @@ def _batch_one(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def activation_sizes(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], dict[str, tuple[int, int]]]:
-    """The nodes in order and, for every tensor that is not a weight, its (elements, bytes) at batch 1."""
+    """The nodes in order and, for every tensor that is not a weight, its (elements, bytes) at batch 1. Shapes come
+    from shape inference; a tensor it leaves open (e.g. after a Reshape to computed dims) is measured by running the
+    graph once in ONNX Runtime on a zero window."""
     inferred = _batch_one(model)
     graph = inferred.graph
-    weights = {t.name for t in graph.initializer}
-    sizes = {}
+    skip = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    shapes, types = {}, {}
     for value in list(graph.input) + list(graph.value_info) + list(graph.output):
-        if value.name in weights:
-            continue
         tensor = value.type.tensor_type
+        types[value.name] = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-        if None in dims:
-            raise HarkdError(f"activation memory: tensor {value.name!r} has no static shape at batch 1")
-        elements = int(np.prod(dims, dtype=np.int64))
-        sizes[value.name] = (elements, elements * onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize)
-    constants = {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    return list(graph.node), {k: v for k, v in sizes.items() if k not in constants}
+        shapes[value.name] = None if None in dims or not tensor.HasField("shape") else dims
+    produced = [o for n in graph.node for o in n.output if o and o not in skip]
+    open_shapes = [name for name in produced if shapes.get(name) is None]
+    for name, array in _measured(inferred, open_shapes).items():
+        shapes[name], types[name] = list(array.shape), array.dtype.itemsize
+    names = [i.name for i in graph.input if i.name not in skip] + produced
+    return list(graph.node), {n: (int(np.prod(shapes[n], dtype=np.int64)),
+                                  int(np.prod(shapes[n], dtype=np.int64)) * types[n]) for n in names}
+
+
+def _measured(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
+    if not names:
+        return {}
+    import onnxruntime
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {}
+    for value in model.graph.input:
+        tensor = value.type.tensor_type
+        feed[value.name] = np.zeros([d.dim_value for d in tensor.shape.dim],
+                                    onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+    return dict(zip(names, session.run(names, feed)))
 
 
 def peak_activations(model: onnx.ModelProto) -> dict[str, int]:

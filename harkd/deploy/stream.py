@@ -44,13 +44,17 @@ class StreamModel:
 
 
 def open_model(path: Path, threads: int = 1) -> StreamModel:
-    """A kept model (.pt, scored by PyTorch) or an exported one (.onnx beside its .json, scored by ONNX Runtime)."""
+    """A kept model (.pt, scored by PyTorch) or an exported one (.onnx beside its .json, scored by ONNX Runtime),
+    scoring with `threads` threads (for PyTorch that is the whole process's setting): one window at a time, more
+    threads only wait on each other."""
     path = Path(path)
-    return _onnx_model(path, threads) if path.suffix == ".onnx" else _torch_model(path)
+    return _onnx_model(path, threads) if path.suffix == ".onnx" else _torch_model(path, threads)
 
 
-def _torch_model(path: Path) -> StreamModel:
+def _torch_model(path: Path, threads: int) -> StreamModel:
     import torch
+
+    torch.set_num_threads(threads)
 
     from harkd.deploy.bundle import load_bundle
     from harkd.deploy.onnx_export import Deployable
