@@ -41,6 +41,7 @@ class QuantisationData:
     test_x: np.ndarray | None  # the fold's test windows and their targets, when the provenance names them
     test_y: np.ndarray | None
     source: str
+    min_agreement: float = MIN_AGREEMENT  # of check windows on which int8 must pick fp32's class
 
 
 def _bundle_windows(bundle: ModelBundle, dataset: str):
@@ -85,9 +86,9 @@ def _split(pool: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return pool[order[n_check:n_check + CALIBRATION_WINDOWS]], pool[order[:n_check]]
 
 
-def quantise(fp32: Path, int8: Path, data: QuantisationData, min_agreement: float = MIN_AGREEMENT) -> dict[str, Any]:
+def quantise(fp32: Path, int8: Path, data: QuantisationData) -> dict[str, Any]:
     """Write the int8 graph of `fp32` to `int8` and return the comparison; an int8 graph that agrees with fp32 on
-    fewer than `min_agreement` of the check windows is an error."""
+    fewer than `data.min_agreement` of the check windows is an error."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -113,9 +114,9 @@ def quantise(fp32: Path, int8: Path, data: QuantisationData, min_agreement: floa
     sessions = {"fp32": _session(fp32), "int8": _session(int8)}
     check = {k: _probabilities(s, data.check) for k, s in sessions.items()}
     agreement = float((check["fp32"].argmax(1) == check["int8"].argmax(1)).mean())
-    if agreement < min_agreement:
+    if agreement < data.min_agreement:
         raise HarkdError(f"int8 picks fp32's class on only {agreement:.1%} of {len(data.check)} held-out windows "
-                         f"(at least {min_agreement:.0%} needed); nothing written")
+                         f"(at least {data.min_agreement:.0%} needed); nothing written")
     report = {
         "calibration": {"windows": len(data.calibration), "source": data.source,
                         "method": "ONNX Runtime quantize_static, QDQ, per-channel int8 weights, int8 activations "
