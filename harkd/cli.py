@@ -147,12 +147,12 @@ def run(
                                                                "teacher.train.epochs=5 split.folds=[p1]"),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="folder for results.json and report.md; finished "
                              "units wait in OUT/.units/, so rerunning an interrupted command resumes it"),
-    jobs: int = typer.Option(1, "--jobs", help="train this many (seed, fold) units at once, each in its own "
-                                               "process; the CPU cores are shared out between them"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", help="train this many (seed, fold) units at once, each in its "
+                                       "own process (default: one per CPU core, at most one per unit)"),
     keep_models: bool = typer.Option(False, "--keep-models", help="keep every trained teacher and student in "
                                      "OUT/models/<fold>-seed<seed>/ (for `harkd export`)"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per process (default: the CPU "
-                                          "cores divided by --jobs); recorded in results.json"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per process (default 1: more "
+                                          "collapse when the machine is shared); recorded in results.json"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in OUT (without it, a "
                                    "results.json there is an error)"),
     print_config: bool = typer.Option(False, "--print-config", help="print the config with every default filled "
@@ -167,7 +167,7 @@ def run(
         return
     cfg = load_config(config, overrides or [])
     command = " ".join(["harkd", "run", str(config), *(overrides or []), "--out", str(out)]
-                       + (["--jobs", str(jobs)] if jobs != 1 else []) + (["--keep-models"] if keep_models else [])
+                       + (["--jobs", str(jobs)] if jobs is not None else []) + (["--keep-models"] if keep_models else [])
                        + (["--threads", str(threads)] if threads is not None else []))
     run_experiment(cfg, out, command, log=lambda line: typer.echo(line, err=True), jobs=jobs, keep_models=keep_models,
                    threads=threads, overwrite=overwrite)

@@ -1,7 +1,7 @@
 """harkd run end to end on a small synthetic dataset in the generic format, and the frozen-teacher contract."""
 
 import json
-import os
+import re
 
 import pytest
 import torch
@@ -11,7 +11,7 @@ from conftest import assert_one_line_error, run_cli, spy_fit
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
 from harkd.experiment.config import MethodSpec, load_config, parse_config
-from harkd.experiment.runner import run_experiment
+from harkd.experiment.runner import Runner, run_experiment
 from harkd.models.base import build_model
 from harkd.train.engine import TrainConfig, fit, predict
 
@@ -37,11 +37,18 @@ def config(**changes):
 
 def test_run_writes_one_row_per_fold_seed_role_model_method(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HARKD_DATA", str(data_root))
-    results = run_experiment(parse_config(config()), tmp_path / "out", command="test", log=lambda _: None)
+    monkeypatch.setattr(Runner, "heartbeat_s", 0.2)  # a line whenever the run was silent this long
+    lines, threads = [], torch.get_num_threads()
+    results = run_experiment(parse_config(config()), tmp_path / "out", command="test", log=lines.append)
+    assert torch.get_num_threads() == threads  # the run's one thread was this process's only while it trained
+    # What the process trains at that moment: the unit, the fit (teacher, semantic, <student>-<method>), its epoch.
+    fits = {"teacher", "semantic"} | {f"cnn_student-{m}" for m in ("none", "logit", "sc_logit", "combi_rep")}
+    beats = [re.search(r"\] training loso-S01-seed0: (\S+), epoch ([12])/2$", line) for line in lines]
+    assert any(beats) and all(b[1] in fits for b in beats if b), lines
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
     assert on_disk["rows"] == results["rows"]
     env = on_disk["environment"]  # what a rerun elsewhere needs to know to compare its figures
-    assert env["versions"]["torch"] == torch.__version__ and env["threads_per_process"] == torch.get_num_threads()
+    assert env["versions"]["torch"] == torch.__version__ and env["threads_per_process"] == 1
     assert env["versions"]["numpy"] and env["cpu"] and env["python"]
     roles = [(r["role"], r["method"]) for r in results["rows"]]
     assert roles == [("teacher", "-"), ("semantic", "-"), ("student", "none"), ("student", "logit"),
@@ -119,7 +126,7 @@ def test_parallel_units_give_the_serial_rows_in_plan_order(data_root, tmp_path, 
     key = lambda r: (r["fold"], r["seed"], r["role"], r["model"], r["method"])  # noqa: E731
     assert [key(r) for r in parallel["rows"]] == [key(r) for r in serial["rows"]]
     assert [r["fold"] for r in serial["rows"] if r["role"] == "teacher"] == ["loso-S01", "loso-S02", "loso-S03"]
-    assert parallel["environment"]["threads_per_process"] == max(1, (os.cpu_count() or 1) // 2)
+    assert parallel["environment"]["threads_per_process"] == 1 and parallel["jobs"] == 2
     # Same seeds, same data: the scores agree (one torch thread per worker may round differently in the last bits).
     for a, b in zip(serial["rows"], parallel["rows"]):
         assert a["macro_f1"] == pytest.approx(b["macro_f1"], abs=0.02), key(a)

@@ -161,17 +161,19 @@ def model_labels(windows: WindowSet, class_names: list[str]) -> np.ndarray:
 
 def personalise(teacher: ModelBundle, student: ModelBundle, dataset: str, subject: str, calibration: float = 0.5,
                 stride: int | None = None, train: TrainConfig | None = None, seed: int = 0,
-                method: MethodSpec = LOGIT, bounds: bool = False) -> tuple[ModelBundle, dict[str, Any]]:
+                method: MethodSpec = LOGIT, bounds: bool = False,
+                scored_from: float | None = None) -> tuple[ModelBundle, dict[str, Any]]:
     """The personalised student bundle (same inputs and normalisation as `student`) and a report of the session: the
-    student's agreement with the teacher on it, and where the rest is labelled, macro-F1 before and after beside the
-    teacher's; with `bounds`, the self-training and true-label students' scores on the same windows."""
+    student's agreement with the teacher on it, and where the rest is labelled (from `scored_from` of each recording
+    on, default the end of the session), macro-F1 before and after beside the teacher's; with `bounds`, the
+    self-training and true-label students' scores on the same windows."""
     _check_pair(teacher, student)
     check_personalise_method(method, "personalise --method")
     # Null windows stay: a calibration session is unlabelled data, and the teacher labels it whole.
     windows = load_windows(dataset, WindowConfig(length=student.window, stride=stride or student.hop,
                                                  drop_null=False))
     try:
-        fold = worker_fold(windows, subject, calibration)
+        fold = worker_fold(windows, subject, calibration, scored_from)
     except HarkdError as exc:
         raise HarkdError(f"dataset {dataset}: {exc}") from None
     y = model_labels(windows, student.class_names)

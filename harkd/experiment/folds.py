@@ -3,7 +3,7 @@ student) and the normalised inputs of one fold. Used by `harkd run`, the head se
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -85,14 +85,22 @@ def _all_folds(windows: WindowSet, split: SplitSettings, seed: int, protocol_sub
     return group_folds(windows, split.group_by, split.n_folds, **common)
 
 
-def worker_fold(windows: WindowSet, subject: str, calibration: float) -> Fold:
+def worker_fold(windows: WindowSet, subject: str, calibration: float, scored_from: float | None = None) -> Fold:
     """One new worker's windows as a fold for personalisation: the first `calibration` fraction (in time) of each of
-    their recordings is the calibration session, the rest the test windows; nothing trains or validates."""
+    their recordings is the calibration session, the windows after the first `scored_from` fraction (default: the
+    rest) are the test windows, so sessions of several lengths can be scored on the same windows; nothing trains."""
     mine = np.flatnonzero(windows.subjects == subject)
     if len(mine) == 0:
         raise HarkdError(f"no subject {subject!r}; subjects: {', '.join(windows.subject_ids)}")
     none = np.zeros(0, dtype=np.int64)
-    return with_calibration(windows, Fold(f"personalise-{subject}", none, none, mine, (subject,)), calibration)
+    whole = Fold(f"personalise-{subject}", none, none, mine, (subject,))
+    session = with_calibration(windows, whole, calibration)
+    if scored_from is None or scored_from == calibration:
+        return session
+    if scored_from < calibration:
+        raise HarkdError(f"scoring from {scored_from} of each recording would score calibration windows "
+                         f"(calibration {calibration})")
+    return replace(session, test=with_calibration(windows, whole, scored_from).test)
 
 
 def sensor_groups(channels: tuple[ChannelSpec, ...]) -> list[list[int]]:

@@ -42,12 +42,14 @@ from harkd.experiment.families import best_per_family
 from harkd.experiment.folds import ExperimentData, FoldLabels, Views, fold_views, sensor_groups
 from harkd.experiment.report import format_summary_table, write_results
 from harkd.experiment.personalised import KeptStudent, Personaliser
+from harkd.experiment.progress import Heartbeat, status_hook
 from harkd.experiment.scoring import Scorer
 from harkd.experiment.students import Sources, train_student
 from harkd.experiment.summary import summarise
 from harkd.experiment.teacher import TeacherSettings, TrainedTeacher, semantic_inputs, train_teacher
 from harkd.models.base import build_model
 from harkd.models.tsak import TwoStageTeacher, semantic_input_dims
+from harkd.train.engine import set_epoch_hook
 
 
 def check_names(config: ExperimentConfig) -> None:
@@ -150,6 +152,7 @@ _WORKER: FoldRunner | None = None
 def _init_worker(raw: dict, work: Path, threads: int, models: Path | None) -> None:
     global _WORKER
     torch.set_num_threads(threads)
+    set_epoch_hook(status_hook(work))
     cfg = parse_config(raw)
     _WORKER = FoldRunner(cfg, load_data(cfg), work, models)
 
@@ -167,17 +170,20 @@ class Runner:
     once per model, in this process, after training so the latency timings have the machine to themselves),
     results.json and the report."""
 
+    heartbeat_s = 30.0  # the longest silence while units train
+
     def __init__(self, config: ExperimentConfig, out_dir: Path, command: str, log: Callable[[str], None] = print,
-                 jobs: int = 1, keep_models: bool = False, threads: int | None = None, overwrite: bool = False):
-        if jobs < 1:
+                 jobs: int | None = 1, keep_models: bool = False, threads: int | None = None,
+                 overwrite: bool = False):
+        if jobs is not None and jobs < 1:
             raise HarkdError(f"--jobs must be at least 1, got {jobs}")
         if threads is not None and threads < 1:
             raise HarkdError(f"--threads must be at least 1, got {threads}")
         self.config, self.out_dir, self.command, self.log, self.jobs = config, Path(out_dir), command, log, jobs
         self.models = self.out_dir / "models" if keep_models else None
-        # One torch thread per process by default with several jobs: two threads per process collapsed to 1/15 of the
-        # speed when another job shared the machine, one did not.
-        self.threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+        # One torch thread per process by default: a process on two threads collapsed to 1/15 of its speed when
+        # another job shared the machine, one thread did not (benchmarks/bench_threads.py). Cores go to processes.
+        self.threads = threads or 1
         self.overwrite = overwrite
 
     def run(self) -> dict[str, Any]:
@@ -185,8 +191,6 @@ class Runner:
         check_names(cfg)
         self._refuse_finished_run()
         started, clock = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
-        if self.jobs == 1:
-            torch.set_num_threads(self.threads)
         data = load_data(cfg)
         self.log(f"{cfg.dataset}: {len(data.labels)} windows, {data.n_classes} classes; teacher "
                  f"{self.describe_view(data.teacher_view, cfg.teacher_channels)}, student "
@@ -195,6 +199,8 @@ class Runner:
         store = UnitStore(self.out_dir, cfg.raw)
         store.open()
         finished = self._finished_units(plan, store)
+        # None: one process per core, as many as there are units to train
+        self.jobs = self.jobs or min(os.cpu_count() or 1, max(1, len(plan) - len(finished)))
         with tempfile.TemporaryDirectory(prefix="harkd-run-", ignore_cleanup_errors=True) as work:  # Ctrl-C too
             units = self._train(plan, data, Path(work), finished, store, clock)
         results = self._results(units, data, started, sum(store.previous_s) + time.perf_counter() - clock,
@@ -254,10 +260,11 @@ class Runner:
                  + (f"; none for {', '.join(missing)} (trained by an invocation without --keep-models)"
                     if missing else ""))
 
-    def _log_unit(self, seed: int, fold: Fold, unit: FoldResult, progress: str) -> None:
+    @staticmethod
+    def _unit_line(seed: int, fold: Fold, unit: FoldResult, progress: str) -> str:
         best = max((r for r in unit.rows if r["role"] == "student"), key=lambda r: r["macro_f1"])
-        self.log(f"[{progress}] seed {seed} {fold.describe()}: teacher {unit.rows[0]['macro_f1']:.3f}, best student "
-                 f"{best['model']}/{best['method']} {best['macro_f1']:.3f}")
+        return (f"[{progress}] seed {seed} {fold.describe()}: teacher {unit.rows[0]['macro_f1']:.3f}, best student "
+                f"{best['model']}/{best['method']} {best['macro_f1']:.3f}")
 
     def _train(self, plan: Plan, data: ExperimentData, work: Path, finished: dict[int, FoldResult],
                store: UnitStore, clock: float) -> list[FoldResult]:
@@ -265,22 +272,29 @@ class Runner:
         again, and each newly trained one goes to `store` as soon as it finishes (`clock`: the run's start)."""
         results = dict(finished)
         todo = [k for k in range(len(plan)) if k not in finished]
-        with tqdm(total=len(plan), initial=len(finished), desc="folds x seeds", unit="fold", disable=None) as bar:
+        progress = lambda: f"{len(results)}/{len(plan)}, {(time.perf_counter() - clock) / 60:.0f} min"  # noqa: E731
+        with Heartbeat(work, self.log, progress, self.heartbeat_s) as beat, \
+                tqdm(total=len(plan), initial=len(finished), desc="folds x seeds", unit="fold", disable=None) as bar:
             for k, unit in self._units(plan, todo, data, work):
                 results[k] = unit
                 seed, _, fold = plan[k]
                 store.save(seed, fold.name, unit.rows, unit.confusion)
-                elapsed = time.perf_counter() - clock
-                store.record_time(elapsed)
-                self._log_unit(seed, fold, unit, f"{len(results)}/{len(plan)}, {elapsed / 60:.0f} min")
+                store.record_time(time.perf_counter() - clock)
+                beat.log(self._unit_line(seed, fold, unit, progress()))
                 bar.update()
         return [results[k] for k in range(len(plan))]
 
     def _units(self, plan: Plan, todo: list[int], data: ExperimentData, work: Path) -> Iterator[tuple[int, FoldResult]]:
         """(plan index, result) of each unit in `todo` as it finishes: here, or in spawned worker processes."""
         if self.jobs == 1:
-            runner = FoldRunner(self.config, data, work, self.models)
-            yield from ((k, runner.run(plan[k][0], plan[k][2])) for k in todo)
+            runner, threads = FoldRunner(self.config, data, work, self.models), torch.get_num_threads()
+            set_epoch_hook(status_hook(work))
+            torch.set_num_threads(self.threads)
+            try:
+                yield from ((k, runner.run(plan[k][0], plan[k][2])) for k in todo)
+            finally:
+                set_epoch_hook(None)
+                torch.set_num_threads(threads)
             return
         if not todo:
             return
@@ -337,7 +351,7 @@ def _summed_confusions(units: list[FoldResult]) -> dict[str, list]:
 
 
 def run_experiment(config: ExperimentConfig, out_dir: Path, command: str = "", log: Callable[[str], None] = print,
-                   jobs: int = 1, keep_models: bool = False, threads: int | None = None,
+                   jobs: int | None = 1, keep_models: bool = False, threads: int | None = None,
                    overwrite: bool = False) -> dict[str, Any]:
     return Runner(config, out_dir, command, log, jobs, keep_models, threads, overwrite).run()
 

@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Mapping
+from typing import Annotated, Callable, Literal, Mapping
 
 import numpy as np
 import torch
@@ -155,6 +155,17 @@ def _set_determinism(on: bool) -> None:
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
 
 
+EpochHook = Callable[[Path, int, int], None]
+_epoch_hook: EpochHook | None = None
+
+
+def set_epoch_hook(hook: EpochHook | None) -> None:
+    """Called after every epoch of every fit in this process with (the fit's workdir, epoch, epochs): how a run
+    tells which model each worker process is training (harkd.experiment.progress)."""
+    global _epoch_hook
+    _epoch_hook = hook
+
+
 def _seed_everything(seed: int) -> None:
     """Python's, NumPy's and torch's global generators, as Lightning's seed_everything seeded them (so runs repeat
     the committed ones, drawn under Lightning)."""
@@ -222,6 +233,8 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
         val_f1 = macro_f1(y_val_np, _predicted_labels(model, x_val, batch))
         history.append({**{name: float(total) / seen for name, total in totals.items()}, "val_f1": val_f1})
         bar.set_postfix(val_f1=f"{val_f1:.3f}")
+        if _epoch_hook is not None:
+            _epoch_hook(workdir, epoch + 1, config.epochs)
         if val_f1 > best:
             best, stale = val_f1, 0
             torch.save(model.state_dict(), checkpoint)
