@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import run_cli
 from harkd.data.install import install_dataset
@@ -135,5 +136,7 @@ def test_personalise_config_errors():
                           ({"labels": ["teacher", "oracle"]}, "personalise.labels[1]")):
         with pytest.raises(HarkdError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
             parse_config(config(methods=["none"], personalise=bad))
+    as_yaml = yaml.safe_load("{labels: [teacher, self, true]}")  # YAML 1.1 reads the bare `true` as a boolean
+    assert parse_config(config(methods=["none"], personalise=as_yaml)).personalise.labels == ("teacher", "self", "true")
     with pytest.raises(HarkdError, match="personalise and split.calibration"):
         parse_config(config(methods=["none"], personalise={}, split={"kind": "loso", "calibration": 0.5}))

@@ -103,6 +103,10 @@ class MethodSpec:
 PERSONALISE_LABELS = ("teacher", "self", "true")
 
 
+def _yaml_true(value: Any) -> Any:
+    return "true" if value is True else value  # YAML 1.1 reads a bare `true` as a boolean
+
+
 @config_dataclass("personalise")
 class PersonaliseSpec:
     """After each unit, every student of the unit fine-tuned to each left-out worker on the first `calibration` of
@@ -113,7 +117,7 @@ class PersonaliseSpec:
     calibration: Annotated[Float, Field(gt=0, lt=1)] = 0.5
     method: Annotated[MethodSpec, BeforeValidator(lambda v: _method_shorthand(v))] = MethodSpec(
         "logit", ({"distiller": "logit"},))
-    labels: tuple[Literal[PERSONALISE_LABELS], ...] = PERSONALISE_LABELS
+    labels: tuple[Annotated[Literal[PERSONALISE_LABELS], BeforeValidator(_yaml_true)], ...] = PERSONALISE_LABELS
     students: tuple[Str, ...] | None = None  # the run's methods whose students are personalised (default: all)
     train: TrainConfig = TrainConfig(epochs=30, lr=1e-3, patience=8)
 
