@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -163,7 +164,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="with --minutes: the folder for budget.json/.md/.png")
     args = parser.parse_args()
     method = MethodSpec.parse(yaml.safe_load(args.method), "--method")
-    command = " ".join(["python", "benchmarks/bench_personalise.py", *sys.argv[1:]])
+    command = shlex.join(["python", "benchmarks/bench_personalise.py", *sys.argv[1:]])
     result = budget_curve(args, method) if args.minutes else one_budget(args, method)
     dataset = load_bundle(next((args.run / "models").iterdir()) / "teacher.pt").provenance["dataset"]
     result = {"command": command, "run": str(args.run), "student": args.student, "method": method.name,
