@@ -161,7 +161,8 @@ def main() -> None:
     parser.add_argument("--bounds", action="store_true", help="also the self-training and true-label students")
     parser.add_argument("--minutes", type=lambda s: [float(m) for m in s.split(",")],
                         help="calibration budgets in minutes per activity: the budget curve")
-    parser.add_argument("--out", type=Path, help="with --minutes: the folder for budget.json/.md/.png")
+    parser.add_argument("--out", type=Path, help="with --minutes: the folder for budget.json/.md/.png; else the "
+                        "results file (default benchmarks/results/personalise_<dataset>.json)")
     args = parser.parse_args()
     method = MethodSpec.parse(yaml.safe_load(args.method), "--method")
     command = shlex.join(["python", "benchmarks/bench_personalise.py", *sys.argv[1:]])
@@ -173,7 +174,7 @@ def main() -> None:
         write_budget(result, args.out or Path("runs") / "budget")
         print(json.dumps(result["table"], indent=1, ensure_ascii=False))
         return
-    out = HERE / "results" / f"personalise_{dataset}.json"
+    out = args.out or HERE / "results" / f"personalise_{dataset}.json"
     with atomic_output(out) as tmp:
         tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps(result["summary"], indent=1, ensure_ascii=False))
