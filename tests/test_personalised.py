@@ -140,3 +140,44 @@ def test_personalise_config_errors():
     assert parse_config(config(methods=["none"], personalise=as_yaml)).personalise.labels == ("teacher", "self", "true")
     with pytest.raises(HarkdError, match="personalise and split.calibration"):
         parse_config(config(methods=["none"], personalise={}, split={"kind": "loso", "calibration": 0.5}))
+
+
+@pytest.mark.parametrize("channels", [3, 6])
+@pytest.mark.parametrize("student_name, params", [("cnn_student", {}), ("causal_student", {}),
+                                                  ("mobilenet_v3_1d", {"preset": "tiny"})])
+def test_any_student_fine_tunes_from_every_source_of_labels(student_name, params, channels, tmp_path):
+    """CNN, causal and MobileNet students on 3 or 6 channels, each source of labels: a copy is trained (the kept
+    student is left as it was), and the teacher-labelled copy agrees with the teacher more than before."""
+    from harkd.deploy.personalise import FrozenTeacher, Session, fine_tune, labels_of
+    from harkd.experiment.config import MethodSpec
+    from harkd.models.base import ModelOutput, build_model
+    from harkd.train.engine import TrainConfig
+
+    class MeanTeacher(torch.nn.Module):
+        """Class k when channel k is high: a teacher whose labels the students can learn."""
+
+        rep_dims, map_dims = {}, {}
+
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(5.0), requires_grad=False)
+
+        def forward(self, x):
+            return ModelOutput(logits=self.scale * x[:, :4].mean(-1))
+
+    torch.manual_seed(0)
+    n, y = 4, torch.arange(80) % 4
+    x_teacher = torch.randn(80, 6, 32) + 2.0 * torch.nn.functional.one_hot(y, 6).float()[:, :, None]
+    teacher = FrozenTeacher(MeanTeacher().eval())
+    says = labels_of(teacher.model, x_teacher)
+    session = Session.split(x_teacher.numpy(), x_teacher[:, :channels].numpy(), says, seed=0, where="test")
+    student = build_model(student_name, channels, n, **params).eval()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    logit_t1 = MethodSpec("logit_t1", ({"distiller": "logit", "temperature": 1.0},))
+    quick = TrainConfig(epochs=10, batch_size=16, lr=1e-2, patience=10)
+    results = {source: fine_tune(student, source, session, teacher, logit_t1, n, quick, 0, tmp_path / source)
+               for source in ("teacher", "self", "true")}
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())
+    agreement = lambda model: float((labels_of(model, session.x_student) == says).mean())  # noqa: E731
+    assert agreement(results["teacher"].model) > agreement(student)
+    assert all(result.epochs >= 1 for result in results.values())
