@@ -181,8 +181,8 @@ class Runner:
             raise HarkdError(f"--threads must be at least 1, got {threads}")
         self.config, self.out_dir, self.command, self.log, self.jobs = config, Path(out_dir), command, log, jobs
         self.models = self.out_dir / "models" if keep_models else None
-        # One torch thread per process by default: a process on two threads collapsed to 1/15 of its speed when
-        # another job shared the machine, one thread did not (benchmarks/bench_threads.py). Cores go to processes.
+        # One torch thread per process by default: on two threads a process ran 2.7x slower than on one when another
+        # job took a core (benchmarks/bench_threads.py). Cores go to processes instead.
         self.threads = threads or 1
         self.overwrite = overwrite
 
