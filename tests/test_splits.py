@@ -3,7 +3,7 @@ import pytest
 
 from harkd.data.recording import Recording, sensor_channels
 from harkd.data.registry import WindowConfig
-from harkd.data.splits import (Normaliser, fit_normaliser, fixed_split, group_folds, leave_one_subject_out,
+from harkd.data.splits import (Fold, Normaliser, fit_normaliser, fixed_split, group_folds, leave_one_subject_out,
                                with_calibration)
 from harkd.data.windowing import make_windows
 from harkd.errors import HarkdError
@@ -123,3 +123,14 @@ def test_a_session_without_segments_is_split_in_time_within_itself(windows):
     n = len(fold.test)
     assert np.array_equal(calibrated.calibration, fold.test[:round(0.25 * n)])
     assert np.array_equal(calibrated.test, fold.test[round(0.25 * n):])
+
+
+def test_segments_named_by_their_first_sample_are_ordered_by_value():
+    """UCI-HAR's recut names each segment by its sample range ("exp03/298-1398"): 11704 comes after 298 in time,
+    though not as text."""
+    recs = [Recording(np.full((20, 3), float(start)), CHANNELS, np.zeros(20, dtype=int), ("a", "b"), "p1",
+                      f"exp03/{start}-{start + 19}", 50.0) for start in (11704, 298, 2770, 1686)]
+    windows = make_windows(recs, WindowConfig(20, 20))
+    whole = Fold("w", np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.arange(4), ("p1",))
+    calibrated = with_calibration(windows, whole, 0.5)
+    assert sorted(windows.x[calibrated.calibration, 0, 0].tolist()) == [298.0, 1686.0]

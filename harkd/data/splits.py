@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
@@ -35,19 +36,25 @@ def recording_key(session: str) -> str:
     return session.rsplit("/", 1)[0]
 
 
+def _natural(name: str) -> list:
+    """Sort key that orders the numbers in a name by value (UCI-HAR's segments are named by their first sample)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def with_calibration(windows: WindowSet, fold: Fold, fraction: float) -> Fold:
     """Move the first `fraction` (in time) of every test recording into `fold.calibration`.
 
     The setting: a new worker wears the full sensor kit for a short calibration session, the teacher labels it, and
     the student is trained on those teacher outputs too; it is then scored on the rest of the worker's data, which
     the baselines are scored on as well. The cut is by time within each recording (windows are stored in time order
-    per session, sessions of one recording in name order), never by label.
+    per session, sessions of one recording in name order, numbers by value: "r/298-1398" before "r/11704-12390"),
+    never by label.
     """
     if not 0 < fraction < 1:
         raise HarkdError(f"calibration (split.calibration, or personalise's --calibration) must be a fraction in "
                          f"(0, 1), got {fraction}")
     order = sorted(fold.test, key=lambda i: (windows.subjects[i], recording_key(str(windows.sessions[i])),
-                                             str(windows.sessions[i]), i))
+                                             _natural(str(windows.sessions[i])), i))
     by_recording: dict[tuple[str, str], list[int]] = {}
     for i in order:
         by_recording.setdefault((windows.subjects[i], recording_key(str(windows.sessions[i]))), []).append(i)
