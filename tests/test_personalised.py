@@ -36,7 +36,7 @@ def personalised_run(data_root, tmp_path_factory):
     real_fit = personalise_module.fit
 
     def spy(model, train, val, config, workdir, **kwargs):
-        fits.append({"source": workdir.name.rsplit("-", 1)[1], "labels": train[1].clone(), "val": val[1].clone()})
+        fits.append({"source": workdir.name.rsplit("-", 1)[-1], "labels": train[1].clone(), "val": val[1].clone()})
         return real_fit(model, train, val, config, workdir, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:

@@ -33,7 +33,7 @@ _SENSORS = {
     "acc": _Sensor("xyz", "m/s^2", 9.81, True, (0.5, 4.0), 4.0, 1.5),
     "gyro": _Sensor("xyz", "rad/s", 0.0, False, (0.3, 2.5), 0.4, 0.5),
     "mag": _Sensor("xyz", "uT", 40.0, True, (2.0, 10.0), 4.0, 1.5),
-    "quat": _Sensor("wxyz", "", 1.0, True, (0.05, 0.3), 0.05, 0.01),
+    "quat": _Sensor("wxyz", "1", 1.0, True, (0.05, 0.3), 0.05, 0.01),
     "capacitive": _Sensor("12", "pF", 8.0, False, (0.0, 6.0), 2.0, 0.5),
 }
 _SEGMENT_S = 4.0  # mean activity segment length
