@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import tempfile
 import time
@@ -64,8 +65,9 @@ def main() -> None:
         "peak_activation_bytes_fp32_max": max(f["peak_activations"]["fp32_bytes"] for f in folds),
         "calibration": "512 windows of the fold's training subjects (seeded), QDQ per-channel int8, percentile ranges",
     }
-    result = {"command": f"python benchmarks/bench_int8.py {args.run.name} --student {args.student} "
-                         f"--name {args.name}", "summary": summary, "folds": folds}
+    command = shlex.join(["python", "benchmarks/bench_int8.py", str(args.run), "--student", args.student, "--name",
+                          args.name])  # the run folder as given
+    result = {"command": command, "summary": summary, "folds": folds}
     out = HERE / "results" / f"int8_{args.name}.json"
     with atomic_output(out) as tmp_out:
         tmp_out.write_text(json.dumps(result, indent=2) + "\n")
