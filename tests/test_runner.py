@@ -37,7 +37,7 @@ def config(**changes):
 
 def test_run_writes_one_row_per_fold_seed_role_model_method(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HARKD_DATA", str(data_root))
-    monkeypatch.setattr(Runner, "heartbeat_s", 0.2)  # a line whenever the run was silent this long
+    monkeypatch.setattr(Runner, "heartbeat_s", 0.01)  # a line whenever the run was silent this long
     lines, threads = [], torch.get_num_threads()
     results = run_experiment(parse_config(config()), tmp_path / "out", command="test", log=lines.append)
     assert torch.get_num_threads() == threads  # the run's one thread was this process's only while it trained
