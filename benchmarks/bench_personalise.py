@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -37,7 +38,7 @@ from harkd.data.catalog import load_windows
 from harkd.data.registry import WindowConfig
 from harkd.data.splits import recording_key
 from harkd.deploy.bundle import load_bundle
-from harkd.deploy.personalise import personalise
+from harkd.deploy.personalise import DEFAULT_TRAIN, personalise
 from harkd.experiment.config import MethodSpec
 from harkd.files import atomic_output
 
@@ -87,8 +88,8 @@ def budget_curve(args: argparse.Namespace, method: MethodSpec) -> dict:
             fractions = {m: m / per_recording for m in args.minutes}
         for minutes, fraction in fractions.items():
             _, report = personalise(teacher, student, student.provenance["dataset"], subject, fraction,
-                                    seed=student.provenance["seed"], method=method, bounds=True,
-                                    scored_from=SCORED_FROM)
+                                    train=args.train_config, seed=student.provenance["seed"], method=method,
+                                    bounds=True, scored_from=SCORED_FROM)
             rows.append({"fold": student.provenance["fold"], "seed": student.provenance["seed"], "subject": subject,
                          "minutes": minutes, "calibration": round(fraction, 4), **scores(report)})
             print(f"{student.provenance['fold']} seed {student.provenance['seed']} {minutes} min: "
@@ -134,7 +135,8 @@ def one_budget(args: argparse.Namespace, method: MethodSpec) -> dict:
     for teacher, student, subject in units(args.run, args.student):
         start = time.perf_counter()
         _, report = personalise(teacher, student, student.provenance["dataset"], subject, args.calibration,
-                                args.stride, seed=student.provenance["seed"], method=method, bounds=args.bounds)
+                                args.stride, train=args.train_config, seed=student.provenance["seed"], method=method,
+                                bounds=args.bounds)
         rows.append({"fold": student.provenance["fold"], "seed": student.provenance["seed"],
                      "seconds": round(time.perf_counter() - start, 1), **report})
         print(f"{student.provenance['fold']} {subject}: " + ", ".join(
@@ -159,12 +161,14 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=None, help="window hop (default: the run's)")
     parser.add_argument("--method", default="logit", help="KD method on the teacher's labels (name or YAML)")
     parser.add_argument("--bounds", action="store_true", help="also the self-training and true-label students")
+    parser.add_argument("--train", default="{}", help="fine-tuning settings as YAML, e.g. '{epochs: 60, lr: 0.003}'")
     parser.add_argument("--minutes", type=lambda s: [float(m) for m in s.split(",")],
                         help="calibration budgets in minutes per activity: the budget curve")
     parser.add_argument("--out", type=Path, help="with --minutes: the folder for budget.json/.md/.png; else the "
                         "results file (default benchmarks/results/personalise_<dataset>.json)")
     args = parser.parse_args()
     method = MethodSpec.parse(yaml.safe_load(args.method), "--method")
+    args.train_config = replace(DEFAULT_TRAIN, **yaml.safe_load(args.train))
     command = shlex.join(["python", "benchmarks/bench_personalise.py", *sys.argv[1:]])
     result = budget_curve(args, method) if args.minutes else one_budget(args, method)
     dataset = load_bundle(next((args.run / "models").iterdir()) / "teacher.pt").provenance["dataset"]
