@@ -36,7 +36,6 @@ from harkd.metrics import macro_f1
 from harkd.train.engine import FitResult, TeacherTargets, TrainConfig, fit, predict
 from harkd.train.mixup import Mixes
 
-LABEL_SOURCES = ("teacher", "self", "true")  # ours, the lower bound, the upper bound
 VAL_FRACTION = 0.15  # of the calibration windows, labelled like the rest, for early stopping
 MIN_WINDOWS = 8  # calibration windows to train on, at the least
 DEFAULT_TRAIN = TrainConfig(epochs=30, lr=1e-3, patience=8)
@@ -86,7 +85,7 @@ class Session:
 
 def fine_tune(student: nn.Module, source: str, session: Session, teacher: Labeller, method: MethodSpec,
               n_classes: int, train: TrainConfig, seed: int, workdir: Path) -> FitResult | None:
-    """A copy of `student` fine-tuned on the session, labelled by `source` (one of LABEL_SOURCES):
+    """A copy of `student` fine-tuned on the session, labelled by `source` (one of config.PERSONALISE_LABELS):
     - teacher: the teacher's outputs through `method` (ours; the CE term sees label -1, so no worker label trains);
     - self: the student's own outputs, Logit KD (self-training, the lower bound);
     - true: the worker's labels, CE (the upper bound); None when too few calibration windows are labelled.

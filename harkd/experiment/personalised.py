@@ -22,10 +22,10 @@ from harkd.deploy.personalise import Session, fine_tune, labels_of
 from harkd.experiment.config import PersonaliseSpec
 from harkd.experiment.folds import ExperimentData, Views, worker_fold
 from harkd.experiment.scoring import Scorer, View
+from harkd.experiment.summary import UNTOUCHED
 from harkd.experiment.teacher import TrainedTeacher
 
 ROLE = "personalised"
-UNTOUCHED = "untouched"
 
 
 @dataclass

@@ -20,9 +20,10 @@ RUN = ["fold", "seed"]
 BASELINE = "none"
 # Role -> the method each of its methods is compared with. Personalised rows are scored on other windows than the
 # plain ones, so they are compared with the kept student alone on those windows.
-BASELINES = {"student": BASELINE, "personalised": "none+untouched"}
+UNTOUCHED = "untouched"  # a personalised row of the kept student as it was trained
+BASELINES = {"student": BASELINE, "personalised": f"{BASELINE}+{UNTOUCHED}"}
 # A personalised student's method is "<kept method>+<labels>", the labels it was fine-tuned on, in this order.
-PERSONALISED_LABELS = ("untouched", "self", "teacher", "true")
+PERSONALISED_LABELS = (UNTOUCHED, "self", "teacher", "true")
 TEACHER_METHOD = "-"  # the method of teacher rows, and of the teacher scored on the personalised windows
 COST = ["params", "flops", "latency_ms_cpu"]
 _ROLE_ORDER = {"teacher": 0, "semantic": 1, "student": 2, "personalised": 3}
