@@ -13,7 +13,7 @@ from harkd.experiment.config import ModelSpec
 from harkd.experiment.folds import FoldLabels, Views
 from harkd.models.base import build_model
 from harkd.models.tsak import OnStackedReps, semantic_input_dims, stack_reps
-from harkd.train.engine import FitResult, TeacherTargets, TrainConfig, fit, predict
+from harkd.train.engine import FitResult, TeacherTargets, TrainConfig, fit, predict, training_device
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,16 @@ class TrainedTeacher:
     outputs: dict[str, TeacherTargets]  # train, val, test and, when the fold has them, calibration
     semantic: nn.Module | None = None  # on stacked reps (OnStackedReps)
     semantic_fit: FitResult | None = None
+    device: torch.device = torch.device("cpu")  # where its outputs are computed: where it trained
 
     def label(self, x: torch.Tensor) -> TeacherTargets:
         """The teacher's targets on other windows of its channels (e.g. mixes)."""
-        return self._with_semantic(predict(self.model, x))
+        return self._with_semantic(predict(self.model, x, device=self.device))
 
     def _with_semantic(self, targets: TeacherTargets) -> TeacherTargets:
         if self.semantic is not None:
-            targets.head_logits["semantic"] = predict(self.semantic, stack_reps(targets.reps)).logits
+            targets.head_logits["semantic"] = predict(self.semantic, stack_reps(targets.reps),
+                                                      device=self.device).logits
         return targets
 
 
@@ -55,7 +57,9 @@ def train_teacher(settings: TeacherSettings, inputs: Views, y: FoldLabels, group
     result = fit(teacher, (inputs.train, y.train), (inputs.val, y.val), settings.train, workdir / "teacher", seed=seed)
     teacher.eval().requires_grad_(False)
     splits = ("train", "val", "test") + (("calibration",) if len(inputs.calibration) else ())
-    trained = TrainedTeacher(teacher, result, {s: predict(teacher, getattr(inputs, s)) for s in splits})
+    device = training_device(settings.train)
+    trained = TrainedTeacher(teacher, result, {s: predict(teacher, getattr(inputs, s), device=device) for s in splits},
+                             device=device)
     if settings.semantic is not None and semantic_input_dims(teacher.rep_dims) is not None:
         trained.semantic, trained.semantic_fit = _train_semantic(settings, trained.outputs, y, n_classes,
                                                                  workdir / "semantic", seed)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from pydantic import Field
+from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from harkd.distill.base import Distiller
@@ -39,6 +39,24 @@ class TrainConfig:
     accelerator: Literal["auto", "cpu", "cuda", "gpu"] = "auto"  # auto: the GPU when there is one
     deterministic: Bool = True
     progress: Bool = False  # the runner shows one bar over folds; a bar per fit is noise over 100+ fits
+    # bf16: the training steps' forward passes under autocast (mixed precision); validation, the restored model and
+    # the teacher's targets stay fp32. A CPU runs it too (torch's CPU autocast), usually slower than fp32.
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    @field_validator("accelerator")
+    @classmethod
+    def _cuda_when_asked(cls, accelerator: str) -> str:
+        """Asking for CUDA where there is none fails when the config is read, before any data are loaded."""
+        if (missing := _missing_cuda(accelerator)) is not None:
+            raise ValueError(missing)
+        return accelerator
+
+
+def _missing_cuda(accelerator: str) -> str | None:
+    if accelerator in ("cuda", "gpu") and not torch.cuda.is_available():
+        return (f"{accelerator!r} asked for, but torch {torch.__version__} sees no CUDA device; use accelerator: "
+                f"auto or cpu")
+    return None
 
 
 class _Rows(Mapping[str, torch.Tensor]):
@@ -92,11 +110,19 @@ def concat_targets(*parts: TeacherTargets) -> TeacherTargets:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> TeacherTargets:
-    """All outputs of a model in eval mode, batched, on the model's device; returned on the CPU."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: torch.device | None = None
+            ) -> TeacherTargets:
+    """All outputs of a model in eval mode, batched, on `device` (default: the model's), in fp32; returned on the
+    CPU, where every consumer of targets finds them (fit moves a KD fit's targets to its device once), and the model
+    is back on its own device afterwards."""
     model.eval()
-    device = next(model.parameters()).device
-    outs = [model(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
+    home = next(model.parameters()).device
+    device = device or home
+    model.to(device)
+    try:
+        outs = [model(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
+    finally:
+        model.to(home)
     cat = lambda key, attr: torch.cat([getattr(o, attr)[key] for o in outs]).cpu()  # noqa: E731
     return TeacherTargets(torch.cat([o.logits for o in outs]).cpu(),
                           {k: cat(k, "reps") for k in outs[0].reps},
@@ -174,11 +200,17 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # all CUDA devices too
 
 
-def _device(accelerator: str) -> torch.device:
-    """`auto` takes the GPU when there is one; `gpu` and `cuda` insist on one."""
-    if accelerator in ("cuda", "gpu") and not torch.cuda.is_available():
-        raise HarkdError(f"train.accelerator: {accelerator!r} asked for, but torch sees no CUDA device")
-    return torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
+def training_device(config: TrainConfig) -> torch.device:
+    """Where a fit with `config` trains: `auto` takes the GPU when there is one; `gpu` and `cuda` insist on one
+    (checked again here: a config read on a machine with CUDA can reach a process without it, e.g. pickled)."""
+    if (missing := _missing_cuda(config.accelerator)) is not None:
+        raise HarkdError(f"train.accelerator: {missing}")
+    return torch.device("cuda" if config.accelerator != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device, precision: str) -> torch.autocast:
+    """A training step's forward pass: bf16 autocast when asked for, else a disabled autocast (plain fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
@@ -186,15 +218,16 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
         teacher: Mapping[str, TeacherTargets] | None = None) -> FitResult:
     """Train with early stopping on validation macro-F1 and return the model with its best weights restored.
 
-    `config.accelerator` picks the device. The loop is ours: Lightning Trainer's per-step hooks cost as much as a
-    small student's step (benchmarks/bench_train_overhead.py), and Fabric gave nothing we used beyond the device.
+    `config.accelerator` picks the device and `config.precision` the steps' arithmetic. The loop is ours: Lightning
+    Trainer's per-step hooks cost as much as a small student's step (benchmarks/bench_train_overhead.py), and Fabric
+    gave nothing we used beyond the device.
     Per epoch: shuffled index batches over tensors held on the device (the last partial batch dropped), AdamW with a
     cosine schedule, validation macro-F1, the best weights checkpointed to `workdir`/best.ckpt, and a stop after
     `patience` epochs without improvement.
     """
     _seed_everything(seed)
     _set_determinism(config.deterministic)
-    device = _device(config.accelerator)
+    device = training_device(config)
     model.to(device)
     if distiller is not None:
         distiller.to(device)
@@ -221,7 +254,8 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
         seen = 0
         for first in range(0, last_start + 1, batch):
             index = order[first:first + batch]
-            terms = step(x[index], y[index], index)
+            with _autocast(device, config.precision):
+                terms = step(x[index], y[index], index)
             optimiser.zero_grad(set_to_none=True)
             sum(terms.values()).backward()
             optimiser.step()
