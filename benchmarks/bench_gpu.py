@@ -3,7 +3,7 @@ several units at once on the one GPU: wall time and macro-F1 beside the committe
 (benchmarks/results/dsads-personalise: 10 min 57 s on 2 CPU cores), and whether bf16 moves macro-F1 beyond seed noise.
 
 The device machine gets the repository and at most 64 MiB per call, and reaches nothing else: DSADS's windows
-(9120 x 45 x 125 float32, 205 MB, ~137 MB compressed without loss) travel as parts of a compressed window cache,
+(9120 x 45 x 125 float32, 205 MB) travel as a window cache compressed without loss (151 MB, 4 parts of 40 MiB),
 one part per call, gathered in /tmp/harkd-gpu (kept while the machine stays warm: 30 s between calls), with the
 wheels of harkd's dependencies its image lacks (pydantic, platformdirs, ...). Steps:
 
