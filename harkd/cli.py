@@ -363,6 +363,49 @@ def search_head(
     typer.echo(f"wrote {out / 'search.json'} and {out / 'search.png'}")
 
 
+@app.command("search-sensors", context_settings={"allow_extra_args": False})
+def search_sensors_cmd(
+    config: Path = typer.Argument(..., help="search YAML: a run config (teacher, one student model, optional "
+                                            "personalise) with `search` in place of `methods` (see "
+                                            "configs/dsads-sensors.yaml)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. search.budget.positions=2"),
+    trials: Optional[int] = typer.Option(None, "--trials", help="distinct kits to train in total, resumed ones "
+                                                                "included (default: search.trials)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for report.md, search.json, search.png, configs/ "
+                                                           "and search.db (default: runs/<config name>)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL shared by every process and "
+                                                                  "machine (default: sqlite:///OUT/search.db)"),
+    confirm: bool = typer.Option(False, "--confirm", help="run each front member's config leave-one-subject-out on "
+                                 "its test subjects and add the test macro-F1 to the report"),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="processes sharing the study, and for --confirm the runs' "
+                                                      "worker processes"),
+    print_config: bool = typer.Option(False, "--print-config", help="print the config with every default filled "
+                                      "in, as YAML, and exit without searching"),
+) -> None:
+    """Which sensors to wear: the Pareto front of validation macro-F1 against cost over kits of sensor groups, each
+    student distilled from the full teacher."""
+    from harkd.experiment.config import read_config
+    from harkd.search.sensor_report import run_sensor_search
+    from harkd.search.sensor_search import load_sensor_search
+    from harkd.search.sensor_space import sensor_search_yaml
+
+    if print_config:
+        typer.echo(sensor_search_yaml(read_config(config, overrides or []), str(config)), nl=False)
+        return
+    cfg = load_sensor_search(config, overrides or [])
+    out = out or Path("runs") / config.stem
+    command = " ".join(["harkd", "search-sensors", str(config), *(overrides or []), "--out", str(out)]
+                       + (["--trials", str(trials)] if trials is not None else [])
+                       + (["--storage", storage] if storage else []) + (["--confirm"] if confirm else [])
+                       + (["--jobs", str(jobs)] if jobs != 1 else []))
+    results = run_sensor_search(cfg, out, config.stem, trials, storage, jobs, confirm, command,
+                                log=lambda line: typer.echo(line, err=True))
+    for member in results["front"]:
+        typer.echo(f"front: {member['kit']}: {member['positions']} position(s), {member['channels']} channels, "
+                   f"val F1 {member['val_f1']:.3f} -> {member['config']}")
+    typer.echo(f"wrote {out / 'report.md'}, {out / 'search.json'} and {out / 'search.png'}")
+
+
 @app.command("compare")
 def compare(
     runs: list[Path] = typer.Argument(..., help="two or more run folders (or their results.json), same folds and "

@@ -53,12 +53,16 @@ class ChannelQuery:
     modalities: tuple[str, ...] | None = None
 
     @classmethod
-    def parse(cls, query: "ChannelQuery | Mapping | str | None") -> "ChannelQuery":
-        """Accepts a ChannelQuery, a mapping {position: [...], modality: [...]} or 'position=a,b;modality=acc'."""
+    def parse(cls, query: "ChannelQuery | ChannelKit | Mapping | Sequence[Mapping] | str | None"
+              ) -> "ChannelQuery | ChannelKit":
+        """Accepts a ChannelQuery, a mapping {position: [...], modality: [...]} or 'position=a,b;modality=acc', or a
+        list of mappings: a kit of several sensors worn together (their union)."""
         if query is None:
             return cls()
-        if isinstance(query, ChannelQuery):
+        if isinstance(query, (ChannelQuery, ChannelKit)):
             return query
+        if isinstance(query, Sequence) and not isinstance(query, str):
+            return ChannelKit.of(query)
         if isinstance(query, str):
             parsed: dict[str, list[str]] = {}
             for part in filter(None, (p.strip() for p in query.split(";"))):
@@ -104,6 +108,29 @@ class ChannelQuery:
         if self.modalities is not None:
             parts.append("modality=" + ",".join(self.modalities))
         return ";".join(parts) or "all"
+
+
+@dataclass(frozen=True)
+class ChannelKit:
+    """Several channel queries worn together, e.g. the right arm's acc and gyro with the torso's acc (one query is a
+    cross product of positions and modalities, so a kit with other modalities at each position needs several)."""
+
+    parts: tuple[ChannelQuery, ...]
+
+    @classmethod
+    def of(cls, queries: Sequence) -> "ChannelKit":
+        parts = tuple(ChannelQuery.parse(q) for q in queries)
+        if not parts or any(isinstance(p, ChannelKit) for p in parts):
+            raise HarkdError(f"channel kit: expected a non-empty list of mappings with 'position' and/or 'modality', "
+                             f"got {list(queries)!r}")
+        return cls(parts)
+
+    def indices(self, channels: Sequence[ChannelSpec]) -> list[int]:
+        """The union of the parts' columns, in column order."""
+        return sorted({i for part in self.parts for i in part.indices(channels)})
+
+    def describe(self) -> str:
+        return " + ".join(part.describe() for part in self.parts)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, Field, PlainSerializer, PlainValidator,
                       ValidationInfo, field_validator)
 
-from harkd.data.recording import ChannelQuery
+from harkd.data.recording import ChannelKit, ChannelQuery
 from harkd.data.registry import WindowConfig
 from harkd.errors import HarkdError
 from harkd.schema import (FORBID_UNKNOWN, Float, Int, Name, NonNegativeInt, PositiveInt, Str, config_dataclass,
@@ -138,14 +138,16 @@ def _stride_defaults_to_length(values: Any) -> Any:
     return values
 
 
-def _channel_query(values: Any) -> ChannelQuery:
+def _channel_query(values: Any) -> ChannelQuery | ChannelKit:
     try:
         return ChannelQuery.parse(values)
     except HarkdError as exc:
         raise ValueError(str(exc)) from None
 
 
-def _channel_mapping(query: ChannelQuery) -> dict:
+def _channel_mapping(query: ChannelQuery | ChannelKit) -> dict | list[dict]:
+    if isinstance(query, ChannelKit):
+        return [_channel_mapping(part) for part in query.parts]
     return {key: list(value) for key, value in (("position", query.positions), ("modality", query.modalities))
             if value is not None}
 
@@ -153,7 +155,7 @@ def _channel_mapping(query: ChannelQuery) -> dict:
 ModelEntry = Annotated[ModelSpec, BeforeValidator(_model_shorthand)]
 MethodEntry = Annotated[MethodSpec, BeforeValidator(_method_shorthand)]
 WindowEntry = Annotated[WindowConfig, BeforeValidator(_stride_defaults_to_length)]
-Channels = Annotated[ChannelQuery, PlainValidator(_channel_query), PlainSerializer(_channel_mapping)]
+Channels = Annotated[ChannelQuery | ChannelKit, PlainValidator(_channel_query), PlainSerializer(_channel_mapping)]
 Seeds = Annotated[list[NonNegativeInt], Field(min_length=1)]
 
 

@@ -1,0 +1,199 @@
+"""What `harkd search-sensors` writes: every trial and the Pareto front (search.json), the front as a table with a
+ready `harkd run` config per member (configs/), a plot of F1 against cost (search.png), and with --confirm each
+member's leave-one-subject-out test scores (its config run into confirm/) in report.md."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import optuna
+import yaml
+from matplotlib.figure import Figure
+from optuna.trial import FrozenTrial
+
+from harkd import __version__
+from harkd.experiment.compare import read_results
+from harkd.experiment.config import parse_config
+from harkd.experiment.figures import save
+from harkd.experiment.runner import run_experiment
+from harkd.files import atomic_output
+from harkd.search.sensor_search import SensorSearchConfig, front, is_counted, search_sensors
+from harkd.search.sensor_space import SensorSpace, kit_key, run_config
+from harkd.search.studies import storage_urls
+
+
+def trial_row(trial: FrozenTrial) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    state = "INTERRUPTED" if trial.state.name == "FAIL" and "error" not in attrs else trial.state.name
+    row = {"number": trial.number, "state": state, "kit": attrs.get("kit"),
+           "positions": len(attrs["kit"].split(",")) if attrs.get("kit") else None,
+           **{k: attrs.get(k) for k in ("channels", "flops", "params")},
+           "val_f1": round(trial.values[0], 5) if trial.state.name == "COMPLETE" else None}
+    return {**row, **{k: attrs[k] for k in ("val_f1_per_fold", "error", "reason", "duplicate_of") if k in attrs}}
+
+
+def slug(kit: str) -> str:
+    """A kit's file name: `right_arm-acc+gyro_torso-acc`."""
+    return kit.replace(":", "-").replace(",", "_")
+
+
+def write_configs(config: SensorSearchConfig, members: Sequence[dict], space: SensorSpace, out_dir: Path) -> None:
+    """configs/<kit>.yaml for each front member: a `harkd run` config, checked by the run's own schema."""
+    for member in members:
+        kit = next(c.kit for c in space.candidates if member["kit"] == kit_key(c.kit))
+        raw = run_config(config.raw, kit)
+        path = out_dir / "configs" / f"{slug(member['kit'])}.yaml"
+        parse_config(raw, where=str(path))
+        header = (f"# {member['kit']}: validation macro-F1 {100 * member['val_f1']:.2f} in the sensor search "
+                  f"(trial {member['number']}).\n# Run it: harkd run {path} --out runs/{slug(member['kit'])}\n")
+        with atomic_output(path) as tmp:
+            tmp.write_text(header + yaml.safe_dump(raw, sort_keys=False))
+        member["config"] = str(path)
+
+
+def confirm(members: Sequence[dict], out_dir: Path, jobs: int | None, log: Callable[[str], None]) -> None:
+    """Each member's config run leave-one-subject-out with its test subjects (resumable: a finished run is read back,
+    an interrupted one resumes); its test scores go into the member's row."""
+    for member in members:
+        run_dir = out_dir / "confirm" / slug(member["kit"])
+        if not (run_dir / "results.json").exists():
+            log(f"confirm {member['kit']}: harkd run {member['config']} --out {run_dir}")
+            raw = yaml.safe_load(Path(member["config"]).read_text())
+            run_experiment(parse_config(raw, where=member["config"]), run_dir,
+                           f"harkd run {member['config']} --out {run_dir}", log=log, jobs=jobs)
+        member["confirm"] = confirmed_scores(read_results(run_dir)["rows"], member["method"])
+        member["confirm"]["run"] = str(run_dir)
+
+
+def confirmed_scores(rows: Sequence[Mapping[str, Any]], method: str) -> dict[str, Any]:
+    """Mean ± std test macro-F1 over the run's (fold, seed) units: teacher, student alone, with the search's KD
+    method, and personalised on the teacher's labels (with the teacher on those windows) when the run has them."""
+    picks = {"teacher": ("teacher", "-"), "alone": ("student", "none"), "kd": ("student", method),
+             "personalised_teacher": ("personalised", "-"), "personalised": ("personalised", f"{method}+teacher")}
+    scores: dict[str, Any] = {}
+    for name, (role, wanted) in picks.items():
+        values = {(r["fold"], r["seed"]): r["macro_f1"] for r in rows if r["role"] == role and r["method"] == wanted}
+        if values:
+            scores[name] = {"mean": float(np.mean(list(values.values()))),
+                            "std": float(np.std(list(values.values()), ddof=1)) if len(values) > 1 else 0.0,
+                            "n": len(values), "per_fold": {f"{f}/seed{s}": v for (f, s), v in values.items()}}
+    return scores
+
+
+def plot(rows: Sequence[dict], members: Sequence[dict], measure: str, title: str, path: Path) -> None:
+    """Validation macro-F1 against one cost, every trained kit coloured by its number of positions, the front ringed
+    and joined."""
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    trained = [r for r in rows if r["val_f1"] is not None]
+    for n in sorted({r["positions"] for r in trained}):
+        points = [r for r in trained if r["positions"] == n]
+        ax.scatter([r[measure] for r in points], [100 * r["val_f1"] for r in points], alpha=0.7,
+                   label=f"{n} position{'s' if n > 1 else ''}")
+    ordered = sorted(members, key=lambda m: m[measure])
+    ax.step([m[measure] for m in ordered], [100 * m["val_f1"] for m in ordered], where="post", color="black",
+            linewidth=1)
+    ax.scatter([m[measure] for m in ordered], [100 * m["val_f1"] for m in ordered], s=160, facecolors="none",
+               edgecolors="black", label="Pareto front")
+    for m in ordered:
+        ax.annotate(m["kit"], (m[measure], 100 * m["val_f1"]), fontsize=7, xytext=(4, -10),
+                    textcoords="offset points")
+    ax.set(xlabel=measure, ylabel="validation macro-F1 (%)", title=title)
+    if measure == "flops":
+        ax.set_xscale("log")
+    ax.legend(fontsize=8, loc="lower right")
+    save(fig, path)
+
+
+def plot_measure(cost: Sequence[str]) -> str:
+    """The x axis: the finest cost the search minimises (positions only when it is the only one)."""
+    return next((m for m in reversed(cost) if m != "positions"), "positions")
+
+
+def results_of(config: SensorSearchConfig, study: optuna.Study, space: SensorSpace, name: str,
+               command: str, storage: str, wall_time_s: float) -> dict[str, Any]:
+    rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
+    members = [{**trial_row(t), "method": config.method.name} for t in front(study)]
+    return {"harkd_version": __version__, "command": command, "study": name, "storage": storage,
+            "dataset": config.dataset, "method": config.method.name, "student": config.student.label,
+            "cost": list(config.search.cost), "space_size": len(space.candidates),
+            "trials_counted": sum(map(is_counted, study.get_trials(deepcopy=False))),
+            "draws": len(rows), "search_folds": study.user_attrs.get("folds"),
+            "guiding_subjects": study.user_attrs.get("guiding_subjects"), "wall_time_s": round(wall_time_s, 1),
+            "front": members, "trials": rows, "config": config.raw}
+
+
+def _pct(score: Mapping[str, Any] | None) -> str:
+    if not score:
+        return "–"
+    return f"{100 * score['mean']:.2f}" + (f" ± {100 * score['std']:.2f}" if score["n"] > 1 else "")
+
+
+def report_md(results: Mapping[str, Any]) -> str:
+    members = results["front"]
+    lines = [f"# Sensor search: {results['study']}", "",
+             f"`{results['command']}`", "",
+             f"{results['dataset']}, student {results['student']} with KD method `{results['method']}` from the full "
+             f"teacher. {results['trials_counted']} kits trained of {results['space_size']} within budget "
+             f"({results['draws']} draws; a kit drawn again is not retrained). Every trial is scored on the "
+             f"validation windows of {', '.join(results['guiding_subjects'] or ['?'])} (folds "
+             f"{', '.join(results['search_folds'] or ['?'])}); no test subject guided the search. Objectives: "
+             f"validation macro-F1 up, then {', '.join(results['cost'])} down. Wall time "
+             f"{results['wall_time_s'] / 60:.1f} min.", "", "![F1 against cost](search.png)", "",
+             "## Pareto front", ""]
+    confirmed = any("confirm" in m for m in members)
+    head = "| kit | positions | channels | MFLOPs | params | val macro-F1 (%) |"
+    if confirmed:
+        head += (" test: teacher | student alone | with KD | personalised (teacher labels) | teacher on those "
+                 "windows |")
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for m in members:
+        line = (f"| {m['kit']} | {m['positions']} | {m['channels']} | {m['flops'] / 1e6:.3f} | {m['params']:,} | "
+                f"{100 * m['val_f1']:.2f} |")
+        if confirmed:
+            c = m.get("confirm", {})
+            line += " " + " | ".join(_pct(c.get(k)) for k in ("teacher", "alone", "kd", "personalised",
+                                                               "personalised_teacher")) + " |"
+        lines.append(line)
+    lines += ["", "Each member's ready config is in `configs/`"
+              + ("; the confirmation runs (leave-one-subject-out, test subjects) are in `confirm/`. A test subject "
+                 "that was a validation subject of the search guided it for its own fold: "
+                 + ", ".join(results["guiding_subjects"] or []) + "." if confirmed else "."), ""]
+    return "\n".join(lines)
+
+
+def write_outputs(results: Mapping[str, Any], out_dir: Path) -> None:
+    with atomic_output(out_dir / "search.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
+    plot(results["trials"], results["front"], plot_measure(results["cost"]), f"{results['study']}: sensor search",
+         out_dir / "search.png")
+    with atomic_output(out_dir / "report.md") as tmp:
+        tmp.write_text(report_md(results))
+
+
+
+
+def run_sensor_search(config: SensorSearchConfig, out_dir: Path, name: str, trials: int | None = None,
+                      storage: str | None = None, jobs: int = 1, confirm_front: bool = False, command: str = "",
+                      log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The search (resumed where a study exists), the front's configs and, with `confirm_front`, their confirmation
+    runs; OUT/search.json, search.png and report.md. The wall time sums every invocation."""
+    out_dir, clock = Path(out_dir), time.perf_counter()
+    study, space, _ = search_sensors(config, out_dir, name, trials, storage, jobs, log)
+    results = results_of(config, study, space, name, command, storage_urls(out_dir, storage)[1], 0.0)
+    write_configs(config, results["front"], space, out_dir)
+    if confirm_front:
+        confirm(results["front"], out_dir, jobs, log)
+    wall_time_s = study.user_attrs.get("wall_time_s", 0.0) + time.perf_counter() - clock
+    study.set_user_attr("wall_time_s", wall_time_s)
+    results["wall_time_s"] = round(wall_time_s, 1)
+    write_outputs(results, out_dir)
+    return results
+
+
+__all__ = ["confirm", "confirmed_scores", "results_of", "run_sensor_search", "slug", "trial_row", "write_configs",
+           "write_outputs"]

@@ -1,0 +1,432 @@
+"""`harkd search-sensors`: which sensors a worker should wear. A multi-objective Optuna study over kits of sensor
+groups (harkd.search.sensor_space): each trial trains the configured student on the kit's channels with the configured
+KD method from the full teacher (trained once per fold), scored by the mean macro-F1 on the validation subjects of the
+split's first folds (training subjects only: no test subject guides the search); objectives: that F1 up, the
+configured costs down. The Pareto front comes out as a table, a plot and one ready `harkd run` config per member
+(harkd.search.sensor_report).
+
+Trials live in an RDB storage (SQLite in OUT by default), so the same command resumes an interrupted search. A trial
+is one distinct kit trained (or failed): a kit drawn again is answered from the study, without training, and not
+counted; a trial that fails is recorded with its error and the search goes on.
+"""
+
+from __future__ import annotations
+
+import copy
+import multiprocessing
+import tempfile
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
+
+from harkd import __version__
+from harkd.data.registry import WindowConfig
+from harkd.data.splits import Fold
+from harkd.data.windowing import WindowSet
+from harkd.deploy.bundle import ModelBundle
+from harkd.distill.compose import build_method
+from harkd.errors import HarkdError
+from harkd.experiment.config import (MethodSpec, ModelSpec, PersonaliseSpec, SplitSpec, read_config)
+from harkd.experiment.folds import ExperimentData, FoldLabels, Views, experiment_windows, fold_views, sensor_groups
+from harkd.experiment.students import Sources, train_student
+from harkd.experiment.teacher import TeacherSettings, TrainedTeacher, train_teacher
+from harkd.models.base import build_model
+from harkd.search.sensor_space import (Kit, SensorSearchSection, SensorSpace, check_sensor_search,
+                                       kit_channels, kit_key)
+from harkd.search.studies import config_identity, open_study, storage_urls
+from harkd.train.engine import TrainConfig
+
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
+DRAWS_PER_TRIAL = 20  # the most kits drawn per counted trial before the search stops (repeats are free but finite)
+
+
+@dataclass(frozen=True)
+class SensorSearchConfig:
+    """dataset, dataset_options, windowing and split carry ExperimentConfig's names: the data helpers read them."""
+
+    dataset: str
+    dataset_options: dict
+    windowing: WindowConfig | None
+    split: SplitSpec
+    seed: int
+    teacher_channels: Any
+    teacher: TeacherSettings
+    student: ModelSpec
+    student_train: TrainConfig
+    search: SensorSearchSection
+    personalise: PersonaliseSpec | None
+    raw: dict
+
+    @property
+    def method(self) -> MethodSpec:
+        return self.search.method
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize"] + ["minimize"] * len(self.search.cost)
+
+
+def parse_sensor_search(raw: dict, where: str = "config") -> SensorSearchConfig:
+    schema = check_sensor_search(raw, where)
+    teacher = TeacherSettings(schema.teacher.spec(), schema.teacher.train,
+                              ModelSpec(schema.semantic.model, schema.semantic.params), schema.semantic.train)
+    return SensorSearchConfig(schema.dataset, schema.dataset_options, schema.windowing, schema.split, schema.seeds[0],
+                              schema.teacher.channels, teacher, schema.students.models[0], schema.students.train,
+                              schema.search, schema.personalise, copy.deepcopy(dict(raw)))
+
+
+def load_sensor_search(path: Path, overrides: list[str] | None = None) -> SensorSearchConfig:
+    return parse_sensor_search(read_config(path, overrides), where=str(path))
+
+
+def check_method(config: SensorSearchConfig) -> None:
+    """Build the method once on toy shapes, so a wrong distiller or option fails before any training."""
+    teacher = build_model(config.teacher.model.name, 6, 2, [[0, 1, 2], [3, 4, 5]], **config.teacher.model.params)
+    student = build_model(config.student.name, 3, 2, **config.student.params)
+    build_method(config.method, student.rep_dims, teacher.rep_dims, 2, student.map_dims, teacher.map_dims)
+
+
+@dataclass
+class SearchFold:
+    """One fold the search scores on: its labels, the teacher's inputs and the frozen teacher."""
+
+    fold: Fold
+    y: FoldLabels
+    teacher_inputs: Views
+    teacher: TrainedTeacher
+
+
+@dataclass
+class SearchData:
+    """What every trial reads (and what travels to worker processes): the teacher's windows, whose channels the kits
+    select, and the search folds with their teachers."""
+
+    view: WindowSet
+    class_names: list[str]
+    stride: int | None
+    folds: list[SearchFold]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def guiding_subjects(self) -> list[str]:
+        """The subjects whose windows score the trials (the folds' validation subjects)."""
+        return sorted({str(s) for f in self.folds for s in np.unique(self.view.subjects[f.fold.val])})
+
+
+def load_data(config: SensorSearchConfig) -> ExperimentData:
+    """The windows of the teacher's channels (the kits select from them; both views are that one)."""
+    windows, protocol_subjects, windowing = experiment_windows(config)
+    labels, class_names = windows.activity_targets()
+    view = windows.select(config.teacher_channels)
+    return ExperimentData(view, view, labels, class_names, protocol_subjects, windowing)
+
+
+def prepare(config: SensorSearchConfig, data: ExperimentData, work: Path, log: Callable[[str], None]) -> SearchData:
+    """Train the teacher of each search fold (once per invocation; seeded, so a resumed search trains the same
+    teachers)."""
+    view = data.teacher_view
+    prepared = []
+    for fold in search_folds(data, config, log):
+        y, inputs = FoldLabels.of(data.labels, fold), fold_views(view, fold)
+        log(f"teacher {config.teacher.model.name} on {fold.describe()}")
+        teacher = train_teacher(config.teacher, inputs, y, sensor_groups(view.channels), data.n_classes,
+                                work / fold.name, config.seed)
+        log(f"teacher {fold.name}: val F1 {teacher.fit.best_val_f1:.3f}")
+        prepared.append(SearchFold(fold, y, inputs, teacher))
+    return SearchData(view, data.class_names, data.windowing.stride if data.windowing else None, prepared)
+
+
+def search_folds(data: ExperimentData, config: SensorSearchConfig, log: Callable[[str], None]) -> list[Fold]:
+    """The split's first `search.folds` folds whose validation subjects are new: each fold adds subjects to score
+    on (leave-one-subject-out folds often draw the same validation subject)."""
+    chosen, seen = [], set()
+    for fold in data.folds(config.split, config.seed):
+        subjects = set(np.unique(data.teacher_view.subjects[fold.val]).tolist())
+        if not subjects & seen:
+            chosen.append(fold)
+            seen |= subjects
+        if len(chosen) == config.search.folds:
+            return chosen
+    log(f"only {len(chosen)} fold(s) have distinct validation subjects; the search scores on those")
+    return chosen
+
+
+def suggest_kit(trial: optuna.Trial, space: SensorSpace) -> Kit:
+    """How many positions, which ones, then each one's modalities: a define-by-run space, so that TPE learns the
+    size and the positions of good kits separately."""
+    size = trial.suggest_categorical("positions", space.sizes())
+    worn = trial.suggest_categorical(f"worn_{size}", space.position_sets(size)).split("+")
+    return tuple((p, tuple(trial.suggest_categorical(p, ["+".join(m) for m in space.choices[p]]).split("+")))
+                 for p in worn)
+
+
+def kit_params(kit: Kit) -> dict[str, Any]:
+    """The trial parameters `suggest_kit` reads as `kit` (to enqueue it)."""
+    return {"positions": len(kit), f"worn_{len(kit)}": "+".join(p for p, _ in kit),
+            **{p: "+".join(m) for p, m in kit}}
+
+
+class KitObjective:
+    """One trial: a kit, its costs, and the mean validation macro-F1 of the student trained on it in every search
+    fold; each fold's student is kept in `keep`/trials/<number>/ when `keep` is set."""
+
+    def __init__(self, config: SensorSearchConfig, space: SensorSpace, data: SearchData, work: Path,
+                 keep: Path | None, target: int):
+        self.config, self.space, self.data, self.work, self.keep, self.target = config, space, data, work, keep, target
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        if _taken(trial.study) >= self.target:  # processes sharing the study: the last trials are already running
+            raise optuna.TrialPruned("trial budget taken")
+        kit = suggest_kit(trial, self.space)
+        candidate = self.space.find(kit)
+        trial.set_user_attr("kit", kit_key(kit))
+        if candidate is None:  # a size, positions and modalities that combine over the channel or FLOP budget
+            trial.set_user_attr("reason", "over budget")
+            raise optuna.TrialPruned("over budget")
+        for name in ("channels", "flops", "params"):
+            trial.set_user_attr(name, candidate.cost(name))
+        twin = _twin(trial, kit_key(kit))
+        if twin is not None:
+            trial.set_user_attr("duplicate_of", twin.number)
+            raise optuna.TrialPruned(f"trial {twin.number}'s kit")
+        try:
+            scores = [self._train(trial.number, kit, f) for f in self.data.folds]
+        except Exception as exc:  # recorded with the trial; the search goes on
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}".splitlines()[0])
+            raise
+        trial.set_user_attr("val_f1_per_fold", {f.fold.name: round(s, 5) for f, s in zip(self.data.folds, scores)})
+        return (float(np.mean(scores)), *(candidate.cost(m) for m in self.config.search.cost))
+
+    def _train(self, number: int, kit: Kit, fold: SearchFold) -> float:
+        cfg = self.config
+        view = self.data.view.select(kit_channels(kit))
+        inputs = fold_views(view, fold.fold)
+        result = train_student(cfg.student, cfg.method, Sources(fold.teacher, fold.teacher_inputs, inputs), fold.y,
+                               self.data.n_classes, cfg.student_train, self.work / f"trial{number}-{fold.fold.name}",
+                               cfg.seed)
+        if self.keep is not None:
+            self._keep(result.model, view, inputs, fold.fold, number, result.best_val_f1)
+        return result.best_val_f1
+
+    def _keep(self, model: torch.nn.Module, view: WindowSet, inputs: Views, fold: Fold, number: int,
+              val_f1: float) -> None:
+        cfg = self.config
+        bundle = ModelBundle.of(model, cfg.student.name, cfg.student.params, view.channels, self.data.class_names,
+                                view.x.shape[2], view.rate_hz, inputs.normaliser, dataset=cfg.dataset,
+                                fold=fold.name, test_subjects=list(fold.test_subjects), seed=cfg.seed,
+                                role="student", method=cfg.method.name, val_macro_f1=val_f1,
+                                harkd_version=__version__)
+        bundle.stride = self.data.stride
+        bundle.save(self.keep / "trials" / str(number) / f"{fold.name}.pt")
+
+
+def _twin(trial: optuna.Trial, key: str) -> FrozenTrial | None:
+    """A trial of the same kit, finished or running in another process: training is seeded, so it would score the
+    same again. Of two running at once, the later one yields."""
+    others = trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    return next((t for t in others if t.number != trial.number and t.user_attrs.get("kit") == key
+                 and (t.number < trial.number if t.state == TrialState.RUNNING else is_counted(t))), None)
+
+
+def is_counted(trial: FrozenTrial) -> bool:
+    """A trial that trained its kit, or failed trying (with its error); one stopped by an interrupt is not."""
+    return trial.state == TrialState.COMPLETE or (trial.state == TrialState.FAIL and "error" in trial.user_attrs)
+
+
+def counted(study: optuna.Study) -> int:
+    return sum(map(is_counted, study.get_trials(deepcopy=False, states=FINISHED)))
+
+
+def _taken(study: optuna.Study) -> int:
+    """Counted trials and those other processes are running (this trial is running too)."""
+    return counted(study) + len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) - 1
+
+
+def fail_interrupted(study: optuna.Study) -> int:
+    """Trials left running by an invocation that was killed: failed, without an error, so not counted (one driver
+    per study: its worker processes and Ray tasks end with it)."""
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        study.tell(trial.number, state=TrialState.FAIL)
+    return len(stale)
+
+
+class StopRule:
+    """Stops the study at `target` counted trials, when every kit has been tried, or after the draw cap."""
+
+    def __init__(self, target: int, space_size: int, on_trial: Callable[[FrozenTrial], None] = lambda t: None):
+        self.target, self.space_size, self.on_trial = min(target, space_size), space_size, on_trial
+        self.cap = DRAWS_PER_TRIAL * target
+
+    def done(self, study: optuna.Study) -> bool:
+        """Counted and running trials (other processes') fill the budget, or the draws hit the cap."""
+        return _taken(study) + 1 >= self.target or len(study.trials) >= self.cap
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.on_trial(trial)
+        if self.done(study):
+            study.stop()
+
+
+def sampler(seed: int, study: optuna.Study, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """Seeded TPE over the conditional space, reseeded by the trials already stored so that a resumed search does
+    not redraw the first run's kits."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed + len(study.trials) + 1000 * worker, multivariate=True,
+                                          group=True)
+
+
+def first_kits(space: SensorSpace, target: int) -> list[Kit]:
+    """The kits tried before TPE draws any. A space no larger than the trial budget is searched exhaustively;
+    otherwise each sensor group alone (one position, one modality) is screened first when those fill at most half
+    the budget: the front's cheap end, and what TPE learns the good positions and modalities from."""
+    if len(space.candidates) <= target:
+        return [c.kit for c in space.candidates]
+    groups = [c.kit for c in space.candidates if c.positions == 1 and len(c.kit[0][1]) == 1]
+    return groups if len(groups) <= target // 2 else []
+
+
+def enqueue_untried(study: optuna.Study, kits: list[Kit]) -> None:
+    """Queue each of `kits` not yet tried or queued (a resumed search queues only what it misses)."""
+    seen = {t.user_attrs.get("kit") for t in study.get_trials(deepcopy=False, states=FINISHED) if is_counted(t)}
+    queued = [t.system_attrs.get("fixed_params") for t in
+              study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))]
+    for kit in kits:
+        if kit_key(kit) not in seen and kit_params(kit) not in queued:
+            study.enqueue_trial(kit_params(kit))
+
+
+def optimize(study: optuna.Study, objective: KitObjective, rule: StopRule, seed: int, worker: int = 0) -> None:
+    """Trials in this process until the rule stops the study (shared by every process on the same storage)."""
+    if rule.done(study):
+        return
+    study.sampler = sampler(seed, study, worker)
+    study.optimize(objective, callbacks=[rule], catch=(Exception,), gc_after_trial=False)
+
+
+# Worker processes of a local --jobs N search: each opens the study from the storage and optimises until the rule
+# stops it; the data arrive once per process through the pool's initializer.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(config: SensorSearchConfig, space: SensorSpace, data: SearchData, keep: Path | None,
+                 threads: int) -> None:
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    work = Path(tempfile.mkdtemp(prefix="harkd-sensors-"))
+    _WORKER.update(config=config, space=space, data=data, work=work, keep=keep)
+
+
+def _worker_optimize(storage: str, name: str, target: int, worker: int) -> None:
+    study = optuna.load_study(study_name=name, storage=storage)
+    w = _WORKER
+    optimize(study, KitObjective(w["config"], w["space"], w["data"], w["work"], w["keep"], target),
+             StopRule(target, len(w["space"].candidates)), w["config"].seed, worker)
+
+
+def run_trials(config: SensorSearchConfig, space: SensorSpace, data: SearchData, study: optuna.Study,
+               storage: str, target: int, work: Path, keep: Path | None, jobs: int,
+               log: Callable[[str], None]) -> None:
+    """The trials the study misses towards `target`, in this process or in `jobs` processes sharing the storage."""
+    if jobs == 1:
+        with tqdm(total=min(target, len(space.candidates)), initial=counted(study), desc="sensor search",
+                  unit="trial", disable=None) as bar:
+            def report(trial: FrozenTrial) -> None:
+                log(describe(trial))
+                bar.n = counted(study)
+                bar.refresh()
+
+            optimize(study, KitObjective(config, space, data, work, keep, target),
+                     StopRule(target, len(space.candidates), report), config.seed)
+        return
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker,
+                             initargs=(config, space, data, keep, 1)) as pool:
+        futures = [pool.submit(_worker_optimize, storage, study.study_name, target, w) for w in range(jobs)]
+        for future in futures:
+            future.result()
+
+
+def describe(trial: FrozenTrial) -> str:
+    attrs = trial.user_attrs
+    if trial.state == TrialState.COMPLETE:
+        outcome = f"val F1 {trial.values[0]:.3f}"
+    else:
+        outcome = attrs.get("error") or attrs.get("reason") or (
+            f"repeats trial {attrs['duplicate_of']} (not trained, not counted)" if "duplicate_of" in attrs
+            else trial.state.name.lower())
+    return f"trial {trial.number}: {attrs.get('kit')} ({attrs.get('channels', '?')} channels): {outcome}"
+
+
+def space_of(config: SensorSearchConfig, view: WindowSet, n_classes: int) -> SensorSpace:
+    return SensorSpace.build(view.channels, config.search, config.student, n_classes, view.x.shape[2],
+                             where="search")
+
+
+def search_sensors(config: SensorSearchConfig, out_dir: Path, name: str, trials: int | None = None,
+                   storage: str | None = None, jobs: int = 1,
+                   log: Callable[[str], None] = print) -> tuple[optuna.Study, SensorSpace, SearchData | None]:
+    """Run the trials the study misses; return the study, the space and the search's data (None when every trial was
+    already done: nothing was trained)."""
+    check_method(config)
+    out_dir = Path(out_dir)
+    target = config.search.trials if trials is None else trials
+    if target < 1:
+        raise HarkdError(f"--trials must be >= 1, got {target}")
+    data = load_data(config)
+    space = space_of(config, data.teacher_view, data.n_classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines are ours; failures are recorded per trial
+    study = open_study(storage_urls(out_dir, storage)[0], name, config_identity(config.raw), config.directions)
+    if stale := fail_interrupted(study):
+        log(f"{stale} trial(s) of an interrupted invocation will be drawn again")
+    first = first_kits(space, target)
+    log(f"{len(space.candidates)} kits within budget over {len(space.positions)} positions; "
+        f"{counted(study)} of {min(target, len(space.candidates))} trials done"
+        + ("; trying every kit" if len(first) == len(space.candidates) else
+           f"; each of the {len(first)} sensor groups alone first" if first else ""))
+    if StopRule(target, len(space.candidates)).done(study):
+        return study, space, None
+    enqueue_untried(study, first)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread per process, as `harkd run` and the worker processes train
+    try:
+        prepared = _train_missing(config, data, space, study, storage_urls(out_dir, storage)[0], target, out_dir,
+                                  jobs, log)
+    finally:
+        torch.set_num_threads(threads)
+    return study, space, prepared
+
+
+def _train_missing(config: SensorSearchConfig, data: ExperimentData, space: SensorSpace, study: optuna.Study,
+                   storage: str, target: int, out_dir: Path, jobs: int, log: Callable[[str], None]) -> SearchData:
+    with tempfile.TemporaryDirectory(prefix="harkd-sensors-", ignore_cleanup_errors=True) as work:
+        prepared = prepare(config, data, Path(work), log)
+        log(f"trials score on the validation windows of {', '.join(prepared.guiding_subjects)}")
+        study.set_user_attr("guiding_subjects", prepared.guiding_subjects)
+        study.set_user_attr("folds", [f.fold.name for f in prepared.folds])
+        run_trials(config, space, prepared, study, storage, target, Path(work), out_dir, jobs, log)
+    return prepared
+
+
+def front(study: optuna.Study) -> list[FrozenTrial]:
+    """The Pareto front of the distinct kits, cheapest first."""
+    best = study.best_trials if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else []
+    unique = {t.user_attrs["kit"]: t for t in sorted(best, key=lambda t: t.number, reverse=True)}
+    return sorted(unique.values(), key=lambda t: (*t.values[1:], -t.values[0]))
+
+
+__all__ = ["KitObjective", "SearchData", "SensorSearchConfig", "StopRule", "front", "load_sensor_search",
+           "parse_sensor_search", "search_sensors", "suggest_kit"]

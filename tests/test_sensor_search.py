@@ -1,0 +1,227 @@
+"""`harkd search-sensors` on synthetic data: the planted informative sensor group is found at the front's lowest
+cost, the search resumes after a kill, the kit space and its errors, and the front's ready configs."""
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import replace
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from conftest import assert_one_line_error, run_cli
+from harkd.data.install import install_dataset
+from harkd.data.loaders.generic import write_generic
+from harkd.data.recording import ChannelKit, ChannelQuery, sensor_channels
+from harkd.data.synthetic import make_recordings
+from harkd.errors import HarkdError
+from harkd.experiment.config import parse_config
+from harkd.search.sensor_report import run_sensor_search
+from harkd.search.sensor_search import parse_sensor_search
+from harkd.search.sensor_space import SensorSearchSection, SensorSpace, kit_key, run_config
+from harkd.experiment.config import ModelSpec
+
+POSITIONS = ("right_wrist", "left_wrist", "hip")
+PLANTED = ("left_wrist", "gyro")  # the only sensor group whose signals depend on the activity
+QUICK = {"epochs": 8, "batch_size": 32, "lr": 0.005, "patience": 4}
+
+
+def _planted_recordings():
+    """Three positions with acc and gyro; every group but PLANTED replaced by noise that knows no activity."""
+    recordings = make_recordings(n_subjects=4, duration_s=120, rate_hz=25, positions=POSITIONS,
+                                 modalities=("acc", "gyro"), null_fraction=0.0, seed=3)
+    rng = np.random.default_rng(0)
+    keep = [i for i, c in enumerate(recordings[0].channels) if (c.position, c.modality) == PLANTED]
+    planted = []
+    for recording in recordings:
+        signals = rng.normal(size=recording.signals.shape).astype(np.float32)
+        signals[:, keep] = recording.signals[:, keep]
+        planted.append(replace(recording, signals=signals))
+    return planted
+
+
+@pytest.fixture(scope="module")
+def planted_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("root")
+    folder = tmp_path_factory.mktemp("src") / "planted"
+    write_generic(_planted_recordings(), folder)
+    archive = folder.parent / "planted.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="planted")
+    install_dataset("planted", str(archive), sha256=hashlib.sha256(archive.read_bytes()).hexdigest(), root=root)
+    return root
+
+
+def raw_config(**search):
+    return {
+        "dataset": "planted",
+        "windowing": {"length": 50, "stride": 25},
+        "split": {"kind": "loso", "val_subjects": 1},
+        "seeds": [0],
+        "teacher": {"model": "tsak_teacher", "train": QUICK},
+        "semantic": {"train": QUICK},
+        "students": {"models": ["cnn_student"], "train": QUICK},
+        "search": {"method": "logit", "trials": 8, "folds": 1, "budget": {"positions": 2}, **search},
+    }
+
+
+@pytest.fixture()
+def planted_env(planted_root, monkeypatch):
+    monkeypatch.setenv("HARKD_DATA", str(planted_root))
+    return planted_root
+
+
+def search(tmp_path, trials=None, log=None, **changes):
+    return run_sensor_search(parse_sensor_search(raw_config(**changes)), tmp_path / "out", "planted", trials,
+                             log=(lambda _: None) if log is None else log.append)
+
+
+def test_the_planted_group_is_the_fronts_cheapest_member_within_a_small_budget(planted_env, tmp_path):
+    # 3 positions x {acc, gyro, acc+gyro}, up to 2 positions: 36 kits, 6 of them one group (3 channels), screened
+    # first; 12 trials.
+    log = []
+    results = search(tmp_path, trials=12, log=log)
+    assert results["space_size"] == 36 and results["trials_counted"] == 12
+    assert "36 kits within budget over 3 positions; 0 of 12 trials done; each of the 6 sensor groups alone first" in log
+    cheapest = results["front"][0]
+    assert cheapest["kit"] == "left_wrist:gyro" and cheapest["channels"] == 3
+    trained = [r for r in results["trials"] if r["val_f1"] is not None]
+    without = [r["val_f1"] for r in trained if not _wears_planted(r["kit"])]
+    assert without and cheapest["val_f1"] > max(without) + 0.2  # the planted group carries the activity
+    # the front is non-dominated: no trained kit is at least as good and at most as costly with one strict
+    for member in results["front"]:
+        for row in trained:
+            assert not (row["val_f1"] >= member["val_f1"] and row["positions"] <= member["positions"]
+                        and row["channels"] <= member["channels"]
+                        and (row["val_f1"], row["positions"], row["channels"])
+                        != (member["val_f1"], member["positions"], member["channels"]))
+
+
+def _wears_planted(kit):
+    return any(part.split(":")[0] == PLANTED[0] and PLANTED[1] in part.split(":")[1].split("+")
+               for part in kit.split(","))
+
+
+def test_the_fronts_configs_are_run_configs_of_their_kits(planted_env, tmp_path):
+    results = search(tmp_path, trials=3)
+    for member in results["front"]:
+        raw = yaml.safe_load(open(member["config"]))
+        config = parse_config(raw)
+        assert config.student_channels.describe().count("position=") == member["positions"]
+        assert [m.name for m in config.methods] == ["none", "logit"] and config.seeds == (0,)
+        assert "search" not in raw
+    assert (tmp_path / "out" / "search.png").stat().st_size > 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert all(m["kit"] in report for m in results["front"])
+
+
+def test_an_exhaustive_space_tries_every_kit_once(planted_env, tmp_path):
+    results = search(tmp_path, trials=20, budget={"positions": 1}, modalities=["gyro"])
+    assert results["space_size"] == 3 and results["trials_counted"] == 3
+    assert sorted(r["kit"] for r in results["trials"]) == ["hip:gyro", "left_wrist:gyro", "right_wrist:gyro"]
+
+
+def test_a_kit_drawn_again_is_answered_from_the_study_and_not_counted(planted_env, tmp_path):
+    results = search(tmp_path, trials=6, positions=["left_wrist", "hip"], modalities=["gyro"])
+    # 2 one-position kits and 1 two-position kit: the budget of 6 stops at the 3 there are
+    assert results["space_size"] == 3 and results["trials_counted"] == 3
+    assert len({r["kit"] for r in results["trials"] if r["state"] == "COMPLETE"}) == 3
+    assert all("duplicate_of" in r for r in results["trials"] if r["state"] == "PRUNED")
+
+
+def _counted(storage):
+    study = optuna.load_study(study_name="planted", storage=storage)
+    return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def test_killing_the_search_and_rerunning_the_command_resumes_it(planted_env, tmp_path):
+    path = tmp_path / "planted.yaml"
+    path.write_text(yaml.safe_dump(raw_config(trials=5)))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "harkd", "search-sensors", str(path), "--out", str(out)]
+    env = {**os.environ, "HARKD_DATA": str(planted_env)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    storage = f"sqlite:///{out / 'search.db'}"
+    deadline = time.monotonic() + 120
+    while not _safe_counted(storage):
+        assert process.poll() is None, "the search ended before its first trial"
+        assert time.monotonic() < deadline, "no trial finished in 120 s"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # no clean-up at all
+    process.wait(timeout=30)
+    before = {t.user_attrs["kit"]: t.values for t in _counted(storage)}
+    assert 1 <= len(before) < 5
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(before)} of 5 trials done" in rerun.stderr
+    after = {t.user_attrs["kit"]: t.values for t in _counted(storage)}
+    assert len(after) == 5 and all(after[kit] == values for kit, values in before.items())
+    assert json.loads((out / "search.json").read_text())["trials_counted"] == 5
+
+
+def _safe_counted(storage):
+    try:
+        return _counted(storage)
+    except Exception:  # the study is not created yet
+        return []
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"positions": ["elbow"]}, "search.positions: unknown position(s) ['elbow']"),
+    ({"require": ["hip"], "positions": ["left_wrist"]}, "search.require: ['hip'] are not among search.positions"),
+    ({"budget": {"positions": 1, "channels": 2}}, "admits no kit of 9; the cheapest has 3 channels"),
+    ({"modality_sets": [["acc"], ["capacitive"]]}, "search.modality_sets: [['capacitive']] select no channel"),
+    ({"modalities": ["mag"]}, "search.modalities: unknown modality(ies) ['mag']"),
+    ({"require": ["hip", "left_wrist", "right_wrist"]}, "search.budget.positions 2 admits no kit"),
+])
+def test_bad_search_input_is_one_line_with_exit_2_and_writes_nothing(planted_env, tmp_path, change, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw_config(**change)))
+    result = run_cli("search-sensors", str(path), "--out", str(tmp_path / "out"), data_root=planted_env)
+    assert_one_line_error(result, message)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({**raw_config(), "students": {"channels": {"position": "hip"}, "models": ["cnn_student"]}},
+     "students.channels: the search chooses the student's channels"),
+    ({**raw_config(), "seeds": [0, 1]}, "seeds: a sensor search uses one seed"),
+    ({**raw_config(), "students": {"models": ["cnn_student", "tiny_cnn"]}}, "students.models: a sensor search trains one student"),
+    (raw_config(cost=["weight"]), "search.cost"),
+])
+def test_bad_search_configs_fail_before_any_data_loads(raw, message):
+    with pytest.raises(HarkdError, match="^config: " + re.escape(message)):
+        parse_sensor_search(raw)
+
+
+def test_the_space_counts_kits_within_the_budget_and_requires_what_it_is_told():
+    channels = [c for p in POSITIONS for m in ("acc", "gyro") for c in sensor_channels(p, m, "m/s^2")]
+    student = ModelSpec("cnn_student")
+    space = SensorSpace.build(channels, SensorSearchSection(), student, 4, 50)
+    assert len(space.candidates) == 3 * 3 + 3 * 9 + 27  # 1, 2 and 3 positions, each with 3 modality sets
+    space = SensorSpace.build(channels, SensorSearchSection(budget={"positions": 2}, require=("hip",)), student, 4,
+                              50)
+    assert all("hip" in kit_key(c.kit) for c in space.candidates) and len(space.candidates) == 3 + 2 * 9
+    space = SensorSpace.build(channels, SensorSearchSection(budget={"positions": 1, "channels": 3}), student, 4, 50)
+    assert sorted(kit_key(c.kit) for c in space.candidates) == sorted(f"{p}:{m}" for p in POSITIONS
+                                                                       for m in ("acc", "gyro"))
+
+
+def test_a_kit_selects_its_channels_in_column_order():
+    channels = [c for p in POSITIONS for m in ("acc", "gyro") for c in sensor_channels(p, m, "m/s^2")]
+    kit = ChannelQuery.parse([{"position": "hip", "modality": "acc"}, {"position": "right_wrist",
+                                                                       "modality": ["acc", "gyro"]}])
+    assert isinstance(kit, ChannelKit)
+    assert kit.indices(channels) == [0, 1, 2, 3, 4, 5, 12, 13, 14]
+    assert kit.describe() == "position=hip;modality=acc + position=right_wrist;modality=acc,gyro"
+    config = parse_config(run_config(raw_config(), (("hip", ("acc",)),)))
+    assert config.student_channels.indices(channels) == [12, 13, 14]
