@@ -11,6 +11,7 @@ import sys
 import tarfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -23,12 +24,12 @@ from harkd.data.loaders.generic import write_generic
 from harkd.data.recording import ChannelKit, ChannelQuery, sensor_channels
 from harkd.data.synthetic import make_recordings
 from harkd.errors import HarkdError
-from harkd.experiment.config import parse_config
+from harkd.experiment.config import ModelSpec, parse_config
 from harkd.search.sensor_report import run_sensor_search
-from harkd.search.sensor_search import parse_sensor_search
+from harkd.search.sensor_search import load_data, load_sensor_search, parse_sensor_search, space_of
 from harkd.search.sensor_space import SensorSearchSection, SensorSpace, kit_key, run_config
-from harkd.experiment.config import ModelSpec
 
+CONFIGS = Path(__file__).parent.parent / "configs"
 POSITIONS = ("right_wrist", "left_wrist", "hip")
 PLANTED = ("left_wrist", "gyro")  # the only sensor group whose signals depend on the activity
 QUICK = {"epochs": 8, "batch_size": 32, "lr": 0.005, "patience": 4}
@@ -225,3 +226,32 @@ def test_a_kit_selects_its_channels_in_column_order():
     assert kit.describe() == "position=hip;modality=acc + position=right_wrist;modality=acc,gyro"
     config = parse_config(run_config(raw_config(), (("hip", ("acc",)),)))
     assert config.student_channels.indices(channels) == [12, 13, 14]
+
+
+SHIPPED = {"dsads-sensors": 375, "hapt-sensors": 3, "openpack-sensors": 322}
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name, kits", SHIPPED.items())
+def test_every_shipped_sensor_config_builds_its_space_on_the_real_data(installed_root, monkeypatch, name, kits):
+    monkeypatch.setenv("HARKD_DATA", str(installed_root))
+    config = load_sensor_search(CONFIGS / f"{name}.yaml")
+    data = load_data(config)
+    space = space_of(config, data.teacher_view, data.n_classes)
+    assert len(space.candidates) == kits
+    assert set(space.positions) == {c.position for c in data.teacher_view.channels}
+
+
+@pytest.mark.realdata
+def test_on_hapt_only_training_subjects_guide_the_search_and_the_front_wears_the_waist(installed_root, tmp_path,
+                                                                                     monkeypatch):
+    result = run_cli("search-sensors", str(CONFIGS / "hapt-sensors.yaml"), "teacher.train.epochs=1",
+                     "semantic.train.epochs=1", "students.train.epochs=1", "--out", str(tmp_path / "out"),
+                     data_root=installed_root, check=True)
+    results = json.loads((tmp_path / "out" / "search.json").read_text())
+    monkeypatch.setenv("HARKD_DATA", str(installed_root))
+    test_subjects = set(load_data(load_sensor_search(CONFIGS / "hapt-sensors.yaml")).protocol_subjects[1])
+    assert results["guiding_subjects"] and not set(results["guiding_subjects"]) & test_subjects
+    assert results["trials_counted"] == 3 and sorted(r["kit"] for r in results["trials"]) == [
+        "waist:acc", "waist:acc+gyro", "waist:gyro"]
+    assert "front: waist:" in result.stdout
