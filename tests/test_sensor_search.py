@@ -25,6 +25,7 @@ from harkd.data.recording import ChannelKit, ChannelQuery, sensor_channels
 from harkd.data.synthetic import make_recordings
 from harkd.errors import HarkdError
 from harkd.experiment.config import ModelSpec, parse_config
+from harkd.search import sensor_search
 from harkd.search.sensor_report import run_sensor_search
 from harkd.search.sensor_search import load_data, load_sensor_search, parse_sensor_search, space_of
 from harkd.search.sensor_space import SensorSearchSection, SensorSpace, kit_key, run_config
@@ -255,3 +256,19 @@ def test_on_hapt_only_training_subjects_guide_the_search_and_the_front_wears_the
     assert results["trials_counted"] == 3 and sorted(r["kit"] for r in results["trials"]) == [
         "waist:acc", "waist:acc+gyro", "waist:gyro"]
     assert "front: waist:" in result.stdout
+
+
+def test_a_trial_that_fails_is_recorded_with_its_error_and_the_search_goes_on(planted_env, tmp_path, monkeypatch):
+    real = sensor_search.train_student
+
+    def fail_on_the_hip(spec, method, sources, *args, **kwargs):
+        if sources.student_inputs.train.shape[1] == 6:  # every 6-channel kit
+            raise RuntimeError("the hip sensor's driver crashed")
+        return real(spec, method, sources, *args, **kwargs)
+
+    monkeypatch.setattr(sensor_search, "train_student", fail_on_the_hip)
+    results = search(tmp_path, trials=9, budget={"positions": 1})
+    failed = [r for r in results["trials"] if r["state"] == "FAIL"]
+    assert results["trials_counted"] == 9 and len(failed) == 3  # the three acc+gyro kits
+    assert all(r["error"] == "RuntimeError: the hip sensor's driver crashed" for r in failed)
+    assert all(m["channels"] == 3 for m in results["front"])

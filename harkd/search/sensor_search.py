@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import multiprocessing
+import sys
 import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -333,7 +334,8 @@ def _worker_optimize(storage: str, name: str, target: int, worker: int) -> None:
     study = optuna.load_study(study_name=name, storage=storage)
     w = _WORKER
     optimize(study, KitObjective(w["config"], w["space"], w["data"], w["work"], w["keep"], target),
-             StopRule(target, len(w["space"].candidates)), w["config"].seed, worker)
+             StopRule(target, len(w["space"].candidates), lambda trial: print(describe(trial), file=sys.stderr,
+                                                                               flush=True)), w["config"].seed, worker)
 
 
 def run_trials(config: SensorSearchConfig, space: SensorSpace, data: SearchData, study: optuna.Study,
