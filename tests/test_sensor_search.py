@@ -197,7 +197,8 @@ def test_bad_search_input_is_one_line_with_exit_2_and_writes_nothing(planted_env
     ({**raw_config(), "students": {"channels": {"position": "hip"}, "models": ["cnn_student"]}},
      "students.channels: the search chooses the student's channels"),
     ({**raw_config(), "seeds": [0, 1]}, "seeds: a sensor search uses one seed"),
-    ({**raw_config(), "students": {"models": ["cnn_student", "tiny_cnn"]}}, "students.models: a sensor search trains one student"),
+    ({**raw_config(), "students": {"models": ["cnn_student", "tiny_cnn"]}},
+     "students.models: a sensor search trains one student"),
     (raw_config(cost=["weight"]), "search.cost"),
 ])
 def test_bad_search_configs_fail_before_any_data_loads(raw, message):

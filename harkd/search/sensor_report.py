@@ -115,7 +115,8 @@ def plot_measure(cost: Sequence[str]) -> str:
 
 
 def results_of(config: SensorSearchConfig, study: optuna.Study, space: SensorSpace, name: str,
-               command: str, storage: str, wall_time_s: float) -> dict[str, Any]:
+               command: str, storage: str) -> dict[str, Any]:
+    """search.json's content (the wall time is added once the invocation ends)."""
     rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
     members = [{**trial_row(t), "method": config.method.name} for t in front(study)]
     return {"harkd_version": __version__, "command": command, "study": name, "storage": storage,
@@ -123,8 +124,7 @@ def results_of(config: SensorSearchConfig, study: optuna.Study, space: SensorSpa
             "cost": list(config.search.cost), "space_size": len(space.candidates),
             "trials_counted": sum(map(is_counted, study.get_trials(deepcopy=False))),
             "draws": len(rows), "search_folds": study.user_attrs.get("folds"),
-            "guiding_subjects": study.user_attrs.get("guiding_subjects"), "wall_time_s": round(wall_time_s, 1),
-            "front": members, "trials": rows, "config": config.raw}
+            "guiding_subjects": study.user_attrs.get("guiding_subjects"), "front": members, "trials": rows, "config": config.raw}
 
 
 def _pct(score: Mapping[str, Any] | None) -> str:
@@ -184,7 +184,7 @@ def run_sensor_search(config: SensorSearchConfig, out_dir: Path, name: str, tria
     runs; OUT/search.json, search.png and report.md. The wall time sums every invocation."""
     out_dir, clock = Path(out_dir), time.perf_counter()
     study, space, _ = search_sensors(config, out_dir, name, trials, storage, jobs, log)
-    results = results_of(config, study, space, name, command, storage_urls(out_dir, storage)[1], 0.0)
+    results = results_of(config, study, space, name, command, storage_urls(out_dir, storage)[1])
     write_configs(config, results["front"], space, out_dir)
     if confirm_front:
         confirm(results["front"], out_dir, jobs, log)

@@ -35,8 +35,9 @@ from harkd.data.windowing import WindowSet
 from harkd.deploy.bundle import ModelBundle
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
-from harkd.experiment.config import (MethodSpec, ModelSpec, PersonaliseSpec, SplitSpec, read_config)
-from harkd.experiment.folds import ExperimentData, FoldLabels, Views, experiment_windows, fold_views, sensor_groups
+from harkd.experiment.config import MethodSpec, ModelSpec, PersonaliseSpec, SplitSpec, read_config
+from harkd.experiment.folds import (ExperimentData, FoldLabels, Views, experiment_windows, fold_views,
+                                    sensor_groups)
 from harkd.experiment.students import Sources, train_student
 from harkd.experiment.teacher import TeacherSettings, TrainedTeacher, train_teacher
 from harkd.models.base import build_model
