@@ -157,20 +157,31 @@ def run(
                                    "results.json there is an error)"),
     print_config: bool = typer.Option(False, "--print-config", help="print the config with every default filled "
                                       "in, as YAML, and exit without training"),
+    backend: str = typer.Option("local", "--backend", help="local (worker processes, see --jobs) or ray: each "
+                                "(seed, fold) unit a task on a Ray cluster (pip install 'harkd[ray]')"),
+    address: Optional[str] = typer.Option(None, "--address", help="with --backend ray: HOST:PORT of the cluster's "
+                                          "head (default: a Ray instance on this machine, 127.0.0.1 only)"),
+    cpus_per_unit: Optional[float] = typer.Option(None, "--cpus-per-unit", help="with --backend ray: CPUs each unit "
+                                                  "holds (default 1; fractions allowed)"),
+    gpus_per_unit: Optional[float] = typer.Option(None, "--gpus-per-unit", help="with --backend ray: GPUs each unit "
+                                                  "holds (default 0; fractions allowed)"),
 ) -> None:
     """Train teacher, semantic classifier and students with each KD method over folds and seeds."""
     from harkd.experiment.config import experiment_yaml, load_config, read_config
+    from harkd.experiment.ray_backend import RayBackend
     from harkd.experiment.runner import run_experiment
 
     if print_config:
         typer.echo(experiment_yaml(read_config(config, overrides or []), str(config)), nl=False)
         return
+    ray = RayBackend.from_options(backend, address, cpus_per_unit, gpus_per_unit)
     cfg = load_config(config, overrides or [])
     command = " ".join(["harkd", "run", str(config), *(overrides or []), "--out", str(out)]
                        + (["--jobs", str(jobs)] if jobs is not None else []) + (["--keep-models"] if keep_models else [])
-                       + (["--threads", str(threads)] if threads is not None else []))
+                       + (["--threads", str(threads)] if threads is not None else [])
+                       + (ray.cli_options("unit") if ray else []))
     run_experiment(cfg, out, command, log=lambda line: typer.echo(line, err=True), jobs=jobs, keep_models=keep_models,
-                   threads=threads, overwrite=overwrite)
+                   threads=threads, overwrite=overwrite, ray=ray)
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'}")
 
 
@@ -337,22 +348,33 @@ def search_head(
                                                                   "sqlite:///OUT/search.db)"),
     print_config: bool = typer.Option(False, "--print-config", help="print the config with every default filled "
                                       "in, as YAML, and exit without searching"),
+    backend: str = typer.Option("local", "--backend", help="local (this process) or ray: each trial a task on a Ray "
+                                "cluster, sharing the study's storage (pip install 'harkd[ray]')"),
+    address: Optional[str] = typer.Option(None, "--address", help="with --backend ray: HOST:PORT of the cluster's "
+                                          "head (default: a Ray instance on this machine, 127.0.0.1 only); on "
+                                          "several machines, give --storage a database every node reaches"),
+    cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial", help="with --backend ray: CPUs each "
+                                                   "trial holds (default 1; fractions allowed)"),
+    gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", help="with --backend ray: GPUs each "
+                                                   "trial holds (default 0; fractions allowed)"),
 ) -> None:
     """SMLDist's classifier-head search: the best head for the student under the config's cost budget."""
     from harkd.experiment.config import read_config
+    from harkd.experiment.ray_backend import RayBackend
     from harkd.search import load_search_config, run_head_search
     from harkd.search.head_search import search_yaml
 
     if print_config:
         typer.echo(search_yaml(read_config(config, overrides or []), str(config)), nl=False)
         return
+    ray = RayBackend.from_options(backend, address, cpus_per_trial, gpus_per_trial, per="trial")
     cfg = load_search_config(config, overrides or [])
     out = out or Path("runs") / config.stem
     command = " ".join(["harkd", "search-head", str(config), *(overrides or []), "--out", str(out)]
                        + (["--trials", str(trials)] if trials is not None else [])
-                       + (["--storage", storage] if storage else []))
+                       + (["--storage", storage] if storage else []) + (ray.cli_options("trial") if ray else []))
     results = run_head_search(cfg, out, config.stem, trials, storage, command,
-                              log=lambda line: typer.echo(line, err=True))
+                              log=lambda line: typer.echo(line, err=True), ray=ray)
     best = results["best"]
     if best is None:
         typer.echo(f"no head within the budget among {results['finished']} trials; wrote {out / 'search.json'}")
@@ -400,9 +422,10 @@ def search_sensors_cmd(
                        + (["--jobs", str(jobs)] if jobs != 1 else []))
     results = run_sensor_search(cfg, out, config.stem, trials, storage, jobs, confirm, command,
                                 log=lambda line: typer.echo(line, err=True))
-    for member in results["front"]:
-        typer.echo(f"front: {member['kit']}: {member['positions']} position(s), {member['channels']} channels, "
-                   f"val F1 {member['val_f1']:.3f} -> {member['config']}")
+    for member in results["members"]:
+        typer.echo(f"{'front' if member['on_front'] else 'best at its positions'}: {member['kit']}: "
+                   f"{member['positions']} position(s), {member['channels']} channels, val F1 "
+                   f"{member['val_f1']:.3f} -> {member['config']}")
     typer.echo(f"wrote {out / 'report.md'}, {out / 'search.json'} and {out / 'search.png'}")
 
 

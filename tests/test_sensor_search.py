@@ -93,13 +93,19 @@ def test_the_planted_group_is_the_fronts_cheapest_member_within_a_small_budget(p
     results = search(tmp_path, trials=12, log=log)
     assert results["space_size"] == 36 and results["trials_counted"] == 12
     assert "36 kits within budget over 3 positions; 0 of 12 trials done; each of the 6 sensor groups alone first" in log
-    cheapest = results["front"][0]
+    front = [m for m in results["members"] if m["on_front"]]
+    cheapest = front[0]
     assert cheapest["kit"] == "left_wrist:gyro" and cheapest["channels"] == 3
     trained = [r for r in results["trials"] if r["val_f1"] is not None]
     without = [r["val_f1"] for r in trained if not _wears_planted(r["kit"])]
     assert without and cheapest["val_f1"] > max(without) + 0.2  # the planted group carries the activity
     # the front is non-dominated: no trained kit is at least as good and at most as costly with one strict
-    for member in results["front"]:
+    assert [m["kit"] for m in front] == results["front"]
+    best = {m["positions"]: m for m in results["members"] if m["best_at_its_positions"]}
+    assert sorted(best) == [1, 2]  # a member at each number of positions, on the front or not
+    for size, member in best.items():
+        assert member["val_f1"] == max(r["val_f1"] for r in trained if r["positions"] == size)
+    for member in front:
         for row in trained:
             assert not (row["val_f1"] >= member["val_f1"] and row["positions"] <= member["positions"]
                         and row["channels"] <= member["channels"]
@@ -114,7 +120,8 @@ def _wears_planted(kit):
 
 def test_the_fronts_configs_are_run_configs_of_their_kits(planted_env, tmp_path):
     results = search(tmp_path, trials=3)
-    for member in results["front"]:
+    assert results["members"]
+    for member in results["members"]:
         raw = yaml.safe_load(open(member["config"]))
         config = parse_config(raw)
         assert config.student_channels.describe().count("position=") == member["positions"]
@@ -122,7 +129,7 @@ def test_the_fronts_configs_are_run_configs_of_their_kits(planted_env, tmp_path)
         assert "search" not in raw
     assert (tmp_path / "out" / "search.png").stat().st_size > 0
     report = (tmp_path / "out" / "report.md").read_text()
-    assert all(m["kit"] in report for m in results["front"])
+    assert all(m["kit"] in report for m in results["members"])
 
 
 def test_an_exhaustive_space_tries_every_kit_once(planted_env, tmp_path):
@@ -272,4 +279,4 @@ def test_a_trial_that_fails_is_recorded_with_its_error_and_the_search_goes_on(pl
     failed = [r for r in results["trials"] if r["state"] == "FAIL"]
     assert results["trials_counted"] == 9 and len(failed) == 3  # the three acc+gyro kits
     assert all(r["error"] == "RuntimeError: the hip sensor's driver crashed" for r in failed)
-    assert all(m["channels"] == 3 for m in results["front"])
+    assert all(m["channels"] == 3 for m in results["members"])

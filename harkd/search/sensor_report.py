@@ -21,7 +21,7 @@ from harkd.experiment.config import parse_config
 from harkd.experiment.figures import save
 from harkd.experiment.runner import run_experiment
 from harkd.files import atomic_output
-from harkd.search.sensor_search import SensorSearchConfig, front, is_counted, search_sensors
+from harkd.search.sensor_search import SensorSearchConfig, best_by_positions, front, is_counted, search_sensors
 from harkd.search.sensor_space import SensorSpace, kit_key, run_config
 from harkd.search.studies import storage_urls
 
@@ -86,7 +86,7 @@ def confirmed_scores(rows: Sequence[Mapping[str, Any]], method: str) -> dict[str
 
 def plot(rows: Sequence[dict], members: Sequence[dict], measure: str, title: str, path: Path) -> None:
     """Validation macro-F1 against one cost, every trained kit coloured by its number of positions, the front ringed
-    and joined."""
+    and joined, the other members (best at their number of positions) squared."""
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
     trained = [r for r in rows if r["val_f1"] is not None]
@@ -94,12 +94,16 @@ def plot(rows: Sequence[dict], members: Sequence[dict], measure: str, title: str
         points = [r for r in trained if r["positions"] == n]
         ax.scatter([r[measure] for r in points], [100 * r["val_f1"] for r in points], alpha=0.7,
                    label=f"{n} position{'s' if n > 1 else ''}")
-    ordered = sorted(members, key=lambda m: m[measure])
+    ordered = sorted((m for m in members if m["on_front"]), key=lambda m: m[measure])
     ax.step([m[measure] for m in ordered], [100 * m["val_f1"] for m in ordered], where="post", color="black",
             linewidth=1)
     ax.scatter([m[measure] for m in ordered], [100 * m["val_f1"] for m in ordered], s=160, facecolors="none",
                edgecolors="black", label="Pareto front")
-    for m in ordered:
+    dominated = [m for m in members if not m["on_front"]]
+    if dominated:
+        ax.scatter([m[measure] for m in dominated], [100 * m["val_f1"] for m in dominated], s=160, marker="s",
+                   facecolors="none", edgecolors="grey", label="best at its positions, off the front")
+    for m in members:
         ax.annotate(m["kit"], (m[measure], 100 * m["val_f1"]), fontsize=7, xytext=(4, -10),
                     textcoords="offset points")
     ax.set(xlabel=measure, ylabel="validation macro-F1 (%)", title=title)
@@ -114,17 +118,29 @@ def plot_measure(cost: Sequence[str]) -> str:
     return next((m for m in reversed(cost) if m != "positions"), "positions")
 
 
+def search_members(study: optuna.Study, method: str) -> list[dict]:
+    """The Pareto front and the best kit at each number of positions, cheapest first: each gets a ready config and,
+    with --confirm, a confirmation run."""
+    on_front = {t.number for t in front(study)}
+    best = {t.number for t in best_by_positions(study)}
+    trials = sorted({t.number: t for t in [*front(study), *best_by_positions(study)]}.values(),
+                    key=lambda t: (*t.values[1:], -t.values[0]))
+    return [{**trial_row(t), "method": method, "on_front": t.number in on_front,
+             "best_at_its_positions": t.number in best} for t in trials]
+
+
 def results_of(config: SensorSearchConfig, study: optuna.Study, space: SensorSpace, name: str,
                command: str, storage: str) -> dict[str, Any]:
     """search.json's content (the wall time is added once the invocation ends)."""
     rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
-    members = [{**trial_row(t), "method": config.method.name} for t in front(study)]
+    members = search_members(study, config.method.name)
     return {"harkd_version": __version__, "command": command, "study": name, "storage": storage,
             "dataset": config.dataset, "method": config.method.name, "student": config.student.label,
             "cost": list(config.search.cost), "space_size": len(space.candidates),
             "trials_counted": sum(map(is_counted, study.get_trials(deepcopy=False))),
             "draws": len(rows), "search_folds": study.user_attrs.get("folds"),
-            "guiding_subjects": study.user_attrs.get("guiding_subjects"), "front": members, "trials": rows, "config": config.raw}
+            "guiding_subjects": study.user_attrs.get("guiding_subjects"), "members": members,
+            "front": [m["kit"] for m in members if m["on_front"]], "trials": rows, "config": config.raw}
 
 
 def _pct(score: Mapping[str, Any] | None) -> str:
@@ -134,7 +150,7 @@ def _pct(score: Mapping[str, Any] | None) -> str:
 
 
 def report_md(results: Mapping[str, Any]) -> str:
-    members = results["front"]
+    members = results["members"]
     lines = [f"# Sensor search: {results['study']}", "",
              f"`{results['command']}`", "",
              f"{results['dataset']}, student {results['student']} with KD method `{results['method']}` from the full "
@@ -144,16 +160,18 @@ def report_md(results: Mapping[str, Any]) -> str:
              f"{', '.join(results['search_folds'] or ['?'])}); no test subject guided the search. Objectives: "
              f"validation macro-F1 up, then {', '.join(results['cost'])} down. Wall time "
              f"{results['wall_time_s'] / 60:.1f} min.", "", "![F1 against cost](search.png)", "",
-             "## Pareto front", ""]
+             "## Pareto front and the best kit at each number of positions", "",
+             "Front: no other kit scores higher at no greater cost. A kit off the front is the best at its number of "
+             "positions, beaten by a kit wearing fewer.", ""]
     confirmed = any("confirm" in m for m in members)
-    head = "| kit | positions | channels | MFLOPs | params | val macro-F1 (%) |"
+    head = "| kit | front | positions | channels | MFLOPs | params | val macro-F1 (%) |"
     if confirmed:
         head += (" test: teacher | student alone | with KD | personalised (teacher labels) | teacher on those "
                  "windows |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for m in members:
-        line = (f"| {m['kit']} | {m['positions']} | {m['channels']} | {m['flops'] / 1e6:.3f} | {m['params']:,} | "
-                f"{100 * m['val_f1']:.2f} |")
+        line = (f"| {m['kit']} | {'yes' if m['on_front'] else 'no'} | {m['positions']} | {m['channels']} | "
+                f"{m['flops'] / 1e6:.3f} | {m['params']:,} | {100 * m['val_f1']:.2f} |")
         if confirmed:
             c = m.get("confirm", {})
             line += " " + " | ".join(_pct(c.get(k)) for k in ("teacher", "alone", "kd", "personalised",
@@ -169,12 +187,15 @@ def report_md(results: Mapping[str, Any]) -> str:
 def write_outputs(results: Mapping[str, Any], out_dir: Path) -> None:
     with atomic_output(out_dir / "search.json") as tmp:
         tmp.write_text(json.dumps(results, indent=1) + "\n")
-    plot(results["trials"], results["front"], plot_measure(results["cost"]), f"{results['study']}: sensor search",
+    plot(results["trials"], results["members"], plot_measure(results["cost"]), f"{results['study']}: sensor search",
          out_dir / "search.png")
     with atomic_output(out_dir / "report.md") as tmp:
         tmp.write_text(report_md(results))
 
 
+def _wall_time(study: optuna.Study, clock: float) -> float:
+    """Seconds of every invocation: the earlier ones' (kept in the study) and this one's since `clock`."""
+    return study.user_attrs.get("wall_time_s", 0.0) + time.perf_counter() - clock
 
 
 def run_sensor_search(config: SensorSearchConfig, out_dir: Path, name: str, trials: int | None = None,
@@ -185,10 +206,11 @@ def run_sensor_search(config: SensorSearchConfig, out_dir: Path, name: str, tria
     out_dir, clock = Path(out_dir), time.perf_counter()
     study, space, _ = search_sensors(config, out_dir, name, trials, storage, jobs, log)
     results = results_of(config, study, space, name, command, storage_urls(out_dir, storage)[1])
-    write_configs(config, results["front"], space, out_dir)
+    write_configs(config, results["members"], space, out_dir)
+    write_outputs({**results, "wall_time_s": round(_wall_time(study, clock), 1)}, out_dir)  # kept if --confirm fails
     if confirm_front:
-        confirm(results["front"], out_dir, jobs, log)
-    wall_time_s = study.user_attrs.get("wall_time_s", 0.0) + time.perf_counter() - clock
+        confirm(results["members"], out_dir, jobs, log)
+    wall_time_s = _wall_time(study, clock)
     study.set_user_attr("wall_time_s", wall_time_s)
     results["wall_time_s"] = round(wall_time_s, 1)
     write_outputs(results, out_dir)

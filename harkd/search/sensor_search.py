@@ -431,5 +431,17 @@ def front(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(unique.values(), key=lambda t: (*t.values[1:], -t.values[0]))
 
 
-__all__ = ["KitObjective", "SearchData", "SensorSearchConfig", "StopRule", "front", "load_sensor_search",
+def best_by_positions(study: optuna.Study) -> list[FrozenTrial]:
+    """The best kit at each number of positions worn (what a factory buys is first a number of devices), whether or
+    not a kit with fewer positions scores higher."""
+    best: dict[int, FrozenTrial] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        size = int(trial.params["positions"])
+        if size not in best or trial.values[0] > best[size].values[0]:
+            best[size] = trial
+    return [best[size] for size in sorted(best)]
+
+
+__all__ = ["KitObjective", "SearchData", "SensorSearchConfig", "StopRule", "best_by_positions", "front",
+           "load_sensor_search",
            "parse_sensor_search", "search_sensors", "suggest_kit"]
