@@ -16,7 +16,7 @@ DROPPED = {"lightning", "pytorch-lightning"}  # imported for a device and a seed
 
 
 def _declared() -> list[Requirement]:
-    return [Requirement(r) for r in PYPROJECT["dependencies"] + PYPROJECT["optional-dependencies"]["test"]]
+    return [Requirement(r) for r in PYPROJECT["dependencies"] + sum(PYPROJECT["optional-dependencies"].values(), [])]
 
 
 def _lock() -> dict[str, Version]:

@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ from harkd.experiment.teacher import TeacherSettings, TrainedTeacher, semantic_i
 from harkd.models.base import build_model
 from harkd.models.tsak import TwoStageTeacher, semantic_input_dims
 from harkd.train.engine import set_epoch_hook
+
+if TYPE_CHECKING:
+    from harkd.experiment.ray_backend import RayBackend
 
 
 def check_names(config: ExperimentConfig) -> None:
@@ -166,25 +169,29 @@ Plan = list[tuple[int, int, Fold]]  # (seed, the fold's index among the seed's f
 
 
 class Runner:
-    """A whole run: every (seed, fold) unit, in this process or in `jobs` worker processes, then costs (measured
-    once per model, in this process, after training so the latency timings have the machine to themselves),
-    results.json and the report."""
+    """A whole run: every (seed, fold) unit, in this process, in `jobs` worker processes or, with `ray`, as tasks on
+    a Ray cluster (harkd.experiment.ray_backend); then costs (measured once per model, in this process, after
+    training so the latency timings have the machine to themselves), results.json and the report."""
 
     heartbeat_s = 30.0  # the longest silence while units train
 
     def __init__(self, config: ExperimentConfig, out_dir: Path, command: str, log: Callable[[str], None] = print,
                  jobs: int | None = 1, keep_models: bool = False, threads: int | None = None,
-                 overwrite: bool = False):
+                 overwrite: bool = False, ray: RayBackend | None = None):
         if jobs is not None and jobs < 1:
             raise HarkdError(f"--jobs must be at least 1, got {jobs}")
+        if ray is not None and jobs not in (None, 1):
+            raise HarkdError(f"--jobs applies to --backend local; on Ray, --cpus-per-unit ({ray.cpus:g}) sets how "
+                             f"many units a node trains at once")
         if threads is not None and threads < 1:
             raise HarkdError(f"--threads must be at least 1, got {threads}")
         self.config, self.out_dir, self.command, self.log, self.jobs = config, Path(out_dir), command, log, jobs
         self.models = self.out_dir / "models" if keep_models else None
         # One torch thread per process by default: on two threads a process ran 2.7x slower than on one when another
         # job took a core (benchmarks/bench_threads.py). Cores go to processes instead.
-        self.threads = threads or 1
+        self.threads = threads or (1 if ray is None else ray.threads)  # a Ray task's threads: the CPUs it holds
         self.overwrite = overwrite
+        self.ray = ray
 
     def run(self) -> dict[str, Any]:
         cfg = self.config
@@ -199,8 +206,8 @@ class Runner:
         store = UnitStore(self.out_dir, cfg.raw)
         store.open()
         finished = self._finished_units(plan, store)
-        # None: one process per core, as many as there are units to train
-        self.jobs = self.jobs or min(os.cpu_count() or 1, max(1, len(plan) - len(finished)))
+        if self.ray is None:  # None: one process per core, as many as there are units to train
+            self.jobs = self.jobs or min(os.cpu_count() or 1, max(1, len(plan) - len(finished)))
         with tempfile.TemporaryDirectory(prefix="harkd-run-", ignore_cleanup_errors=True) as work:  # Ctrl-C too
             units = self._train(plan, data, Path(work), finished, store, clock)
         results = self._results(units, data, started, sum(store.previous_s) + time.perf_counter() - clock,
@@ -285,7 +292,15 @@ class Runner:
         return [results[k] for k in range(len(plan))]
 
     def _units(self, plan: Plan, todo: list[int], data: ExperimentData, work: Path) -> Iterator[tuple[int, FoldResult]]:
-        """(plan index, result) of each unit in `todo` as it finishes: here, or in spawned worker processes."""
+        """(plan index, result) of each unit in `todo` as it finishes: here, in spawned worker processes, or on Ray."""
+        if self.ray is not None:
+            from harkd.experiment.ray_backend import train_units_on_ray
+
+            if todo:  # nothing to start Ray for when every unit is resumed
+                units = {k: (plan[k][0], plan[k][2]) for k in todo}
+                yield from train_units_on_ray(self.ray, self.config.raw, data, units, self.threads, self.models,
+                                              work / "status")
+            return
         if self.jobs == 1:
             runner, threads = FoldRunner(self.config, data, work, self.models), torch.get_num_threads()
             set_epoch_hook(status_hook(work))
@@ -352,8 +367,8 @@ def _summed_confusions(units: list[FoldResult]) -> dict[str, list]:
 
 def run_experiment(config: ExperimentConfig, out_dir: Path, command: str = "", log: Callable[[str], None] = print,
                    jobs: int | None = 1, keep_models: bool = False, threads: int | None = None,
-                   overwrite: bool = False) -> dict[str, Any]:
-    return Runner(config, out_dir, command, log, jobs, keep_models, threads, overwrite).run()
+                   overwrite: bool = False, ray: RayBackend | None = None) -> dict[str, Any]:
+    return Runner(config, out_dir, command, log, jobs, keep_models, threads, overwrite, ray).run()
 
 
 __all__ = ["run_experiment", "check_names", "cost_models", "load_data", "FoldRunner", "Runner"]

@@ -14,8 +14,9 @@ import io
 import json
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Mapping
 
 import optuna
 import torch
@@ -41,6 +42,9 @@ from harkd.models.base import build_model, model_defaults
 from harkd.models.heads import HEAD_OPTIONS, HEADS
 from harkd.schema import PositiveFloats, PositiveInt, PositiveInts, Str, config_dataclass, resolved_yaml, validate
 from harkd.train.engine import TeacherTargets, TrainConfig, fit
+
+if TYPE_CHECKING:
+    from harkd.experiment.ray_backend import RayBackend
 
 # Choices per size option unless `search.sizes` replaces them: small enough for a few-thousand-parameter student.
 class Sizes(Section):
@@ -257,6 +261,11 @@ class _Objective:
         return result.best_val_f1
 
 
+def _sampler(seed: int, study: optuna.Study, index: int) -> optuna.samplers.BaseSampler:
+    """A Ray task's sampler: seeded TPE, reseeded by the trials already stored and the task's index."""
+    return optuna.samplers.TPESampler(seed=seed + len(study.trials) + 1000 * index)
+
+
 def _identity(config: SearchConfig) -> str:
     """What makes trials comparable: the whole config but the trial count."""
     raw = copy.deepcopy(config.raw)
@@ -327,8 +336,9 @@ def _plot(rows: list[dict], best: dict | None, budget: Budget, title: str, path:
 
 def run_head_search(config: SearchConfig, out_dir: Path, study_name: str, trials: int | None = None,
                     storage: str | None = None, command: str = "",
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the trials the study misses towards `trials` finished ones; write OUT/search.json and search.png."""
+                    log: Callable[[str], None] = print, ray: RayBackend | None = None) -> dict[str, Any]:
+    """Run the trials the study misses towards `trials` finished ones, here or with `ray` as tasks on a Ray cluster
+    sharing the storage; write OUT/search.json and search.png."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # search.json records the storage as given, or the default relative to the working directory; the URL in use
@@ -354,7 +364,13 @@ def run_head_search(config: SearchConfig, out_dir: Path, study_name: str, trials
                     log(_describe(trial))
                     bar.update()
 
-                study.optimize(_Objective(config, data, Path(work)), n_trials=trials - done, callbacks=[report])
+                if ray is None:
+                    study.optimize(_Objective(config, data, Path(work)), n_trials=trials - done, callbacks=[report])
+                else:
+                    from harkd.experiment.ray_backend import optimize_on_ray
+
+                    optimize_on_ray(partial(_Objective, config), data, storage, study_name, trials - done, ray,
+                                    sampler=partial(_sampler, config.seed), on_trial=partial(report, study))
     rows = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
     complete = [r for r in rows if r["val_f1"] is not None]
     best = min(complete, key=lambda r: (-r["val_f1"], r["flops"], r["params"], r["number"]), default=None)
