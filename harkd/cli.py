@@ -158,7 +158,7 @@ def run(
     print_config: bool = typer.Option(False, "--print-config", help="print the config with every default filled "
                                       "in, as YAML, and exit without training"),
     backend: str = typer.Option("local", "--backend", help="local (worker processes, see --jobs) or ray: each "
-                                "(seed, fold) unit a task on a Ray cluster (pip install 'harkd[ray]')"),
+                                "(seed, fold) unit a task on a Ray cluster (pip install 'harkd\\[ray]')"),
     address: Optional[str] = typer.Option(None, "--address", help="with --backend ray: HOST:PORT of the cluster's "
                                           "head (default: a Ray instance on this machine, 127.0.0.1 only)"),
     cpus_per_unit: Optional[float] = typer.Option(None, "--cpus-per-unit", help="with --backend ray: CPUs each unit "
@@ -335,6 +335,18 @@ def methods(as_json: bool = typer.Option(False, "--json", help="machine-readable
         typer.echo(f"{'':<21} " + " ".join(f"{k}={v}" for k, v in entry["options"].items()))
 
 
+# The searches' Ray options (search-head, search-sensors): each trial a task sharing the study's storage.
+TRIALS_BACKEND = typer.Option("local", "--backend", help="local (this machine) or ray: each trial a task on a Ray "
+                              "cluster, sharing the study's storage (pip install 'harkd\\[ray]')")
+TRIALS_ADDRESS = typer.Option(None, "--address", help="with --backend ray: HOST:PORT of the cluster's head (default: "
+                              "a Ray instance on this machine, 127.0.0.1 only); on several machines, give --storage a "
+                              "database every node reaches")
+CPUS_PER_TRIAL = typer.Option(None, "--cpus-per-trial", help="with --backend ray: CPUs each trial holds (default 1; "
+                              "fractions allowed)")
+GPUS_PER_TRIAL = typer.Option(None, "--gpus-per-trial", help="with --backend ray: GPUs each trial holds (default 0; "
+                              "fractions allowed)")
+
+
 @app.command("search-head", context_settings={"allow_extra_args": False})
 def search_head(
     config: Path = typer.Argument(..., help="search YAML: a run config's data and student sections plus `search` "
@@ -348,15 +360,10 @@ def search_head(
                                                                   "sqlite:///OUT/search.db)"),
     print_config: bool = typer.Option(False, "--print-config", help="print the config with every default filled "
                                       "in, as YAML, and exit without searching"),
-    backend: str = typer.Option("local", "--backend", help="local (this process) or ray: each trial a task on a Ray "
-                                "cluster, sharing the study's storage (pip install 'harkd[ray]')"),
-    address: Optional[str] = typer.Option(None, "--address", help="with --backend ray: HOST:PORT of the cluster's "
-                                          "head (default: a Ray instance on this machine, 127.0.0.1 only); on "
-                                          "several machines, give --storage a database every node reaches"),
-    cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial", help="with --backend ray: CPUs each "
-                                                   "trial holds (default 1; fractions allowed)"),
-    gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", help="with --backend ray: GPUs each "
-                                                   "trial holds (default 0; fractions allowed)"),
+    backend: str = TRIALS_BACKEND,
+    address: Optional[str] = TRIALS_ADDRESS,
+    cpus_per_trial: Optional[float] = CPUS_PER_TRIAL,
+    gpus_per_trial: Optional[float] = GPUS_PER_TRIAL,
 ) -> None:
     """SMLDist's classifier-head search: the best head for the student under the config's cost budget."""
     from harkd.experiment.config import read_config
@@ -403,10 +410,15 @@ def search_sensors_cmd(
                                                       "worker processes"),
     print_config: bool = typer.Option(False, "--print-config", help="print the config with every default filled "
                                       "in, as YAML, and exit without searching"),
+    backend: str = TRIALS_BACKEND,
+    address: Optional[str] = TRIALS_ADDRESS,
+    cpus_per_trial: Optional[float] = CPUS_PER_TRIAL,
+    gpus_per_trial: Optional[float] = GPUS_PER_TRIAL,
 ) -> None:
     """Which sensors to wear: the Pareto front of validation macro-F1 against cost over kits of sensor groups, each
     student distilled from the full teacher."""
     from harkd.experiment.config import read_config
+    from harkd.experiment.ray_backend import RayBackend
     from harkd.search.sensor_report import run_sensor_search
     from harkd.search.sensor_search import load_sensor_search
     from harkd.search.sensor_space import sensor_search_yaml
@@ -414,14 +426,15 @@ def search_sensors_cmd(
     if print_config:
         typer.echo(sensor_search_yaml(read_config(config, overrides or []), str(config)), nl=False)
         return
+    ray = RayBackend.from_options(backend, address, cpus_per_trial, gpus_per_trial, per="trial")
     cfg = load_sensor_search(config, overrides or [])
     out = out or Path("runs") / config.stem
     command = " ".join(["harkd", "search-sensors", str(config), *(overrides or []), "--out", str(out)]
                        + (["--trials", str(trials)] if trials is not None else [])
                        + (["--storage", storage] if storage else []) + (["--confirm"] if confirm else [])
-                       + (["--jobs", str(jobs)] if jobs != 1 else []))
+                       + (["--jobs", str(jobs)] if jobs != 1 else []) + (ray.cli_options("trial") if ray else []))
     results = run_sensor_search(cfg, out, config.stem, trials, storage, jobs, confirm, command,
-                                log=lambda line: typer.echo(line, err=True))
+                                log=lambda line: typer.echo(line, err=True), ray=ray)
     for member in results["members"]:
         typer.echo(f"{'front' if member['on_front'] else 'best at its positions'}: {member['kit']}: "
                    f"{member['positions']} position(s), {member['channels']} channels, val F1 "

@@ -24,7 +24,11 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from harkd.experiment.ray_backend import RayBackend, optimize_on_ray  # noqa: E402
 from harkd.search import parse_search_config, run_head_search  # noqa: E402
+from harkd.search.sensor_report import run_sensor_search  # noqa: E402
+from harkd.search.sensor_search import parse_sensor_search  # noqa: E402
 from test_head_search import raw_config as head_search_config  # noqa: E402
+from test_sensor_search import planted_root  # noqa: E402,F401  (the fixture)
+from test_sensor_search import raw_config as sensor_search_config  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -159,6 +163,21 @@ def test_a_head_search_on_ray_shares_its_study_and_finishes_its_trial_count(clus
     resumed = run_head_search(config, tmp_path / "out", "synth", 5, log=lines.append,
                               ray=RayBackend(cluster[0].address))
     assert resumed["finished"] == 5
+
+
+def test_a_sensor_search_on_ray_counts_distinct_kits_and_resumes(cluster, planted_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARKD_DATA", str(planted_root))
+    config = parse_sensor_search(sensor_search_config())
+    lines = []
+    results = run_sensor_search(config, tmp_path / "out", "planted", 5, log=lines.append,
+                                ray=RayBackend(cluster[0].address))
+    trained = [t["kit"] for t in results["trials"] if t["state"] == "COMPLETE"]
+    assert results["trials_counted"] == 5 and len(set(trained)) == 5
+    assert sum(line.startswith("trial ") for line in lines) == len(results["trials"])  # each reported by the driver
+    resumed = run_sensor_search(config, tmp_path / "out", "planted", 6, log=lines.append,
+                                ray=RayBackend(cluster[0].address))
+    assert resumed["trials_counted"] == 6
+    assert {t["kit"] for t in resumed["trials"] if t["state"] == "COMPLETE"} >= set(trained)
 
 
 def _two_objectives(prepared, work):

@@ -24,7 +24,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from optuna.trial import TrialState
 from pydantic import AfterValidator
-from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
 from harkd import __version__
@@ -41,6 +40,7 @@ from harkd.files import atomic_output
 from harkd.models.base import build_model, model_defaults
 from harkd.models.heads import HEAD_OPTIONS, HEADS
 from harkd.schema import PositiveFloats, PositiveInt, PositiveInts, Str, config_dataclass, resolved_yaml, validate
+from harkd.search.studies import config_identity, open_study, storage_urls
 from harkd.train.engine import TeacherTargets, TrainConfig, fit
 
 if TYPE_CHECKING:
@@ -266,25 +266,8 @@ def _sampler(seed: int, study: optuna.Study, index: int) -> optuna.samplers.Base
     return optuna.samplers.TPESampler(seed=seed + len(study.trials) + 1000 * index)
 
 
-def _identity(config: SearchConfig) -> str:
-    """What makes trials comparable: the whole config but the trial count."""
-    raw = copy.deepcopy(config.raw)
-    raw["search"] = {k: v for k, v in (raw.get("search") or {}).items() if k != "trials"}
-    return json.dumps(raw, sort_keys=True, default=str)
-
-
 def _open_study(config: SearchConfig, storage: str, name: str) -> optuna.Study:
-    try:
-        study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
-    except SQLAlchemyError as exc:  # a bad URL or an unreachable database; the first line says which
-        raise HarkdError(f"storage {storage}: {str(exc).splitlines()[0]}") from None
-    stored = study.user_attrs.get("config")
-    if stored is None:
-        study.set_user_attr("config", _identity(config))
-    elif stored != _identity(config):
-        raise HarkdError(f"study {name!r} in {storage} was made with a different config; restore it, or search "
-                         f"into a new --out or --storage")
-    return study
+    return open_study(storage, name, config_identity(config.raw), ["maximize"])
 
 
 def _describe(trial: optuna.trial.FrozenTrial) -> str:
@@ -341,10 +324,7 @@ def run_head_search(config: SearchConfig, out_dir: Path, study_name: str, trials
     sharing the storage; write OUT/search.json and search.png."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # search.json records the storage as given, or the default relative to the working directory; the URL in use
-    # is absolute, so that the study is found whatever the working directory of the process.
-    recorded_storage = storage or f"sqlite:///{out_dir / 'search.db'}"
-    storage = storage or f"sqlite:///{(out_dir / 'search.db').resolve()}"
+    storage, recorded_storage = storage_urls(out_dir, storage)
     trials = config.trials if trials is None else trials
     if trials < 1:
         raise HarkdError(f"--trials must be >= 1, got {trials}")

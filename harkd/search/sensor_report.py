@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import optuna
@@ -24,6 +24,9 @@ from harkd.files import atomic_output
 from harkd.search.sensor_search import SensorSearchConfig, best_by_positions, front, is_counted, search_sensors
 from harkd.search.sensor_space import SensorSpace, kit_key, run_config
 from harkd.search.studies import storage_urls
+
+if TYPE_CHECKING:
+    from harkd.experiment.ray_backend import RayBackend
 
 
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:
@@ -55,7 +58,8 @@ def write_configs(config: SensorSearchConfig, members: Sequence[dict], space: Se
         member["config"] = str(path)
 
 
-def confirm(members: Sequence[dict], out_dir: Path, jobs: int | None, log: Callable[[str], None]) -> None:
+def confirm(members: Sequence[dict], out_dir: Path, jobs: int | None, log: Callable[[str], None],
+            ray: RayBackend | None = None) -> None:
     """Each member's config run leave-one-subject-out with its test subjects (resumable: a finished run is read back,
     an interrupted one resumes); its test scores go into the member's row."""
     for member in members:
@@ -64,7 +68,7 @@ def confirm(members: Sequence[dict], out_dir: Path, jobs: int | None, log: Calla
             log(f"confirm {member['kit']}: harkd run {member['config']} --out {run_dir}")
             raw = yaml.safe_load(Path(member["config"]).read_text())
             run_experiment(parse_config(raw, where=member["config"]), run_dir,
-                           f"harkd run {member['config']} --out {run_dir}", log=log, jobs=jobs)
+                           f"harkd run {member['config']} --out {run_dir}", log=log, jobs=jobs, ray=ray)
         member["confirm"] = confirmed_scores(read_results(run_dir)["rows"], member["method"])
         member["confirm"]["run"] = str(run_dir)
 
@@ -200,16 +204,16 @@ def _wall_time(study: optuna.Study, clock: float) -> float:
 
 def run_sensor_search(config: SensorSearchConfig, out_dir: Path, name: str, trials: int | None = None,
                       storage: str | None = None, jobs: int = 1, confirm_front: bool = False, command: str = "",
-                      log: Callable[[str], None] = print) -> dict[str, Any]:
+                      log: Callable[[str], None] = print, ray: RayBackend | None = None) -> dict[str, Any]:
     """The search (resumed where a study exists), the front's configs and, with `confirm_front`, their confirmation
     runs; OUT/search.json, search.png and report.md. The wall time sums every invocation."""
     out_dir, clock = Path(out_dir), time.perf_counter()
-    study, space, _ = search_sensors(config, out_dir, name, trials, storage, jobs, log)
+    study, space, _ = search_sensors(config, out_dir, name, trials, storage, jobs, log, ray)
     results = results_of(config, study, space, name, command, storage_urls(out_dir, storage)[1])
     write_configs(config, results["members"], space, out_dir)
     write_outputs({**results, "wall_time_s": round(_wall_time(study, clock), 1)}, out_dir)  # kept if --confirm fails
     if confirm_front:
-        confirm(results["members"], out_dir, jobs, log)
+        confirm(results["members"], out_dir, jobs, log, ray)
     wall_time_s = _wall_time(study, clock)
     study.set_user_attr("wall_time_s", wall_time_s)
     results["wall_time_s"] = round(wall_time_s, 1)

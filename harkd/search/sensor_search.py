@@ -19,8 +19,9 @@ import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import optuna
@@ -45,6 +46,9 @@ from harkd.search.sensor_space import (Kit, SensorSearchSection, SensorSpace, ch
                                        kit_channels, kit_key)
 from harkd.search.studies import config_identity, open_study, storage_urls
 from harkd.train.engine import TrainConfig
+
+if TYPE_CHECKING:
+    from harkd.experiment.ray_backend import RayBackend
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 DRAWS_PER_TRIAL = 20  # the most kits drawn per counted trial before the search stops (repeats are free but finite)
@@ -340,26 +344,60 @@ def _worker_optimize(storage: str, name: str, target: int, worker: int) -> None:
 
 
 def run_trials(config: SensorSearchConfig, space: SensorSpace, data: SearchData, study: optuna.Study,
-               storage: str, target: int, work: Path, keep: Path | None, jobs: int,
-               log: Callable[[str], None]) -> None:
-    """The trials the study misses towards `target`, in this process or in `jobs` processes sharing the storage."""
-    if jobs == 1:
-        with tqdm(total=min(target, len(space.candidates)), initial=counted(study), desc="sensor search",
-                  unit="trial", disable=None) as bar:
-            def report(trial: FrozenTrial) -> None:
-                log(describe(trial))
-                bar.n = counted(study)
-                bar.refresh()
+               storage: str, target: int, work: Path, keep: Path | None, jobs: int, log: Callable[[str], None],
+               ray: RayBackend | None = None) -> None:
+    """The trials the study misses towards `target`: in this process, in `jobs` processes, or as Ray tasks, all
+    sharing the study's storage."""
+    if ray is not None:
+        _trials_on_ray(config, space, data, study, storage, target, keep, ray, log)
+    elif jobs > 1:
+        _trials_in_processes(config, space, data, study, storage, target, keep, jobs)
+    else:
+        _trials_here(config, space, data, study, target, work, keep, log)
 
-            optimize(study, KitObjective(config, space, data, work, keep, target),
-                     StopRule(target, len(space.candidates), report), config.seed)
-        return
+
+def _trials_here(config: SensorSearchConfig, space: SensorSpace, data: SearchData, study: optuna.Study, target: int,
+                 work: Path, keep: Path | None, log: Callable[[str], None]) -> None:
+    with tqdm(total=min(target, len(space.candidates)), initial=counted(study), desc="sensor search", unit="trial",
+              disable=None) as bar:
+        def report(trial: FrozenTrial) -> None:
+            log(describe(trial))
+            bar.n = counted(study)
+            bar.refresh()
+
+        optimize(study, KitObjective(config, space, data, work, keep, target),
+                 StopRule(target, len(space.candidates), report), config.seed)
+
+
+def _trials_in_processes(config: SensorSearchConfig, space: SensorSpace, data: SearchData, study: optuna.Study,
+                         storage: str, target: int, keep: Path | None, jobs: int) -> None:
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker,
                              initargs=(config, space, data, keep, 1)) as pool:
         futures = [pool.submit(_worker_optimize, storage, study.study_name, target, w) for w in range(jobs)]
         for future in futures:
             future.result()
+
+
+def _kit_objective(config: SensorSearchConfig, space: SensorSpace, keep: Path | None, target: int, data: SearchData,
+                   work: Path) -> KitObjective:
+    """A Ray task's objective (`data` arrives through the object store, `work` is the task's folder)."""
+    return KitObjective(config, space, data, work, keep, target)
+
+
+def _trials_on_ray(config: SensorSearchConfig, space: SensorSpace, data: SearchData, study: optuna.Study,
+                   storage: str, target: int, keep: Path | None, ray: RayBackend,
+                   log: Callable[[str], None]) -> None:
+    """Rounds of one Ray task per missing trial until the rule stops the study (repeated kits are not counted, so a
+    round may leave some missing). Each trial's students are kept under `keep` on the node that trained it: OUT
+    itself on one machine or a shared filesystem."""
+    from harkd.experiment.ray_backend import optimize_on_ray
+
+    rule = StopRule(target, len(space.candidates))
+    while not rule.done(study):
+        optimize_on_ray(partial(_kit_objective, config, space, keep, target), data, storage, study.study_name,
+                        rule.target - counted(study), ray, sampler=partial(sampler, config.seed),
+                        on_trial=lambda trial: log(describe(trial)), catch=(Exception,))
 
 
 def describe(trial: FrozenTrial) -> str:
@@ -379,8 +417,8 @@ def space_of(config: SensorSearchConfig, view: WindowSet, n_classes: int) -> Sen
 
 
 def search_sensors(config: SensorSearchConfig, out_dir: Path, name: str, trials: int | None = None,
-                   storage: str | None = None, jobs: int = 1,
-                   log: Callable[[str], None] = print) -> tuple[optuna.Study, SensorSpace, SearchData | None]:
+                   storage: str | None = None, jobs: int = 1, log: Callable[[str], None] = print,
+                   ray: RayBackend | None = None) -> tuple[optuna.Study, SensorSpace, SearchData | None]:
     """Run the trials the study misses; return the study, the space and the search's data (None when every trial was
     already done: nothing was trained)."""
     check_method(config)
@@ -407,20 +445,21 @@ def search_sensors(config: SensorSearchConfig, out_dir: Path, name: str, trials:
     torch.set_num_threads(1)  # one thread per process, as `harkd run` and the worker processes train
     try:
         prepared = _train_missing(config, data, space, study, storage_urls(out_dir, storage)[0], target, out_dir,
-                                  jobs, log)
+                                  jobs, log, ray)
     finally:
         torch.set_num_threads(threads)
     return study, space, prepared
 
 
 def _train_missing(config: SensorSearchConfig, data: ExperimentData, space: SensorSpace, study: optuna.Study,
-                   storage: str, target: int, out_dir: Path, jobs: int, log: Callable[[str], None]) -> SearchData:
+                   storage: str, target: int, out_dir: Path, jobs: int, log: Callable[[str], None],
+                   ray: RayBackend | None) -> SearchData:
     with tempfile.TemporaryDirectory(prefix="harkd-sensors-", ignore_cleanup_errors=True) as work:
         prepared = prepare(config, data, Path(work), log)
         log(f"trials score on the validation windows of {', '.join(prepared.guiding_subjects)}")
         study.set_user_attr("guiding_subjects", prepared.guiding_subjects)
         study.set_user_attr("folds", [f.fold.name for f in prepared.folds])
-        run_trials(config, space, prepared, study, storage, target, Path(work), out_dir, jobs, log)
+        run_trials(config, space, prepared, study, storage, target, Path(work), out_dir, jobs, log, ray)
     return prepared
 
 
