@@ -335,7 +335,11 @@ def methods(as_json: bool = typer.Option(False, "--json", help="machine-readable
         typer.echo(f"{'':<21} " + " ".join(f"{k}={v}" for k, v in entry["options"].items()))
 
 
-# The searches' Ray options (search-head, search-sensors): each trial a task sharing the study's storage.
+# Options of both searches (search-head, search-sensors); with Ray, each trial is a task sharing the study's storage.
+SEARCH_STORAGE = typer.Option(None, "--storage", help="Optuna storage URL shared by every process and machine "
+                              "(default: sqlite:///OUT/search.db)")
+SEARCH_PRINT_CONFIG = typer.Option(False, "--print-config", help="print the config with every default filled in, as "
+                                   "YAML, and exit without searching")
 TRIALS_BACKEND = typer.Option("local", "--backend", help="local (this machine) or ray: each trial a task on a Ray "
                               "cluster, sharing the study's storage (pip install 'harkd\\[ray]')")
 TRIALS_ADDRESS = typer.Option(None, "--address", help="with --backend ray: HOST:PORT of the cluster's head (default: "
@@ -347,6 +351,14 @@ GPUS_PER_TRIAL = typer.Option(None, "--gpus-per-trial", help="with --backend ray
                               "fractions allowed)")
 
 
+def _search_command(name: str, config: Path, overrides: Optional[list[str]], out: Path, trials: Optional[int],
+                    storage: Optional[str], options: list[str]) -> str:
+    """A search's command line as results record it."""
+    return " ".join(["harkd", name, str(config), *(overrides or []), "--out", str(out)]
+                    + (["--trials", str(trials)] if trials is not None else [])
+                    + (["--storage", storage] if storage else []) + options)
+
+
 @app.command("search-head", context_settings={"allow_extra_args": False})
 def search_head(
     config: Path = typer.Argument(..., help="search YAML: a run config's data and student sections plus `search` "
@@ -356,10 +368,8 @@ def search_head(
                                                                 "(default: search.trials)"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for search.json, search.png and search.db "
                                                            "(default: runs/<config name>)"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default: "
-                                                                  "sqlite:///OUT/search.db)"),
-    print_config: bool = typer.Option(False, "--print-config", help="print the config with every default filled "
-                                      "in, as YAML, and exit without searching"),
+    storage: Optional[str] = SEARCH_STORAGE,
+    print_config: bool = SEARCH_PRINT_CONFIG,
     backend: str = TRIALS_BACKEND,
     address: Optional[str] = TRIALS_ADDRESS,
     cpus_per_trial: Optional[float] = CPUS_PER_TRIAL,
@@ -377,9 +387,8 @@ def search_head(
     ray = RayBackend.from_options(backend, address, cpus_per_trial, gpus_per_trial, per="trial")
     cfg = load_search_config(config, overrides or [])
     out = out or Path("runs") / config.stem
-    command = " ".join(["harkd", "search-head", str(config), *(overrides or []), "--out", str(out)]
-                       + (["--trials", str(trials)] if trials is not None else [])
-                       + (["--storage", storage] if storage else []) + (ray.cli_options("trial") if ray else []))
+    command = _search_command("search-head", config, overrides, out, trials, storage,
+                              ray.cli_options("trial") if ray else [])
     results = run_head_search(cfg, out, config.stem, trials, storage, command,
                               log=lambda line: typer.echo(line, err=True), ray=ray)
     best = results["best"]
@@ -402,14 +411,12 @@ def search_sensors_cmd(
                                                                 "included (default: search.trials)"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for report.md, search.json, search.png, configs/ "
                                                            "and search.db (default: runs/<config name>)"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL shared by every process and "
-                                                                  "machine (default: sqlite:///OUT/search.db)"),
+    storage: Optional[str] = SEARCH_STORAGE,
     confirm: bool = typer.Option(False, "--confirm", help="run each front member's config leave-one-subject-out on "
                                  "its test subjects and add the test macro-F1 to the report"),
     jobs: int = typer.Option(1, "--jobs", min=1, help="processes sharing the study, and for --confirm the runs' "
                                                       "worker processes"),
-    print_config: bool = typer.Option(False, "--print-config", help="print the config with every default filled "
-                                      "in, as YAML, and exit without searching"),
+    print_config: bool = SEARCH_PRINT_CONFIG,
     backend: str = TRIALS_BACKEND,
     address: Optional[str] = TRIALS_ADDRESS,
     cpus_per_trial: Optional[float] = CPUS_PER_TRIAL,
@@ -429,10 +436,9 @@ def search_sensors_cmd(
     ray = RayBackend.from_options(backend, address, cpus_per_trial, gpus_per_trial, per="trial")
     cfg = load_sensor_search(config, overrides or [])
     out = out or Path("runs") / config.stem
-    command = " ".join(["harkd", "search-sensors", str(config), *(overrides or []), "--out", str(out)]
-                       + (["--trials", str(trials)] if trials is not None else [])
-                       + (["--storage", storage] if storage else []) + (["--confirm"] if confirm else [])
-                       + (["--jobs", str(jobs)] if jobs != 1 else []) + (ray.cli_options("trial") if ray else []))
+    command = _search_command("search-sensors", config, overrides, out, trials, storage,
+                              (["--confirm"] if confirm else []) + (["--jobs", str(jobs)] if jobs != 1 else [])
+                              + (ray.cli_options("trial") if ray else []))
     results = run_sensor_search(cfg, out, config.stem, trials, storage, jobs, confirm, command,
                                 log=lambda line: typer.echo(line, err=True), ray=ray)
     for member in results["members"]:
