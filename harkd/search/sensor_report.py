@@ -90,7 +90,7 @@ def confirmed_scores(rows: Sequence[Mapping[str, Any]], method: str) -> dict[str
 
 def plot(rows: Sequence[dict], members: Sequence[dict], measure: str, title: str, path: Path) -> None:
     """Validation macro-F1 against one cost, every trained kit coloured by its number of positions, the front ringed
-    and joined, the other members (best at their number of positions) squared."""
+    and joined, the other members (best at their number of positions) squared; members numbered as in the report."""
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
     trained = [r for r in rows if r["val_f1"] is not None]
@@ -107,13 +107,14 @@ def plot(rows: Sequence[dict], members: Sequence[dict], measure: str, title: str
     if dominated:
         ax.scatter([m[measure] for m in dominated], [100 * m["val_f1"] for m in dominated], s=160, marker="s",
                    facecolors="none", edgecolors="grey", label="best at its positions, off the front")
-    for m in members:
-        ax.annotate(m["kit"], (m[measure], 100 * m["val_f1"]), fontsize=7, xytext=(4, -10),
+    for i, m in enumerate(members, 1):  # numbered on the plot, named in the legend: kit names overlap
+        ax.annotate(str(i), (m[measure], 100 * m["val_f1"]), fontsize=8, fontweight="bold", xytext=(7, 4),
                     textcoords="offset points")
+        ax.plot([], [], " ", label=f"{i}: {m['kit']}")
     ax.set(xlabel=measure, ylabel="validation macro-F1 (%)", title=title)
     if measure == "flops":
         ax.set_xscale("log")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="lower right")
     save(fig, path)
 
 
@@ -168,13 +169,13 @@ def report_md(results: Mapping[str, Any]) -> str:
              "Front: no other kit scores higher at no greater cost. A kit off the front is the best at its number of "
              "positions, beaten by a kit wearing fewer.", ""]
     confirmed = any("confirm" in m for m in members)
-    head = "| kit | front | positions | channels | MFLOPs | params | val macro-F1 (%) |"
+    head = "| # | kit | front | positions | channels | MFLOPs | params | val macro-F1 (%) |"
     if confirmed:
         head += (" test: teacher | student alone | with KD | personalised (teacher labels) | teacher on those "
                  "windows |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
-    for m in members:
-        line = (f"| {m['kit']} | {'yes' if m['on_front'] else 'no'} | {m['positions']} | {m['channels']} | "
+    for i, m in enumerate(members, 1):
+        line = (f"| {i} | {m['kit']} | {'yes' if m['on_front'] else 'no'} | {m['positions']} | {m['channels']} | "
                 f"{m['flops'] / 1e6:.3f} | {m['params']:,} | {100 * m['val_f1']:.2f} |")
         if confirmed:
             c = m.get("confirm", {})
