@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -280,3 +281,15 @@ def test_a_trial_that_fails_is_recorded_with_its_error_and_the_search_goes_on(pl
     assert results["trials_counted"] == 9 and len(failed) == 3  # the three acc+gyro kits
     assert all(r["error"] == "RuntimeError: the hip sensor's driver crashed" for r in failed)
     assert all(m["channels"] == 3 for m in results["members"])
+
+
+def test_two_processes_share_the_study_and_train_exactly_the_budget_of_distinct_kits(planted_env, tmp_path,
+                                                                                      monkeypatch):
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # where the search and its processes train
+    results = run_sensor_search(parse_sensor_search(raw_config()), tmp_path / "out", "planted", 6, jobs=2,
+                                log=lambda _: None)
+    trained = [t["kit"] for t in results["trials"] if t["state"] == "COMPLETE"]
+    assert results["trials_counted"] == 6 and len(trained) == len(set(trained)) == 6
+    assert not list(temporary.iterdir())  # the processes' checkpoints went with the search's temporary folder

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import multiprocessing
+import os
 import sys
 import tempfile
 import warnings
@@ -327,12 +328,12 @@ def optimize(study: optuna.Study, objective: KitObjective, rule: StopRule, seed:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(config: SensorSearchConfig, space: SensorSpace, data: SearchData, keep: Path | None,
+def _init_worker(config: SensorSearchConfig, space: SensorSpace, data: SearchData, work: Path, keep: Path | None,
                  threads: int) -> None:
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    work = Path(tempfile.mkdtemp(prefix="harkd-sensors-"))
-    _WORKER.update(config=config, space=space, data=data, work=work, keep=keep)
+    # In the driver's temporary folder, which goes when the search ends.
+    _WORKER.update(config=config, space=space, data=data, work=work / f"process{os.getpid()}", keep=keep)
 
 
 def _worker_optimize(storage: str, name: str, target: int, worker: int) -> None:
@@ -351,7 +352,7 @@ def run_trials(config: SensorSearchConfig, space: SensorSpace, data: SearchData,
     if ray is not None:
         _trials_on_ray(config, space, data, study, storage, target, keep, ray, log)
     elif jobs > 1:
-        _trials_in_processes(config, space, data, study, storage, target, keep, jobs)
+        _trials_in_processes(config, space, data, study, storage, target, work, keep, jobs)
     else:
         _trials_here(config, space, data, study, target, work, keep, log)
 
@@ -370,10 +371,10 @@ def _trials_here(config: SensorSearchConfig, space: SensorSpace, data: SearchDat
 
 
 def _trials_in_processes(config: SensorSearchConfig, space: SensorSpace, data: SearchData, study: optuna.Study,
-                         storage: str, target: int, keep: Path | None, jobs: int) -> None:
+                         storage: str, target: int, work: Path, keep: Path | None, jobs: int) -> None:
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker,
-                             initargs=(config, space, data, keep, 1)) as pool:
+                             initargs=(config, space, data, work, keep, 1)) as pool:
         futures = [pool.submit(_worker_optimize, storage, study.study_name, target, w) for w in range(jobs)]
         for future in futures:
             future.result()
