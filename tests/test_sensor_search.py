@@ -287,9 +287,11 @@ def test_two_processes_share_the_study_and_train_exactly_the_budget_of_distinct_
                                                                                       monkeypatch):
     temporary = tmp_path / "tmp"
     temporary.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # where the search and its processes train
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # where the search trains,
+    monkeypatch.setenv("TMPDIR", str(temporary))  # and its spawned processes would make their own folders
     results = run_sensor_search(parse_sensor_search(raw_config()), tmp_path / "out", "planted", 6, jobs=2,
                                 log=lambda _: None)
     trained = [t["kit"] for t in results["trials"] if t["state"] == "COMPLETE"]
     assert results["trials_counted"] == 6 and len(trained) == len(set(trained)) == 6
-    assert not list(temporary.iterdir())  # the processes' checkpoints went with the search's temporary folder
+    # the processes' checkpoints went with the search's temporary folder (torch may leave a cache of its own)
+    assert not list(temporary.glob("harkd-*"))
