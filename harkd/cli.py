@@ -177,7 +177,8 @@ def run(
     ray = RayBackend.from_options(backend, address, cpus_per_unit, gpus_per_unit)
     cfg = load_config(config, overrides or [])
     command = " ".join(["harkd", "run", str(config), *(overrides or []), "--out", str(out)]
-                       + (["--jobs", str(jobs)] if jobs is not None else []) + (["--keep-models"] if keep_models else [])
+                       + (["--jobs", str(jobs)] if jobs is not None else [])
+                       + (["--keep-models"] if keep_models else [])
                        + (["--threads", str(threads)] if threads is not None else [])
                        + (ray.cli_options("unit") if ray else []))
     run_experiment(cfg, out, command, log=lambda line: typer.echo(line, err=True), jobs=jobs, keep_models=keep_models,
@@ -412,8 +413,8 @@ def search_sensors_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="folder for report.md, search.json, search.png, configs/ "
                                                            "and search.db (default: runs/<config name>)"),
     storage: Optional[str] = SEARCH_STORAGE,
-    confirm: bool = typer.Option(False, "--confirm", help="run each front member's config leave-one-subject-out on "
-                                 "its test subjects and add the test macro-F1 to the report"),
+    confirm: bool = typer.Option(False, "--confirm", help="run each member's config on the config's split and add "
+                                 "its test macro-F1 to the report"),
     jobs: int = typer.Option(1, "--jobs", min=1, help="processes sharing the study, and for --confirm the runs' "
                                                       "worker processes"),
     print_config: bool = SEARCH_PRINT_CONFIG,

@@ -1,6 +1,6 @@
 """What `harkd search-sensors` writes: every trial and the Pareto front (search.json), the front as a table with a
 ready `harkd run` config per member (configs/), a plot of F1 against cost (search.png), and with --confirm each
-member's leave-one-subject-out test scores (its config run into confirm/) in report.md."""
+member's test scores on the config's split (its config run into confirm/) in report.md."""
 
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ def write_configs(config: SensorSearchConfig, members: Sequence[dict], space: Se
 
 def confirm(members: Sequence[dict], out_dir: Path, jobs: int | None, log: Callable[[str], None],
             ray: RayBackend | None = None) -> None:
-    """Each member's config run leave-one-subject-out with its test subjects (resumable: a finished run is read back,
-    an interrupted one resumes); its test scores go into the member's row."""
+    """Each member's config run on the config's split, scored on its test windows (resumable: a finished run is read
+    back, an interrupted one resumes); its test scores go into the member's row."""
     for member in members:
         run_dir = out_dir / "confirm" / slug(member["kit"])
         if not (run_dir / "results.json").exists():
@@ -161,8 +161,8 @@ def report_md(results: Mapping[str, Any]) -> str:
              f"{results['dataset']}, student {results['student']} with KD method `{results['method']}` from the full "
              f"teacher. {results['trials_counted']} kits trained of {results['space_size']} within budget "
              f"({results['draws']} draws; a kit drawn again is not retrained). Every trial is scored on the "
-             f"validation windows of {', '.join(results['guiding_subjects'] or ['?'])} (folds "
-             f"{', '.join(results['search_folds'] or ['?'])}); no test subject guided the search. Objectives: "
+             f"validation windows of folds {', '.join(results['search_folds'] or ['?'])} (subjects "
+             f"{', '.join(results['guiding_subjects'] or ['?'])}); no test window guided the search. Objectives: "
              f"validation macro-F1 up, then {', '.join(results['cost'])} down. Wall time "
              f"{results['wall_time_s'] / 60:.1f} min.", "", "![F1 against cost](search.png)", "",
              "## Pareto front and the best kit at each number of positions", "",
@@ -183,9 +183,10 @@ def report_md(results: Mapping[str, Any]) -> str:
                                                                "personalised_teacher")) + " |"
         lines.append(line)
     lines += ["", "Each member's ready config is in `configs/`"
-              + ("; the confirmation runs (leave-one-subject-out, test subjects) are in `confirm/`. A test subject "
-                 "that was a validation subject of the search guided it for its own fold: "
-                 + ", ".join(results["guiding_subjects"] or []) + "." if confirmed else "."), ""]
+              + ("; the confirmation runs (the config's split, scored on its test windows) are in `confirm/`. A "
+                 "confirmation fold whose test windows come from a subject of the search's validation windows ("
+                 + ", ".join(results["guiding_subjects"] or []) + ") is not fully independent of the choice."
+                 if confirmed else "."), ""]
     return "\n".join(lines)
 
 
