@@ -126,12 +126,10 @@ def plot_measure(cost: Sequence[str]) -> str:
 def search_members(study: optuna.Study, method: str) -> list[dict]:
     """The Pareto front and the best kit at each number of positions, cheapest first: each gets a ready config and,
     with --confirm, a confirmation run."""
-    on_front = {t.number for t in front(study)}
-    best = {t.number for t in best_by_positions(study)}
-    trials = sorted({t.number: t for t in [*front(study), *best_by_positions(study)]}.values(),
-                    key=lambda t: (*t.values[1:], -t.values[0]))
-    return [{**trial_row(t), "method": method, "on_front": t.number in on_front,
-             "best_at_its_positions": t.number in best} for t in trials]
+    on_front, best = front(study), best_by_positions(study)
+    trials = sorted({t.number: t for t in [*on_front, *best]}.values(), key=lambda t: (*t.values[1:], -t.values[0]))
+    return [{**trial_row(t), "method": method, "on_front": t in on_front, "best_at_its_positions": t in best}
+            for t in trials]
 
 
 def results_of(config: SensorSearchConfig, study: optuna.Study, space: SensorSpace, name: str,
