@@ -335,7 +335,7 @@ def run_head_search(config: SearchConfig, out_dir: Path, study_name: str, trials
     if done < trials:
         log(f"study {study_name!r}: {done} of {trials} trials finished; running {trials - done}")
         # Reseeded by the trials already stored, so a resumed run does not redraw the first run's points.
-        study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
+        study.sampler = _sampler(config.seed, study, 0)
         with tempfile.TemporaryDirectory(prefix="harkd-search-") as work:
             data = _prepare(config, Path(work), log)
             study.set_user_attr("fold", data.fold)

@@ -208,7 +208,7 @@ def run_sensor_search(config: SensorSearchConfig, out_dir: Path, name: str, tria
     """The search (resumed where a study exists), the front's configs and, with `confirm_front`, their confirmation
     runs; OUT/search.json, search.png and report.md. The wall time sums every invocation."""
     out_dir, clock = Path(out_dir), time.perf_counter()
-    study, space, _ = search_sensors(config, out_dir, name, trials, storage, jobs, log, ray)
+    study, space = search_sensors(config, out_dir, name, trials, storage, jobs, log, ray)
     results = results_of(config, study, space, name, command, storage_urls(out_dir, storage)[1])
     write_configs(config, results["members"], space, out_dir)
     write_outputs({**results, "wall_time_s": round(_wall_time(study, clock), 1)}, out_dir)  # kept if --confirm fails

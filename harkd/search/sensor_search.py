@@ -35,16 +35,15 @@ from harkd.data.registry import WindowConfig
 from harkd.data.splits import Fold
 from harkd.data.windowing import WindowSet
 from harkd.deploy.bundle import ModelBundle
-from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
-from harkd.experiment.config import MethodSpec, ModelSpec, PersonaliseSpec, SplitSpec, read_config
+from harkd.experiment.config import MethodSpec, ModelSpec, PersonaliseSpec, SplitSpec, parse_config, read_config
 from harkd.experiment.folds import (ExperimentData, FoldLabels, Views, experiment_windows, fold_views,
                                     sensor_groups)
 from harkd.experiment.students import Sources, train_student
+from harkd.experiment.runner import check_names
 from harkd.experiment.teacher import TeacherSettings, TrainedTeacher, train_teacher
-from harkd.models.base import build_model
 from harkd.search.sensor_space import (Kit, SensorSearchSection, SensorSpace, check_sensor_search,
-                                       kit_channels, kit_key)
+                                       kit_channels, kit_key, run_config)
 from harkd.search.studies import config_identity, open_study, storage_urls
 from harkd.train.engine import TrainConfig
 
@@ -95,10 +94,9 @@ def load_sensor_search(path: Path, overrides: list[str] | None = None) -> Sensor
 
 
 def check_method(config: SensorSearchConfig) -> None:
-    """Build the method once on toy shapes, so a wrong distiller or option fails before any training."""
-    teacher = build_model(config.teacher.model.name, 6, 2, [[0, 1, 2], [3, 4, 5]], **config.teacher.model.params)
-    student = build_model(config.student.name, 3, 2, **config.student.params)
-    build_method(config.method, student.rep_dims, teacher.rep_dims, 2, student.map_dims, teacher.map_dims)
+    """The run's own check on the members' run config: every model and method (the personalisation's too) built once
+    on toy shapes, so a wrong name or option fails before any training."""
+    check_names(parse_config(run_config(config.raw, ())))
 
 
 @dataclass
@@ -273,7 +271,7 @@ class StopRule:
     """Stops the study at `target` counted trials, when every kit has been tried, or after the draw cap."""
 
     def __init__(self, target: int, space_size: int, on_trial: Callable[[FrozenTrial], None] = lambda t: None):
-        self.target, self.space_size, self.on_trial = min(target, space_size), space_size, on_trial
+        self.target, self.on_trial = min(target, space_size), on_trial
         self.cap = DRAWS_PER_TRIAL * target
 
     def done(self, study: optuna.Study) -> bool:
@@ -419,9 +417,8 @@ def space_of(config: SensorSearchConfig, view: WindowSet, n_classes: int) -> Sen
 
 def search_sensors(config: SensorSearchConfig, out_dir: Path, name: str, trials: int | None = None,
                    storage: str | None = None, jobs: int = 1, log: Callable[[str], None] = print,
-                   ray: RayBackend | None = None) -> tuple[optuna.Study, SensorSpace, SearchData | None]:
-    """Run the trials the study misses; return the study, the space and the search's data (None when every trial was
-    already done: nothing was trained)."""
+                   ray: RayBackend | None = None) -> tuple[optuna.Study, SensorSpace]:
+    """Run the trials the study misses; return the study and the space."""
     check_method(config)
     out_dir = Path(out_dir)
     target = config.search.trials if trials is None else trials
@@ -431,7 +428,8 @@ def search_sensors(config: SensorSearchConfig, out_dir: Path, name: str, trials:
     space = space_of(config, data.teacher_view, data.n_classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines are ours; failures are recorded per trial
-    study = open_study(storage_urls(out_dir, storage)[0], name, config_identity(config.raw), config.directions)
+    storage = storage_urls(out_dir, storage)[0]
+    study = open_study(storage, name, config_identity(config.raw), config.directions)
     if stale := fail_interrupted(study):
         log(f"{stale} trial(s) of an interrupted invocation will be drawn again")
     first = first_kits(space, target)
@@ -440,28 +438,26 @@ def search_sensors(config: SensorSearchConfig, out_dir: Path, name: str, trials:
         + ("; trying every kit" if len(first) == len(space.candidates) else
            f"; each of the {len(first)} sensor groups alone first" if first else ""))
     if StopRule(target, len(space.candidates)).done(study):
-        return study, space, None
+        return study, space
     enqueue_untried(study, first)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread per process, as `harkd run` and the worker processes train
     try:
-        prepared = _train_missing(config, data, space, study, storage_urls(out_dir, storage)[0], target, out_dir,
-                                  jobs, log, ray)
+        _train_missing(config, data, space, study, storage, target, out_dir, jobs, log, ray)
     finally:
         torch.set_num_threads(threads)
-    return study, space, prepared
+    return study, space
 
 
 def _train_missing(config: SensorSearchConfig, data: ExperimentData, space: SensorSpace, study: optuna.Study,
                    storage: str, target: int, out_dir: Path, jobs: int, log: Callable[[str], None],
-                   ray: RayBackend | None) -> SearchData:
+                   ray: RayBackend | None) -> None:
     with tempfile.TemporaryDirectory(prefix="harkd-sensors-", ignore_cleanup_errors=True) as work:
         prepared = prepare(config, data, Path(work), log)
         log(f"trials score on the validation windows of {', '.join(prepared.guiding_subjects)}")
         study.set_user_attr("guiding_subjects", prepared.guiding_subjects)
         study.set_user_attr("folds", [f.fold.name for f in prepared.folds])
         run_trials(config, space, prepared, study, storage, target, Path(work), out_dir, jobs, log, ray)
-    return prepared
 
 
 def front(study: optuna.Study) -> list[FrozenTrial]:
