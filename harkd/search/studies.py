@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -31,11 +32,7 @@ def config_identity(raw: Mapping[str, Any], volatile: Sequence[str] = ("trials",
 
 def open_study(storage: str, name: str, identity: str, directions: Sequence[str]) -> optuna.Study:
     """The study `name` in `storage`, created when absent; one made with another config is refused."""
-    try:
-        study = optuna.create_study(storage=storage, study_name=name, directions=list(directions),
-                                    load_if_exists=True)
-    except SQLAlchemyError as exc:  # a bad URL or an unreachable database; the first line says which
-        raise HarkdError(f"storage {storage}: {str(exc).splitlines()[0]}") from None
+    study = _create_or_load(storage, name, directions)
     stored = study.user_attrs.get("config")
     if stored is None:
         study.set_user_attr("config", identity)
@@ -43,6 +40,24 @@ def open_study(storage: str, name: str, identity: str, directions: Sequence[str]
         raise HarkdError(f"study {name!r} in {storage} was made with a different config; restore it, or search "
                          f"into a new --out or --storage")
     return study
+
+
+# What a second process opening a fresh storage at the same moment meets: Optuna creates the schema without a lock.
+_SCHEMA_RACE = ("already exists", "UNIQUE constraint failed: alembic_version")
+
+
+def _create_or_load(storage: str, name: str, directions: Sequence[str], attempts: int = 5) -> optuna.Study:
+    attempt = 0
+    while True:
+        try:
+            return optuna.create_study(storage=storage, study_name=name, directions=list(directions),
+                                       load_if_exists=True)
+        except SQLAlchemyError as exc:  # a bad URL or an unreachable database; the first line says which
+            first_line = str(exc).splitlines()[0]
+            attempt += 1
+            if attempt == attempts or not any(race in first_line for race in _SCHEMA_RACE):
+                raise HarkdError(f"storage {storage}: {first_line}") from None
+            time.sleep(0.1 * attempt)  # the other process finishes the schema meanwhile
 
 
 __all__ = ["config_identity", "open_study", "storage_urls"]
