@@ -158,12 +158,12 @@ def test_killing_the_search_and_rerunning_the_command_resumes_it(planted_env, tm
     out = tmp_path / "out"
     command = [sys.executable, "-m", "harkd", "search-sensors", str(path), "--out", str(out)]
     env = {**os.environ, "HARKD_DATA": str(planted_env)}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     storage = f"sqlite:///{out / 'search.db'}"
     deadline = time.monotonic() + 120
     while not _safe_counted(storage):
-        assert process.poll() is None, "the search ended before its first trial"
+        assert process.poll() is None, f"the search ended before its first trial:\n{process.communicate()[1]}"
         assert time.monotonic() < deadline, "no trial finished in 120 s"
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)  # no clean-up at all
