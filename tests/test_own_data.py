@@ -231,6 +231,11 @@ def test_an_edited_installed_copy_is_read_again(tmp_path, monkeypatch):
     assert changed.tolist() == [0] and after.x[0, 0, 0] == np.float32(9.80665)
 
 
+def _sigint_as_at_a_terminal() -> None:
+    # A shell's background job (pytest started with `&`) inherits SIGINT ignored, and Python then keeps it ignored
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("jobs, stop", [(1, signal.SIGINT), (2, signal.SIGINT), (1, signal.SIGTERM)],
                          ids=["ctrl-c", "ctrl-c-jobs-2", "kill"])
 def test_an_interrupted_run_leaves_no_temporary_folder(tmp_path, jobs, stop):
@@ -247,7 +252,8 @@ def test_an_interrupted_run_leaves_no_temporary_folder(tmp_path, jobs, stop):
     env = {**os.environ, "HARKD_DATA": str(root), "TMPDIR": str(temp)}
     command = [sys.executable, "-m", "harkd", "run", str(config), "--out", str(out), "--jobs", str(jobs)]
     run = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+                           stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           preexec_fn=_sigint_as_at_a_terminal)
     deadline = time.monotonic() + 300
     while not (list(out.glob(".units/seed*.json")) and list(temp.glob("harkd-run-*"))):
         assert run.poll() is None, f"the run ended before it could be interrupted:\n{run.communicate()[1]}"
