@@ -59,7 +59,8 @@ def main() -> int:
     print(f"{result['cells']} cells in common, {result['identical_cells']} identical (macro-F1, accuracy, epochs); "
           f"largest |delta macro-F1| {100 * result['max_abs_delta_macro_f1']:.2f} points at {result['worst_cell']}; "
           f"mean |delta| {100 * result['mean_abs_delta_macro_f1']:.2f}")
-    print(f"{'role/model/method':<40} {'cells':>5} {'mean A':>7} {'mean B':>7} {'B - A':>7} {'± std':>6} {'max|d|':>7}")
+    print(f"{'role/model/method':<40} {'cells':>5} {'mean A':>7} {'mean B':>7} "
+          f"{'B - A':>7} {'± std':>6} {'max|d|':>7}")
     for m in result["per_method"]:
         print(f"{m['role'] + '/' + m['model'] + '/' + m['method']:<40} {m['cells']:>5} {100 * m['mean_a']:>7.2f} "
               f"{100 * m['mean_b']:>7.2f} {100 * m['mean_delta']:>+7.2f} {100 * np.nan_to_num(m['std_delta']):>6.2f} "

@@ -79,8 +79,9 @@ def test_group_folds_test_each_box_once_within_every_session():
     tested = np.concatenate([f.test for f in folds])
     assert sorted(tested.tolist()) == sorted(np.flatnonzero(windows.annotations["box"] >= 0).tolist())
     for fold in folds:
-        test_keys = set(zip(windows.sessions[fold.test], windows.subjects[fold.test], windows.annotations["box"][fold.test]))
-        train_keys = set(zip(windows.sessions[fold.train], windows.subjects[fold.train], windows.annotations["box"][fold.train]))
+        box = windows.annotations["box"]
+        test_keys, train_keys = (set(zip(windows.sessions[part], windows.subjects[part], box[part]))
+                                 for part in (fold.test, fold.train))
         assert not test_keys & train_keys
         assert set(windows.subjects[fold.test]) == {"u1", "u2"}  # within-session: both subjects on both sides
         assert -1 not in windows.annotations["box"][np.concatenate([fold.train, fold.val, fold.test])]

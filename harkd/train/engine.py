@@ -105,7 +105,10 @@ def concat_targets(*parts: TeacherTargets) -> TeacherTargets:
     """The targets of several window sets, one after the other (e.g. training, calibration, mixed windows)."""
     if len(parts) == 1:
         return parts[0]
-    join = lambda attr: {k: torch.cat([getattr(p, attr)[k] for p in parts]) for k in getattr(parts[0], attr)}  # noqa: E731
+
+    def join(attr: str) -> dict[str, torch.Tensor]:
+        return {k: torch.cat([getattr(p, attr)[k] for p in parts]) for k in getattr(parts[0], attr)}
+
     return TeacherTargets(torch.cat([p.logits for p in parts]), join("reps"), join("head_logits"), join("maps"))
 
 
@@ -233,11 +236,8 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
         distiller.to(device)
     (x, y), (x_val, y_val) = (tuple(t.to(device) for t in pair) for pair in (train, val))
     step = _Step(model, distiller, teacher["train"].to(device) if distiller is not None else None)
-    params = list(model.parameters()) + (list(distiller.parameters()) if distiller is not None else [])
-    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimiser = _optimiser(model, distiller, config)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
-    batch = config.batch_size
-    last_start = len(y) - batch if len(y) > batch else 0  # one short batch when the data are smaller than one
     y_val_np = y_val.cpu().numpy()
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoint = workdir / "best.ckpt"
@@ -249,23 +249,11 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
         if distiller is not None:
             distiller.start_epoch(epoch, config.epochs)
             distiller.train()
-        order = _shuffled(len(y)).to(device)
-        totals: dict[str, torch.Tensor] = {}
-        seen = 0
-        for first in range(0, last_start + 1, batch):
-            index = order[first:first + batch]
-            with _autocast(device, config.precision):
-                terms = step(x[index], y[index], index)
-            optimiser.zero_grad(set_to_none=True)
-            sum(terms.values()).backward()
-            optimiser.step()
-            for name, value in terms.items():  # summed on the device: no host sync per step
-                totals[name] = totals.get(name, 0.0) + value.detach() * len(index)
-            seen += len(index)
+        mean_terms = _train_epoch(step, optimiser, x, y, config)
         schedule.step()
         _draw_seed()  # the validation DataLoader's base seed, see _shuffled
-        val_f1 = macro_f1(y_val_np, _predicted_labels(model, x_val, batch))
-        history.append({**{name: float(total) / seen for name, total in totals.items()}, "val_f1": val_f1})
+        val_f1 = macro_f1(y_val_np, _predicted_labels(model, x_val, config.batch_size))
+        history.append({**mean_terms, "val_f1": val_f1})
         bar.set_postfix(val_f1=f"{val_f1:.3f}")
         if _epoch_hook is not None:
             _epoch_hook(workdir, epoch + 1, config.epochs)
@@ -281,6 +269,33 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
     model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
     model.cpu().eval()
     return FitResult(model, len(history), best, elapsed, history)
+
+
+def _optimiser(model: nn.Module, distiller: Distiller | None, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the student's weights and the distiller's own (projectors, heads)."""
+    params = list(model.parameters()) + (list(distiller.parameters()) if distiller is not None else [])
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _train_epoch(step: _Step, optimiser: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                 config: TrainConfig) -> dict[str, float]:
+    """One pass of shuffled batches (the last partial one dropped); each loss term's mean over the windows seen."""
+    batch = config.batch_size
+    last_start = len(y) - batch if len(y) > batch else 0  # one short batch when the data are smaller than one
+    order = _shuffled(len(y)).to(x.device)
+    totals: dict[str, torch.Tensor] = {}
+    seen = 0
+    for first in range(0, last_start + 1, batch):
+        index = order[first:first + batch]
+        with _autocast(x.device, config.precision):
+            terms = step(x[index], y[index], index)
+        optimiser.zero_grad(set_to_none=True)
+        sum(terms.values()).backward()
+        optimiser.step()
+        for name, value in terms.items():  # summed on the device: no host sync per step
+            totals[name] = totals.get(name, 0.0) + value.detach() * len(index)
+        seen += len(index)
+    return {name: float(total) / seen for name, total in totals.items()}
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: np.ndarray) -> tuple[np.ndarray, float, float]:
