@@ -586,6 +586,38 @@ def write_generic(recordings: Sequence[Recording], folder: Path, fmt: str = "csv
     if fmt not in ("csv", "parquet"):
         raise HarkdError(f"write_generic: fmt must be 'csv' or 'parquet', got {fmt!r}")
     class_names = check_same_classes(recordings)
+    _check_alike(recordings)
+    folder = Path(folder)
+    yaml_path = folder / SCHEMA_FILE
+    if yaml_path.exists() and not overwrite:
+        raise HarkdError(f"{yaml_path}: already exists (pass overwrite=True to replace it)")
+    first = recordings[0]
+    columns = [c.name for c in first.channels]
+    clash = {"time", "label"} & (set(columns) | set(first.annotations)) | set(columns) & set(first.annotations)
+    if clash:
+        raise HarkdError(f"write_generic: column name(s) {sorted(clash)} would be used twice")
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sessions = _write_session_files(recordings, folder, fmt, columns, class_names)
+    schema: dict[str, Any] = {
+        "name": name or folder.resolve().name,
+        "rate_hz": float(first.rate_hz),
+        "label_column": "label",
+        "time_column": "time",
+        "classes": list(class_names),
+    }
+    if first.null_class is not None:
+        schema["null_label"] = class_names[first.null_class]
+    schema["channels"] = [{"column": col, **spec.to_dict()} for col, spec in zip(columns, first.channels)]
+    schema["sessions"] = sessions
+    if first.annotations:
+        schema["annotations"] = list(first.annotations)
+    yaml_path.write_text(yaml.safe_dump(schema, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return yaml_path
+
+
+def _check_alike(recordings: Sequence[Recording]) -> None:
+    """One dataset.yaml describes every file: the same channels, rate, null class and annotations; sessions unique."""
     first = recordings[0]
     for rec in recordings[1:]:
         for what in ("channels", "rate_hz", "null_class"):
@@ -597,16 +629,11 @@ def write_generic(recordings: Sequence[Recording], folder: Path, fmt: str = "csv
     twice = sorted(n for n, k in Counter(f"{r.subject}/{r.session}" for r in recordings).items() if k > 1)
     if twice:
         raise HarkdError(f"write_generic: subject/session {twice[0]!r} appears in more than one recording")
-    folder = Path(folder)
-    yaml_path = folder / SCHEMA_FILE
-    if yaml_path.exists() and not overwrite:
-        raise HarkdError(f"{yaml_path}: already exists (pass overwrite=True to replace it)")
-    columns = [c.name for c in first.channels]
-    clash = {"time", "label"} & (set(columns) | set(first.annotations)) | set(columns) & set(first.annotations)
-    if clash:
-        raise HarkdError(f"write_generic: column name(s) {sorted(clash)} would be used twice")
 
-    folder.mkdir(parents=True, exist_ok=True)
+
+def _write_session_files(recordings: Sequence[Recording], folder: Path, fmt: str, columns: list[str],
+                         class_names: Sequence[str]) -> list[dict[str, str]]:
+    """One file per recording (time, channels, label names, annotations); the schema's `sessions` entries."""
     sessions, used = [], set()
     for rec in recordings:
         stem = _file_stem(f"{rec.subject}_{rec.session}")
@@ -624,19 +651,4 @@ def write_generic(recordings: Sequence[Recording], folder: Path, fmt: str = "csv
         else:
             frame.to_parquet(folder / file, index=False)
         sessions.append({"file": file, "subject": str(rec.subject), "session": str(rec.session)})
-
-    schema: dict[str, Any] = {
-        "name": name or folder.resolve().name,
-        "rate_hz": float(first.rate_hz),
-        "label_column": "label",
-        "time_column": "time",
-        "classes": list(class_names),
-    }
-    if first.null_class is not None:
-        schema["null_label"] = class_names[first.null_class]
-    schema["channels"] = [{"column": col, **spec.to_dict()} for col, spec in zip(columns, first.channels)]
-    schema["sessions"] = sessions
-    if first.annotations:
-        schema["annotations"] = list(first.annotations)
-    yaml_path.write_text(yaml.safe_dump(schema, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return yaml_path
+    return sessions
