@@ -22,7 +22,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from harkd.experiment.ray_backend import RayBackend, optimize_on_ray  # noqa: E402
+from harkd.experiment.ray_backend import KEPT, RayBackend, optimize_on_ray  # noqa: E402
 from harkd.search import parse_search_config, run_head_search  # noqa: E402
 from harkd.search.sensor_report import run_sensor_search  # noqa: E402
 from harkd.search.sensor_search import parse_sensor_search  # noqa: E402
@@ -173,6 +173,9 @@ def test_a_sensor_search_on_ray_counts_distinct_kits_and_resumes(cluster, plante
                                 ray=RayBackend(cluster[0].address))
     trained = [t["kit"] for t in results["trials"] if t["state"] == "COMPLETE"]
     assert results["trials_counted"] == 5 and len(set(trained)) == 5
+    kept = {t["number"]: sorted(p.name for p in (tmp_path / "out" / "trials" / str(t["number"])).glob("*.pt"))
+            for t in results["trials"] if t["state"] == "COMPLETE"}
+    assert all(names == sorted(f"{f}.pt" for f in results["search_folds"]) for names in kept.values()), kept
     assert sum(line.startswith("trial ") for line in lines) == len(results["trials"])  # each reported by the driver
     resumed = run_sensor_search(config, tmp_path / "out", "planted", 6, log=lines.append,
                                 ray=RayBackend(cluster[0].address))
@@ -196,6 +199,30 @@ def test_optimize_on_ray_runs_exactly_its_trials_of_a_multi_objective_study(clus
     trials = optuna.load_study(study_name="two", storage=storage).trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3 and all(len(t.values) == 2 for t in trials)
     assert sorted(t.number for t in seen) == [0, 1, 2] and all(t.values is not None for t in seen)
+
+
+def _keeping_objective(prepared, work):
+    def objective(trial):
+        kept = work / KEPT / f"trial{trial.number}" / "note.txt"
+        kept.parent.mkdir(parents=True)
+        kept.write_text(f"{trial.number} on {os.getpid()}")
+        return trial.suggest_float("x", 0, prepared)
+    return objective
+
+
+def test_what_a_trial_keeps_comes_back_to_the_driver(cluster, tmp_path):
+    import optuna
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(storage=storage, study_name="keep", direction="maximize")
+    optimize_on_ray(_keeping_objective, 1.0, storage, "keep", 3, RayBackend(cluster[0].address, cpus=0.5),
+                    keep_into=tmp_path / "out")
+    notes = sorted((tmp_path / "out").glob("trial*/note.txt"))
+    assert [p.parent.name for p in notes] == ["trial0", "trial1", "trial2"]
+    assert all(p.read_text().startswith(p.parent.name[len("trial"):] + " on ") for p in notes)
+    pids = {int(p.read_text().split(" on ")[1]) for p in notes}
+    assert os.getpid() not in pids  # written by the tasks, then here from their bytes
 
 
 @pytest.mark.parametrize("options, fragment", [

@@ -3,7 +3,8 @@
 Each (seed, fold) unit of a run, or each trial of a search, is one Ray task with the resources asked for. The driver
 (the process the user started) loads the data once and puts it in Ray's object store, which ships it to each node
 once, so workers need harkd installed but no dataset. The driver is the only writer of the run's unit store and of
-OUT/models: a unit's result comes back with its kept models' bytes, since a cluster's nodes do not share OUT. A task
+OUT/models: a unit's result comes back with its kept models' bytes, since a cluster's nodes do not share OUT; so does
+a search trial's with what its objective keeps (a sensor search's students). A task
 lost with its node is retried by Ray; the driver stores each (seed, fold) once, whichever attempt returned it.
 
 Ray itself is imported by these functions only: harkd without the extra never imports it.
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from harkd.data.splits import Fold
     from harkd.experiment.folds import ExperimentData
 
+KEPT = "kept"  # what a search trial's objective writes under its work folder's KEPT goes back to the driver
 MAX_RETRIES = 3  # attempts after a task's node or worker process dies; an error in harkd's code is not retried
 
 
@@ -180,9 +182,19 @@ def _train_unit(raw_config: dict, data: ExperimentData, seed: int, fold: Fold, t
     with tempfile.TemporaryDirectory(prefix="harkd-ray-") as work:
         models = Path(work) / "models" if keep_models else None
         result = FoldRunner(parse_config(raw_config), data, Path(work), models).run(seed, fold)
-        kept = {} if models is None else {p.relative_to(models).as_posix(): p.read_bytes()
-                                          for p in sorted(models.rglob("*.pt"))}
+        kept = {} if models is None else _files_under(models)
     return result, kept
+
+
+def _files_under(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (none when it is absent), by its path relative to it: what travels to the driver."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _write_files(folder: Path, files: dict[str, bytes]) -> None:
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content)
 
 
 def train_units_on_ray(backend: RayBackend, raw_config: dict, data: ExperimentData,
@@ -202,9 +214,7 @@ def train_units_on_ray(backend: RayBackend, raw_config: dict, data: ExperimentDa
             (status / f"ray-unit{key}").write_text(f"{fold.name}-seed{seed}: queued or training on Ray")
         with closing(_finished(ray, refs)) as finished:
             for key, (result, kept) in finished:
-                for name, content in kept.items():
-                    (models / name).parent.mkdir(parents=True, exist_ok=True)
-                    (models / name).write_bytes(content)
+                _write_files(models, kept)
                 (status / f"ray-unit{key}").unlink()
                 yield key, result
 
@@ -216,8 +226,9 @@ Objective = Callable[["optuna.Trial"], "float | Sequence[float]"]
 
 def _run_trial(make_objective: Callable[[Any, Path], Objective], prepared: Any, storage: str, study_name: str,
                index: int, sampler: Callable[[optuna.Study, int], optuna.samplers.BaseSampler] | None,
-               catch: tuple[type[Exception], ...], threads: int) -> int:
-    """One trial in a Ray worker, on the study loaded by name from the shared storage; its number."""
+               catch: tuple[type[Exception], ...], threads: int) -> tuple[int, dict[str, bytes]]:
+    """One trial in a Ray worker, on the study loaded by name from the shared storage; its number and the files its
+    objective kept (under the work folder's KEPT)."""
     import optuna
 
     torch.set_num_threads(threads)
@@ -233,17 +244,20 @@ def _run_trial(make_objective: Callable[[Any, Path], Objective], prepared: Any, 
     with tempfile.TemporaryDirectory(prefix="harkd-trial-") as work:
         study.optimize(make_objective(prepared, Path(work)), n_trials=1, catch=catch,
                        callbacks=[lambda _, trial: numbers.append(trial.number)])
-    return numbers[0]
+        kept = _files_under(Path(work) / KEPT)
+    return numbers[0], kept
 
 
 def optimize_on_ray(make_objective: Callable[[Any, Path], Objective], prepared: Any, storage: str, study_name: str,
                     n_trials: int, backend: RayBackend,
                     sampler: Callable[[optuna.Study, int], optuna.samplers.BaseSampler] | None = None,
                     on_trial: Callable[[optuna.trial.FrozenTrial], None] = lambda trial: None,
-                    catch: tuple[type[Exception], ...] = (), workers: int | None = None) -> None:
+                    catch: tuple[type[Exception], ...] = (), workers: int | None = None,
+                    keep_into: Path | None = None) -> None:
     """`study.optimize(objective, n_trials)` with each trial a Ray task: the task loads the study `study_name` from
     `storage` (an RDB URL every node reaches; SQLite on one machine) and runs one trial of
     `make_objective(prepared, work)` (`work`: a temporary folder of the task). Single- or multi-objective alike.
+    What the objective writes under `work`/KEPT is written under `keep_into` here, whichever node ran the trial.
 
     The driver schedules one task per trial, so exactly `n_trials` trials run, however many run at once (a worker
     optimising until a callback stops the study can start one more trial than the budget when another finishes
@@ -266,7 +280,9 @@ def optimize_on_ray(make_objective: Callable[[Any, Path], Objective], prepared: 
         pending = {submit(i): i for i in range(min(limit, n_trials))}
         submitted = len(pending)
         with closing(_finished(ray, pending)) as finished:
-            for _, number in finished:
+            for _, (number, kept) in finished:
+                if keep_into is not None:
+                    _write_files(keep_into, kept)
                 on_trial(driver.get_trials(deepcopy=False)[number])
                 if submitted < n_trials:
                     pending[submit(submitted)] = submitted

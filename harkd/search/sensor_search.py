@@ -378,25 +378,27 @@ def _trials_in_processes(config: SensorSearchConfig, space: SensorSpace, data: S
             future.result()
 
 
-def _kit_objective(config: SensorSearchConfig, space: SensorSpace, keep: Path | None, target: int, data: SearchData,
+def _kit_objective(config: SensorSearchConfig, space: SensorSpace, keep: bool, target: int, data: SearchData,
                    work: Path) -> KitObjective:
-    """A Ray task's objective (`data` arrives through the object store, `work` is the task's folder)."""
-    return KitObjective(config, space, data, work, keep, target)
+    """A Ray task's objective (`data` arrives through the object store, `work` is the task's folder): the students it
+    keeps go to the driver, which writes them in OUT."""
+    from harkd.experiment.ray_backend import KEPT
+
+    return KitObjective(config, space, data, work, work / KEPT if keep else None, target)
 
 
 def _trials_on_ray(config: SensorSearchConfig, space: SensorSpace, data: SearchData, study: optuna.Study,
                    storage: str, target: int, keep: Path | None, ray: RayBackend,
                    log: Callable[[str], None]) -> None:
     """Rounds of one Ray task per missing trial until the rule stops the study (repeated kits are not counted, so a
-    round may leave some missing). Each trial's students are kept under `keep` on the node that trained it: OUT
-    itself on one machine or a shared filesystem."""
+    round may leave some missing). Each trial's students come back to this process and are kept under `keep`."""
     from harkd.experiment.ray_backend import optimize_on_ray
 
     rule = StopRule(target, len(space.candidates))
     while not rule.done(study):
-        optimize_on_ray(partial(_kit_objective, config, space, keep, target), data, storage, study.study_name,
-                        rule.target - counted(study), ray, sampler=partial(sampler, config.seed),
-                        on_trial=lambda trial: log(describe(trial)), catch=(Exception,))
+        optimize_on_ray(partial(_kit_objective, config, space, keep is not None, target), data, storage,
+                        study.study_name, rule.target - counted(study), ray, sampler=partial(sampler, config.seed),
+                        on_trial=lambda trial: log(describe(trial)), catch=(Exception,), keep_into=keep)
 
 
 def describe(trial: FrozenTrial) -> str:
