@@ -27,7 +27,7 @@ from harkd.data.synthetic import make_recordings
 from harkd.errors import HarkdError
 from harkd.experiment.config import ModelSpec, parse_config
 from harkd.search import sensor_search
-from harkd.search.sensor_report import run_sensor_search
+from harkd.search.sensor_report import _independence, run_sensor_search
 from harkd.search.sensor_search import load_data, load_sensor_search, parse_sensor_search, space_of
 from harkd.search.sensor_space import SensorSearchSection, SensorSpace, kit_key, run_config
 
@@ -117,6 +117,42 @@ def test_the_planted_group_is_the_fronts_cheapest_member_within_a_small_budget(p
 def _wears_planted(kit):
     return any(part.split(":")[0] == PLANTED[0] and PLANTED[1] in part.split(":")[1].split("+")
                for part in kit.split(","))
+
+
+def test_confirm_runs_each_member_on_the_split_and_reports_its_test_scores(planted_env, tmp_path):
+    raw = raw_config(trials=3, budget={"positions": 1}, modalities=["gyro"])
+    raw["split"]["folds"] = ["S01", "S02"]
+    config = parse_sensor_search(raw)
+    log = []
+    results = run_sensor_search(config, tmp_path / "out", "planted", confirm_front=True, log=log.append)
+    member = results["members"][0]
+    assert member["kit"] == "left_wrist:gyro" and len(results["members"]) == 1
+    run = json.loads((Path(member["confirm"]["run"]) / "results.json").read_text())
+    assert sorted({r["fold"] for r in run["rows"]}) == ["loso-S01", "loso-S02"]
+    for name, (role, method) in {"teacher": ("teacher", "-"), "alone": ("student", "none"),
+                                 "kd": ("student", "logit")}.items():
+        scores = [r["macro_f1"] for r in run["rows"] if r["role"] == role and r["method"] == method]
+        assert member["confirm"][name]["n"] == 2 and member["confirm"][name]["mean"] == pytest.approx(np.mean(scores))
+    assert member["confirm"]["test_subjects"] == ["S01", "S02"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| 1 | left_wrist:gyro |"))
+    assert f"{100 * member['confirm']['alone']['mean']:.2f} ± " in row
+    both = sorted(set(results["guiding_subjects"]) & {"S01", "S02"})
+    assert (f"({', '.join(both)}) is not fully independent" if both else "No confirmation run tests") in report
+    # a rerun reads the finished confirmation back instead of training it again
+    stamp = (Path(member["confirm"]["run"]) / "results.json").stat().st_mtime_ns
+    again = run_sensor_search(config, tmp_path / "out", "planted", confirm_front=True, log=log.append)
+    assert (Path(member["confirm"]["run"]) / "results.json").stat().st_mtime_ns == stamp
+    assert again["members"][0]["confirm"]["alone"] == member["confirm"]["alone"]
+
+
+@pytest.mark.parametrize("tested, sentence", [
+    (["S03", "S04"], "No confirmation run tests a subject whose windows guided the search."),
+    (["S01", "S02"], "(S02) is not fully independent of the choice."),
+])
+def test_the_report_says_whether_a_guiding_subject_is_also_tested(tested, sentence):
+    results = {"guiding_subjects": ["S02"], "members": [{"confirm": {"test_subjects": tested}}, {}]}
+    assert _independence(results).endswith(sentence)
 
 
 def test_the_fronts_configs_are_run_configs_of_their_kits(planted_env, tmp_path):

@@ -69,8 +69,10 @@ def confirm(members: Sequence[dict], out_dir: Path, jobs: int | None, log: Calla
             raw = yaml.safe_load(Path(member["config"]).read_text())
             run_experiment(parse_config(raw, where=member["config"]), run_dir,
                            f"harkd run {member['config']} --out {run_dir}", log=log, jobs=jobs, ray=ray)
-        member["confirm"] = confirmed_scores(read_results(run_dir)["rows"], member["method"])
+        rows = read_results(run_dir)["rows"]
+        member["confirm"] = confirmed_scores(rows, member["method"])
         member["confirm"]["run"] = str(run_dir)
+        member["confirm"]["test_subjects"] = sorted({str(s) for r in rows for s in r["test_subjects"]})
 
 
 def confirmed_scores(rows: Sequence[Mapping[str, Any]], method: str) -> dict[str, Any]:
@@ -181,11 +183,19 @@ def report_md(results: Mapping[str, Any]) -> str:
                                                                "personalised_teacher")) + " |"
         lines.append(line)
     lines += ["", "Each member's ready config is in `configs/`"
-              + ("; the confirmation runs (the config's split, scored on its test windows) are in `confirm/`. A "
-                 "confirmation fold whose test windows come from a subject of the search's validation windows ("
-                 + ", ".join(results["guiding_subjects"] or []) + ") is not fully independent of the choice."
-                 if confirmed else "."), ""]
+              + ("; the confirmation runs (the config's split, scored on its test windows) are in `confirm/`. "
+                 + _independence(results) if confirmed else "."), ""]
     return "\n".join(lines)
+
+
+def _independence(results: Mapping[str, Any]) -> str:
+    """Whether a subject whose validation windows guided the search is also tested in a confirmation run."""
+    tested = {s for m in results["members"] for s in m.get("confirm", {}).get("test_subjects", [])}
+    both = sorted(tested & set(results["guiding_subjects"] or []))
+    if not both:
+        return "No confirmation run tests a subject whose windows guided the search."
+    return (f"A confirmation fold whose test windows come from a subject of the search's validation windows "
+            f"({', '.join(both)}) is not fully independent of the choice.")
 
 
 def write_outputs(results: Mapping[str, Any], out_dir: Path) -> None:
