@@ -4,8 +4,8 @@ Each (seed, fold) unit of a run, or each trial of a search, is one Ray task with
 (the process the user started) loads the data once and puts it in Ray's object store, which ships it to each node
 once, so workers need harkd installed but no dataset. The driver is the only writer of the run's unit store and of
 OUT/models: a unit's result comes back with its kept models' bytes, since a cluster's nodes do not share OUT; so does
-a search trial's with what its objective keeps (a sensor search's students). A task
-lost with its node is retried by Ray; the driver stores each (seed, fold) once, whichever attempt returned it.
+a search trial's with what its objective keeps (a sensor search's students). A task lost with its node is retried by
+Ray; the driver stores each (seed, fold) once, whichever attempt returned it.
 
 Ray itself is imported by these functions only: harkd without the extra never imports it.
 """
