@@ -110,11 +110,12 @@ def receive() -> list[str]:
 
 
 def install_windows(root: Path) -> None:
-    """A harkd data root whose DSADS install is only its window cache: load_windows reads it, never the raw data."""
+    """A harkd data root whose DSADS install is only its caches: load_windows and load_recordings read them, never
+    the raw data."""
     manifest = json.loads((META / "manifest.json").read_text())
     dataset = root / manifest["dataset"]
-    target = dataset.parent / ".cache" / manifest["cache_name"]
-    if target.is_file():
+    staged = STAGE / "windows.npz"
+    if (dataset / ".harkd-install.json").is_file():
         return
     parts = [(STAGE / "parts" / f"part-{i:02d}").read_bytes() if (STAGE / "parts" / f"part-{i:02d}").is_file()
              else b"" for i in range(len(manifest["parts"]))]
@@ -127,22 +128,50 @@ def install_windows(root: Path) -> None:
     assert hashlib.sha256(x.tobytes()).hexdigest() == manifest["x_sha256"]
     with np.load(META / "rest.npz", allow_pickle=False) as npz:
         arrays = {"x": x, **{k: npz[k] for k in npz.files}}
-    dataset.mkdir(parents=True, exist_ok=True)
-    (dataset / ".harkd-install.json").write_text(manifest["marker"])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "wb") as stream:
+    with open(staged, "wb") as stream:
         np.savez(stream, **arrays)
+    env = {**os.environ, "HARKD_DATA": str(root), "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, "-c", CACHES_FROM_WINDOWS, str(REPO / CONFIG), manifest["marker"], str(staged)],
+                   cwd=REPO, env=env, check=True)
+
+
+# Run with harkd importable: the install marker without the content fingerprint (no raw files here to fingerprint),
+# the window cache under the name harkd computes from it, and the recordings rebuilt from the windows: DSADS's windows
+# are its 5 s segments, one window each, so each window is a segment's recording exactly (personalisation cuts
+# calibration sessions from recordings).
+CACHES_FROM_WINDOWS = """
+import json, shutil, sys
+import numpy as np
+from harkd.data.catalog import _cache_file, _pack_recordings, _write_atomic, load_windows
+from harkd.data.install import INSTALL_MARKER, data_root
+from harkd.data.recording import Recording
+from harkd.experiment.config import load_config
+cfg = load_config(sys.argv[1], [])
+marker = {k: v for k, v in json.loads(sys.argv[2]).items() if k != "content"}
+path = data_root() / cfg.dataset
+path.mkdir(parents=True, exist_ok=True)
+(path / INSTALL_MARKER).write_text(json.dumps(marker))
+target = _cache_file("windows", cfg.dataset, path, cfg.dataset_options, cfg.windowing.__dict__)
+target.parent.mkdir(parents=True, exist_ok=True)
+shutil.copyfile(sys.argv[3], target)
+w = load_windows(cfg.dataset, cfg.windowing, cfg.dataset_options)
+recordings = [Recording(w.x[i].T, w.channels, np.full(w.x.shape[2], w.y[i]), w.class_names, str(w.subjects[i]),
+                        str(w.sessions[i]), w.rate_hz, w.null_class) for i in range(len(w))]
+_write_atomic(_cache_file("recordings", cfg.dataset, path, cfg.dataset_options, {}), _pack_recordings(recordings))
+print(f"{len(w)} windows and {len(recordings)} recordings installed from the carried windows")
+"""
 
 
 def install_wheels() -> None:
     """harkd's dependencies that this Python lacks, from the carried wheels, for the runs' processes."""
     if all(_importable(name) for name in ("pydantic", "platformdirs")):
         return
-        site = STAGE / "site"
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                        "--upgrade", "--target", str(site), *map(str, sorted((META / "wheels").glob("*.whl")))],
-                       check=True)
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    site = STAGE / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                    "--upgrade", "--target", str(site), *map(str, sorted((META / "wheels").glob("*.whl")))],
+                   check=True)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
 
 
 def _importable(name: str) -> bool:
@@ -254,6 +283,36 @@ def bench(args: argparse.Namespace) -> None:
     summarise(args, runs, args.out)
 
 
+def run_configs(args: argparse.Namespace) -> None:
+    """Device: `harkd run` of each config at once on the machine's CPUs, each with --jobs; results.json of each to
+    --out (named after its config), the logs into one file."""
+    receive()
+    install_wheels()
+    root = STAGE / "data"
+    install_windows(root)
+    env = {**os.environ, "HARKD_DATA": str(root), "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = {Path(c).stem: STAGE / "configs" / Path(c).stem for c in args.configs}
+    deadline = time.monotonic() + args.deadline_s
+    with open(STAGE / "run-configs.log", "a") as log:
+        processes = [subprocess.Popen([sys.executable, "-m", "harkd", "run", config, *args.set, "--out", str(out),
+                                       "--jobs", str(args.jobs)], cwd=REPO, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT) for config, out in zip(args.configs, runs.values())]
+        codes = []
+        for process in processes:  # past the deadline a run stops (SIGINT): its finished units stay for a rerun
+            try:
+                codes.append(process.wait(timeout=max(1.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                process.send_signal(2)
+                codes.append(process.wait(timeout=60))
+    shutil.copyfile(STAGE / "run-configs.log", args.out / "run-configs.log")
+    for (name, out), code in zip(runs.items(), codes):
+        if code == 0:
+            shutil.copyfile(out / "results.json", args.out / f"{name}.json")
+    print(f"exit codes {codes}; results in {args.out}; a run stopped at the deadline resumes with the same command")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     steps = parser.add_subparsers(dest="step", required=True)
@@ -270,8 +329,14 @@ def main() -> None:
     running.add_argument("--jobs", type=int, default=8, help="units at once (processes sharing the GPU)")
     running.add_argument("--deadline-s", type=float, default=540)
     running.add_argument("--set", action="append", default=[], help="another override for every run")
+    configs = steps.add_parser("run-configs", help="device: install the windows, `harkd run` each config on the CPUs")
+    configs.add_argument("configs", nargs="+")
+    configs.add_argument("--out", type=Path, required=True)
+    configs.add_argument("--jobs", type=int, default=3, help="processes per run (all runs start at once)")
+    configs.add_argument("--set", action="append", default=[], help="an override for every run")
+    configs.add_argument("--deadline-s", type=float, default=540)
     args = parser.parse_args()
-    {"pack": pack, "receive": lambda _: receive(), "bench": bench}[args.step](args)
+    {"pack": pack, "receive": lambda _: receive(), "bench": bench, "run-configs": run_configs}[args.step](args)
 
 
 if __name__ == "__main__":
