@@ -268,6 +268,18 @@ def stream_cmd(
             print(json.dumps(event), flush=True)  # each line out as it is known: an error later loses none
 
 
+def _yaml_mapping(text: str, option: str) -> dict:
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise HarkdError(f"{option}: not a YAML mapping: {text!r}") from None
+    if not isinstance(value, dict):
+        raise HarkdError(f"{option}: expected a YAML mapping such as '{{steps: 300}}', got {text!r}")
+    return value
+
+
 @app.command("personalise")
 def personalise_cmd(
     student: Path = typer.Argument(..., help="a kept student (from `harkd run --keep-models`)"),
@@ -278,8 +290,14 @@ def personalise_cmd(
     out: Path = typer.Option(..., "--out", help="the personalised student (a kept-model file, for `harkd export`)"),
     calibration: float = typer.Option(0.5, help="fraction (in time) of each of the worker's recordings the teacher "
                                                 "labels; the rest, if labelled, scores before and after"),
-    stride: Optional[int] = typer.Option(None, help="window hop in samples (default: the run's, recorded in the "
-                                                    "kept model)"),
+    minutes: Optional[float] = typer.Option(None, help="instead of --calibration: the first N minutes of each "
+                                            "recording (per activity where a recording holds one)"),
+    scored_from: Optional[float] = typer.Option(None, help="score from this fraction of each recording on (default: "
+                                                "--calibration), so sessions of several sizes share windows"),
+    stride: Optional[int] = typer.Option(None, help="the session windows' hop in samples (default: the run's, "
+                                                    "recorded in the kept model); scored windows keep the run's"),
+    adapt: str = typer.Option("{}", help="how the student adapts, as YAML (harkd.personalise.adapt), e.g. "
+                              "'{steps: 300, replay: 0.5}'; default: the shipped adaptation"),
     method: str = typer.Option("logit", help="KD method on the teacher's labels: a registered strategy (logit, "
                                "sc_logit, attn_rep, tsak_all, ...) or a method mapping in YAML, e.g. "
                                "'{name: m, terms: [{distiller: sc_logit}], mixup: {copies: 2}}'"),
@@ -292,8 +310,11 @@ def personalise_cmd(
     import yaml
 
     from harkd.deploy.bundle import load_bundle
-    from harkd.deploy.personalise import personalise
-    from harkd.experiment.config import MethodSpec
+    from harkd.personalise.adapt import AdaptSpec
+    from harkd.personalise.kept import personalise
+    from harkd.personalise.session import SessionCut
+    from harkd.personalise.tune import DEFAULT_TRAIN, Adaptation
+    from harkd.train.methods import MethodSpec
 
     if out.suffix != ".pt":
         raise HarkdError(f"{out}: the personalised student's file must end in .pt")
@@ -301,13 +322,16 @@ def personalise_cmd(
         spec = MethodSpec.parse(yaml.safe_load(method), "--method")
     except yaml.YAMLError:
         raise HarkdError(f"--method: not a method name or a YAML mapping: {method!r}") from None
-    personal, report = personalise(load_bundle(teacher), load_bundle(student), dataset, subject, calibration,
-                                   stride, seed=seed, method=spec, bounds=bounds)
+    how = Adaptation(AdaptSpec(**_yaml_mapping(adapt, "--adapt")), DEFAULT_TRAIN, spec)
+    cut = SessionCut(calibration, minutes, stride)
+    personal, report = personalise(load_bundle(teacher), load_bundle(student), dataset, subject, cut, how,
+                                   seed=seed, bounds=bounds, scored_from=scored_from)
     personal.save(out)
     before, after = report["before"], report["after"]
-    typer.echo(f"wrote {out}: {report['calibration_windows']} calibration windows of {subject} labelled by the "
-               f"teacher, {report['epochs']} epochs; agreement with the teacher on them "
+    typer.echo(f"wrote {out}: {report['calibration_windows']} calibration windows of {subject} ({report['session']}) "
+               f"labelled by the teacher; agreement with the teacher on them "
                f"{before['agreement_with_teacher']:.3f} -> {after['agreement_with_teacher']:.3f}")
+    typer.echo(f"guard: {report['guard']['why']}")
     if after["student_macro_f1"] is not None:
         typer.echo(f"on the other {report['scored_windows']} windows (labelled): student macro-F1 "
                    f"{before['student_macro_f1']:.3f} -> {after['student_macro_f1']:.3f}, teacher "

@@ -30,7 +30,7 @@ PERSONALISE = {"calibration": 0.5, "method": "sc_logit", "train": QUICK}
 @pytest.fixture(scope="module")
 def personalised_run(data_root, tmp_path_factory):
     """One LOSO unit with personalisation and kept models; every fine-tuning's training labels recorded."""
-    import harkd.deploy.personalise as personalise_module
+    import harkd.personalise.tune as personalise_module
 
     fits = []
     real_fit = personalise_module.fit
@@ -53,7 +53,7 @@ def test_each_unit_adds_personalised_rows_on_the_same_windows(personalised_run):
     rows = [r for r in results["rows"] if r["role"] == "personalised"]
     assert [(r["model"], r["method"]) for r in rows] == [("tsak_teacher", "-")] + [
         ("cnn_student", f"{kept}+{labels}") for kept in ("none", "sc_logit")
-        for labels in ("untouched", "teacher", "self", "true")]
+        for labels in ("untouched", "teacher", "guarded", "self", "true")]
     scored = {sum(map(sum, results["confusion"][f"personalised/{r['model']}/{r['method']}"])) for r in rows}
     assert len(scored) == 1  # every personalised row on the same windows
     plain = sum(map(sum, results["confusion"]["student/cnn_student/none"]))
@@ -65,7 +65,7 @@ def test_each_unit_adds_personalised_rows_on_the_same_windows(personalised_run):
 
 def test_the_workers_labels_train_only_the_true_label_bound(personalised_run):
     _, _, fits = personalised_run
-    assert sorted({f["source"] for f in fits}) == ["self", "teacher", "true"]
+    assert sorted({f["source"] for f in fits}) == ["guard", "self", "teacher", "true"]
     for fit in fits:
         if fit["source"] == "true":
             assert (fit["labels"] >= 0).all() and (fit["val"] >= 0).all()
@@ -148,10 +148,11 @@ def test_personalise_config_errors():
 def test_any_student_fine_tunes_from_every_source_of_labels(student_name, params, channels, tmp_path):
     """CNN, causal and MobileNet students on 3 or 6 channels, each source of labels: a copy is trained (the kept
     student is left as it was), and the teacher-labelled copy agrees with the teacher more than before."""
-    from harkd.deploy.personalise import FrozenTeacher, Session, fine_tune, labels_of
-    from harkd.experiment.config import MethodSpec
     from harkd.models.base import ModelOutput, build_model
+    from harkd.personalise.adapt import AdaptSpec
+    from harkd.personalise.tune import Adaptation, FrozenTeacher, Session, WindowTimes, fine_tune, labels_of
     from harkd.train.engine import TrainConfig
+    from harkd.train.methods import MethodSpec
 
     class MeanTeacher(torch.nn.Module):
         """Class k when channel k is high: a teacher whose labels the students can learn."""
@@ -170,12 +171,14 @@ def test_any_student_fine_tunes_from_every_source_of_labels(student_name, params
     x_teacher = torch.randn(80, 6, 32) + 2.0 * torch.nn.functional.one_hot(y, 6).float()[:, :, None]
     teacher = FrozenTeacher(MeanTeacher().eval())
     says = labels_of(teacher.model, x_teacher)
-    session = Session.split(x_teacher.numpy(), x_teacher[:, :channels].numpy(), says, seed=0, where="test")
+    times = WindowTimes(np.repeat(np.arange(10), 8).astype(str), np.tile(np.arange(8) * 32, 10), 32)
+    session = Session.split(x_teacher.numpy(), x_teacher[:, :channels].numpy(), says, times, seed=0, where="test")
     student = build_model(student_name, channels, n, **params).eval()
     before = {k: v.clone() for k, v in student.state_dict().items()}
     logit_t1 = MethodSpec("logit_t1", ({"distiller": "logit", "temperature": 1.0},))
     quick = TrainConfig(epochs=10, batch_size=16, lr=1e-2, patience=10)
-    results = {source: fine_tune(student, source, session, teacher, logit_t1, n, quick, 0, tmp_path / source)
+    how = Adaptation(AdaptSpec(), quick, logit_t1)
+    results = {source: fine_tune(student, source, session, teacher, how, n, 0, tmp_path / source)
                for source in ("teacher", "self", "true")}
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())
     agreement = lambda model: float((labels_of(model, session.x_student) == says).mean())  # noqa: E731

@@ -1,7 +1,6 @@
 """The fold pipeline's stages, each on its own, on small synthetic windows (no install, no CLI): the fold inputs, the
 teacher stage, the training set of every kind of method and the student stage."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,10 +10,10 @@ from harkd.data.registry import WindowConfig
 from harkd.data.synthetic import make_recordings
 from harkd.data.windowing import make_windows
 from harkd.experiment.config import MethodSpec, ModelSpec, parse_config
-from harkd.experiment.folds import ExperimentData, FoldLabels, fold_views, sensor_groups, worker_fold
+from harkd.experiment.folds import ExperimentData, FoldLabels, fold_views, sensor_groups
 from harkd.experiment.students import Sources, train_student, training_set
 from harkd.experiment.teacher import TeacherSettings, train_teacher
-from harkd.experiment.training_sets import kd_set, mixup_labels, student_alone_set
+from harkd.train.training_sets import kd_set, mixup_labels, student_alone_set
 from harkd.train.engine import TeacherTargets, TrainConfig, predict
 from harkd.train.mixup import Mixes, MixupSpec
 
@@ -67,15 +66,6 @@ def test_sensor_groups_make_one_token_per_position_and_modality(fold_inputs):
         kinds = {(data.teacher_view.channels[i].sensor or data.teacher_view.channels[i].position,
                   data.teacher_view.channels[i].modality) for i in group}
         assert len(kinds) == 1
-
-
-def test_worker_fold_puts_the_start_of_each_recording_in_calibration():
-    data, _ = _data()
-    fold = worker_fold(data.student_view, "S02", 0.25)
-    assert not len(fold.train) and not len(fold.val)
-    assert set(data.student_view.subjects[np.r_[fold.test, fold.calibration]]) == {"S02"}
-    assert fold.calibration.max() < fold.test.min()  # one recording per subject here: calibration comes first
-    assert len(fold.calibration) == round(0.25 * (len(fold.calibration) + len(fold.test)))
 
 
 def test_teacher_stage_freezes_the_teacher_and_adds_the_semantic_targets(tsak, fold_inputs):

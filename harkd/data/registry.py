@@ -76,6 +76,9 @@ class DatasetSpec:
     licence: str
     archives: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Sessions "A/B" of one recording A are consecutive pieces of one signal (DSADS's 5 s segments of a 5 min
+    # recording), so a calibration session may join them and cut windows across their seams.
+    contiguous_segments: bool = False
 
     def locate(self, tree: Path) -> Path | None:
         """The folder inside an unpacked archive that holds the publisher's layout, or None."""

@@ -36,7 +36,7 @@ def recording_key(session: str) -> str:
     return session.rsplit("/", 1)[0]
 
 
-def _natural(name: str) -> list:
+def natural_key(name: str) -> list:
     """Sort key that orders the numbers in a name by value (UCI-HAR's segments are named by their first sample)."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
@@ -54,7 +54,7 @@ def with_calibration(windows: WindowSet, fold: Fold, fraction: float) -> Fold:
         raise HarkdError(f"calibration (split.calibration, or personalise's --calibration) must be a fraction in "
                          f"(0, 1), got {fraction}")
     order = sorted(fold.test, key=lambda i: (windows.subjects[i], recording_key(str(windows.sessions[i])),
-                                             _natural(str(windows.sessions[i])), i))
+                                             natural_key(str(windows.sessions[i])), i))
     by_recording: dict[tuple[str, str], list[int]] = {}
     for i in order:
         by_recording.setdefault((windows.subjects[i], recording_key(str(windows.sessions[i]))), []).append(i)

@@ -19,6 +19,7 @@ from torch import nn
 
 from harkd.data.recording import ChannelSpec
 from harkd.data.splits import Normaliser
+from harkd.data.windowing import WindowSet
 from harkd.data.units import channel_factors
 from harkd.errors import HarkdError
 from harkd.files import atomic_output
@@ -157,3 +158,17 @@ def load_bundle(path: Path) -> ModelBundle:
     if missing:
         raise HarkdError(f"{path}: harkd model file lacks {sorted(missing)}")
     return ModelBundle(**{k: v for k, v in raw.items() if k in fields})
+
+
+def bundle_inputs(bundle: ModelBundle, windows: WindowSet, where: str) -> np.ndarray:
+    """The bundle's input channels, in its order, from `windows` (raw values)."""
+    available = {c.name: i for i, c in enumerate(windows.channels)}
+    missing = [name for name in bundle.channel_names if name not in available]
+    if missing:
+        raise HarkdError(f"{where}: the data has no channel {missing[0]} (of {len(missing)} missing); it has "
+                         f"{', '.join(available)}")
+    if abs(windows.rate_hz - bundle.rate_hz) > 1e-6:
+        raise HarkdError(f"{where}: the data is sampled at {windows.rate_hz:g} Hz, the model expects "
+                         f"{bundle.rate_hz:g} Hz")
+    index = [available[name] for name in bundle.channel_names]
+    return bundle.in_units(windows.x[:, index, :], [windows.channels[i] for i in index], where)

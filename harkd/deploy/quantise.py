@@ -47,7 +47,7 @@ class QuantisationData:
 def _bundle_windows(bundle: ModelBundle, dataset: str):
     """The dataset's windows cut as the run cut them, the bundle's channels (raw) and their activity targets."""
     from harkd.data.catalog import default_windowing, load_windows
-    from harkd.deploy.personalise import bundle_inputs
+    from harkd.deploy.bundle import bundle_inputs
 
     windows = load_windows(dataset, replace(default_windowing(dataset), length=bundle.window, stride=bundle.hop))
     targets, class_names = windows.activity_targets()

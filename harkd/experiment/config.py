@@ -9,19 +9,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, Field, PlainSerializer, PlainValidator,
-                      ValidationInfo, field_validator)
+from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer, PlainValidator
 
 from harkd.data.recording import ChannelKit, ChannelQuery
 from harkd.data.registry import WindowConfig
 from harkd.errors import HarkdError
-from harkd.schema import (FORBID_UNKNOWN, Float, Int, Name, NonNegativeInt, PositiveInt, Str, config_dataclass,
-                          resolved_yaml, validate)
+from harkd.schema import (FORBID_UNKNOWN, Bool, Float, Int, Name, NonNegativeInt, PositiveFloat, PositiveInt, Str,
+                          config_dataclass, resolved_yaml, validate)
 from harkd.train.engine import TrainConfig
-from harkd.train.mixup import MixupSpec
+from harkd.personalise.adapt import AdaptSpec
+from harkd.personalise.session import PROTOCOLS, SessionCut
+from harkd.personalise.tune import check_personalise_method
+from harkd.train.methods import MethodEntry, MethodSpec, method_shorthand
 
 SPLIT_KINDS = ("loso", "fixed", "protocol", "groups")
-TEACHER_KINDS = ("teacher", "self")
 
 
 @config_dataclass("model")
@@ -64,42 +65,6 @@ class SplitSpec:
             raise ValueError(f"kind {self.kind!r} needs {needs[self.kind][1]}")
 
 
-def _distiller_term(term: dict) -> dict:
-    if "distiller" not in term:  # its other keys are the distiller's options, checked when it is built
-        raise ValueError(f"expected a mapping with 'distiller' and its parameters, got {term!r}")
-    return term
-
-
-@config_dataclass("method")
-class MethodSpec:
-    """A named KD method: a list of weighted distiller terms (empty for the student alone). `teacher: self` distils
-    from the student trained alone (a method with no terms listed earlier) instead of the teacher. `mixup` adds mixed
-    training windows (harkd.train.mixup): labelled by the teacher for KD, by mixed labels for the student alone."""
-
-    name: Str
-    terms: tuple[Annotated[dict[Str, Any], AfterValidator(_distiller_term)], ...]
-    teacher: Str = "teacher"
-    mixup: MixupSpec | None = None
-
-    @field_validator("teacher")
-    @classmethod
-    def _known_teacher(cls, teacher: str, info: ValidationInfo) -> str:
-        if teacher not in TEACHER_KINDS:
-            raise ValueError(f"method {info.data.get('name')}: unknown teacher {teacher!r}; "
-                             f"valid: {', '.join(TEACHER_KINDS)}")
-        return teacher
-
-    def __post_init__(self) -> None:
-        if self.teacher == "self" and not self.terms:
-            raise ValueError(f"method {self.name}: teacher 'self' needs terms (a method without terms is the student "
-                             f"alone, which is the self teacher)")
-
-    @classmethod
-    def parse(cls, values: Any, where: str) -> "MethodSpec":
-        """A registered distiller's name (with its defaults; `none` is the student alone), or {name, terms, ...}."""
-        return validate(MethodEntry, values, where)
-
-
 PERSONALISE_LABELS = ("teacher", "self", "true")
 
 
@@ -109,27 +74,40 @@ def _yaml_true(value: Any) -> Any:
 
 @config_dataclass("personalise")
 class PersonaliseSpec:
-    """After each unit, every student of the unit fine-tuned to each left-out worker on the first `calibration` of
-    their recordings (harkd.experiment.personalised): labelled by the teacher through `method` (ours), by itself
-    (self-training, the lower bound) and by the worker's true labels (the upper bound), as `labels` lists; scored on
-    the rest of the worker's recordings beside the untouched student and the teacher."""
+    """After each unit, every student of the unit adapted to each left-out worker on a calibration session, the
+    first `calibration` (or `minutes`) of their recordings (harkd.personalise.session; `protocol` and `activities`
+    for the later-session and partial-session protocols): labelled by the teacher through `method` (ours), by itself
+    (self-training, the lower bound) and by the worker's true labels (the upper bound), as `labels` lists, each
+    adapted as `adapt` says (harkd.personalise.adapt), the teacher's guarded (`guard`); scored on the rest of the
+    worker's recordings beside the untouched student and the teacher."""
 
     calibration: Annotated[Float, Field(gt=0, lt=1)] = 0.5
-    method: Annotated[MethodSpec, BeforeValidator(lambda v: _method_shorthand(v))] = MethodSpec(
+    # or the first `minutes` of each recording (per activity where a recording holds one, as on DSADS), scored from
+    # `scored_from` of each recording on (default: `calibration`), so that sessions of several sizes share windows
+    minutes: PositiveFloat | None = None
+    scored_from: Annotated[Float, Field(gt=0, lt=1)] | None = None
+    stride: PositiveInt | None = None  # the session windows' stride in samples (default: the run's)
+    protocol: Literal[PROTOCOLS] = "same_recordings"  # or later_recordings (harkd.personalise.session)
+    activities: Annotated[Float, Field(gt=0, lt=1)] | None = None  # a partial session's share of the activities
+    adapt: AdaptSpec = AdaptSpec()
+    method: Annotated[MethodSpec, BeforeValidator(method_shorthand)] = MethodSpec(
         "logit", ({"distiller": "logit"},))
     labels: tuple[Annotated[Literal[PERSONALISE_LABELS], BeforeValidator(_yaml_true)], ...] = PERSONALISE_LABELS
     students: tuple[Str, ...] | None = None  # the run's methods whose students are personalised (default: all)
     train: TrainConfig = TrainConfig(epochs=30, lr=1e-3, patience=8)
+    guard: Bool = True  # beside the teacher's labels, rows "+guarded": the guard's choice (harkd.personalise.guard)
+
+    @property
+    def cut(self) -> SessionCut:
+        return SessionCut(self.calibration, self.minutes, self.stride, self.protocol, self.activities)
+
+    @property
+    def scored(self) -> float:
+        return self.calibration if self.scored_from is None else self.scored_from
 
 
 def _model_shorthand(values: Any) -> Any:
     return {"model": values} if isinstance(values, str) else values
-
-
-def _method_shorthand(values: Any) -> Any:
-    if isinstance(values, str):
-        return {"name": values, "terms": [] if values == "none" else [{"distiller": values}]}
-    return values
 
 
 def _stride_defaults_to_length(values: Any) -> Any:
@@ -153,7 +131,6 @@ def _channel_mapping(query: ChannelQuery | ChannelKit) -> dict | list[dict]:
 
 
 ModelEntry = Annotated[ModelSpec, BeforeValidator(_model_shorthand)]
-MethodEntry = Annotated[MethodSpec, BeforeValidator(_method_shorthand)]
 WindowEntry = Annotated[WindowConfig, BeforeValidator(_stride_defaults_to_length)]
 Channels = Annotated[ChannelQuery | ChannelKit, PlainValidator(_channel_query), PlainSerializer(_channel_mapping)]
 Seeds = Annotated[list[NonNegativeInt], Field(min_length=1)]
@@ -268,18 +245,6 @@ def _check_personalise(schema: ExperimentSchema, where: str) -> None:
         raise HarkdError(f"{where}: personalise.students: {sorted(unknown)} are not methods of this run; methods: "
                          f"{[m.name for m in schema.methods]}")
     check_personalise_method(method, f"{where}: personalise.method")
-
-
-def check_personalise_method(method: MethodSpec, where: str) -> MethodSpec:
-    """A method personalisation can use: it distils the kept teacher (the student's own and the true labels are
-    the bounds), and the session has no labels to mix."""
-    if method.teacher != "teacher" or not method.terms:
-        raise HarkdError(f"{where}: {method.name!r}: a KD method with terms that distils the teacher (the 'self' "
-                         f"and 'true' labels are the bounds)")
-    if method.mixup is not None and method.mixup.labels == "mixed":
-        raise HarkdError(f"{where}: mixup labels 'mixed' need the worker's labels, which personalisation never "
-                         f"reads; use labels: teacher")
-    return method
 
 
 def parse_config(raw: Mapping[str, Any], where: str = "config") -> ExperimentConfig:

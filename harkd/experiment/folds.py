@@ -3,7 +3,7 @@ student) and the normalised inputs of one fold. Used by `harkd run`, the head se
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -11,7 +11,7 @@ import torch
 
 from harkd.data.catalog import default_windowing, load_recordings, load_windows
 from harkd.data.protocols import get_protocol
-from harkd.data.recording import ChannelQuery, ChannelSpec
+from harkd.data.recording import ChannelQuery, ChannelSpec, Recording
 from harkd.data.registry import WindowConfig
 from harkd.data.splits import (Fold, Normaliser, fit_normaliser, fixed_split, group_folds, leave_one_subject_out,
                                with_calibration)
@@ -58,6 +58,14 @@ def experiment_windows(config: DataSettings) -> tuple[WindowSet, SubjectLists, W
     return make_windows(cut.recordings, windowing), (cut.train_subjects, cut.test_subjects), windowing
 
 
+def experiment_recordings(config: DataSettings) -> list[Recording]:
+    """The recordings the experiment's windows are cut from (for a protocol split, the protocol's cut)."""
+    recordings = load_recordings(config.dataset, config.dataset_options)
+    if config.split.kind != "protocol":
+        return recordings
+    return get_protocol(config.split.protocol).build(recordings).recordings
+
+
 def make_folds(windows: WindowSet, split: SplitSettings, seed: int, protocol_subjects: SubjectLists) -> list[Fold]:
     """The split's folds (only those `split.folds` names), each with its calibration windows when asked for."""
     folds = _all_folds(windows, split, seed, protocol_subjects)
@@ -83,24 +91,6 @@ def _all_folds(windows: WindowSet, split: SplitSettings, seed: int, protocol_sub
         train, test = protocol_subjects
         return [fixed_split(windows, test, train, val_subjects=split.val_subjects, name=split.protocol, **common)]
     return group_folds(windows, split.group_by, split.n_folds, **common)
-
-
-def worker_fold(windows: WindowSet, subject: str, calibration: float, scored_from: float | None = None) -> Fold:
-    """One new worker's windows as a fold for personalisation: the first `calibration` fraction (in time) of each of
-    their recordings is the calibration session, the windows after the first `scored_from` fraction (default: the
-    rest) are the test windows, so sessions of several lengths can be scored on the same windows; nothing trains."""
-    mine = np.flatnonzero(windows.subjects == subject)
-    if len(mine) == 0:
-        raise HarkdError(f"no subject {subject!r}; subjects: {', '.join(windows.subject_ids)}")
-    none = np.zeros(0, dtype=np.int64)
-    whole = Fold(f"personalise-{subject}", none, none, mine, (subject,))
-    session = with_calibration(windows, whole, calibration)
-    if scored_from is None or scored_from == calibration:
-        return session
-    if scored_from < calibration:
-        raise HarkdError(f"scoring from {scored_from} of each recording would score calibration windows "
-                         f"(calibration {calibration})")
-    return replace(session, test=with_calibration(windows, whole, scored_from).test)
 
 
 def sensor_groups(channels: tuple[ChannelSpec, ...]) -> list[list[int]]:
@@ -152,6 +142,7 @@ class ExperimentData:
     class_names: list[str]
     protocol_subjects: SubjectLists
     windowing: WindowConfig | None = None  # what the windows were cut with (kept models record its stride)
+    dataset: str = ""
 
     @classmethod
     def load(cls, config: DataSettings, teacher_channels: ChannelQuery, student_channels: ChannelQuery
@@ -159,7 +150,7 @@ class ExperimentData:
         windows, protocol_subjects, windowing = experiment_windows(config)
         labels, class_names = windows.activity_targets()
         return cls(windows.select(teacher_channels), windows.select(student_channels), labels, class_names,
-                   protocol_subjects, windowing)
+                   protocol_subjects, windowing, config.dataset)
 
     @property
     def n_classes(self) -> int:
@@ -169,5 +160,5 @@ class ExperimentData:
         return make_folds(self.teacher_view, split, seed, self.protocol_subjects)
 
 
-__all__ = ["ExperimentData", "FoldLabels", "Views", "experiment_windows", "fold_views", "make_folds",
+__all__ = ["ExperimentData", "FoldLabels", "Views", "experiment_recordings", "experiment_windows", "fold_views", "make_folds",
            "sensor_groups"]

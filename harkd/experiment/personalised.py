@@ -1,10 +1,11 @@
 """The personalisation stage of a unit (a config's `personalise` section): every student of the unit, fine-tuned to
-each left-out worker on the first part of their recordings (harkd.deploy.personalise), scored on the rest.
+each left-out worker on the first part of their recordings (harkd.personalise), scored on the rest.
 
 Rows of role "personalised", all on the same windows (the rest of the workers' recordings, labelled): the teacher
 (method "-"), and per student model and method `<method>+untouched` (the student as trained), `<method>+teacher`
-(fine-tuned on the teacher's labels: ours), `<method>+self` (on its own labels: the lower bound) and `<method>+true`
-(on the worker's labels: the upper bound). With several test subjects (a fixed split) each worker gets their own
+(adapted to the teacher's labels), `<method>+guarded` (the guard's choice between that and the untouched student:
+what ships, harkd.personalise.guard; the row's guard_kept_adapted counts its workers), `<method>+self` (on its own
+labels: the lower bound) and `<method>+true` (on the worker's labels: the upper bound). With several test subjects (a fixed split) each worker gets their own
 fine-tuned copy, and a row pools the predictions over the workers.
 """
 
@@ -12,17 +13,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from harkd.data.splits import Fold
-from harkd.deploy.personalise import Session, fine_tune, labels_of
+from harkd.data.recording import Recording
+from harkd.data.windowing import WindowSet
 from harkd.experiment.config import PersonaliseSpec
-from harkd.experiment.folds import ExperimentData, Views, worker_fold
+from harkd.experiment.folds import ExperimentData, Views
+from harkd.personalise.adapt import Replay, axis_groups
+from harkd.personalise.guard import guard, teacher_refit
+from harkd.personalise.session import contiguous_segments
+from harkd.personalise.tune import Adaptation, FrozenTeacher, fine_tune, labels_of
+from harkd.personalise.worker import Inputs, Worker
 from harkd.experiment.scoring import Scorer, View
-from harkd.experiment.summary import UNTOUCHED
+from harkd.experiment.summary import GUARDED, UNTOUCHED
 from harkd.experiment.teacher import TrainedTeacher
 
 ROLE = "personalised"
@@ -44,43 +52,37 @@ class _Pooled:
     preds: list[np.ndarray] = field(default_factory=list)
     epochs: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    adapted: list[bool] = field(default_factory=list)  # per worker, for guarded rows: whether the guard kept it
 
-    def add(self, preds: np.ndarray, epochs: int = 0, seconds: float = 0.0) -> None:
+    def add(self, preds: np.ndarray, epochs: int = 0, seconds: float = 0.0, adapted: bool | None = None) -> None:
         self.preds.append(preds)
         self.epochs.append(epochs)
         self.seconds += seconds
+        if adapted is not None:
+            self.adapted.append(adapted)
 
 
-@dataclass
-class _Worker:
-    """One left-out worker: the calibration session, and the scored windows as teacher and student read them."""
+def _channels_of(view: WindowSet, normaliser) -> Inputs:
+    """A view's normalised inputs from windows of any channels that include the view's."""
+    names = [c.name for c in view.channels]
 
-    session: Session
-    x_teacher: torch.Tensor
-    x_student: torch.Tensor
-    y: np.ndarray
-
-    @classmethod
-    def of(cls, data: ExperimentData, xt: Views, xs: Views, subject: str, calibration: float,
-           seed: int) -> "_Worker":
-        fold = worker_fold(data.teacher_view, subject, calibration)
-        scored = fold.test[data.labels[fold.test] >= 0]
-        teacher_in = lambda idx: xt.normaliser(data.teacher_view.x[idx])  # noqa: E731 (the fold's normalisation)
-        student_in = lambda idx: xs.normaliser(data.student_view.x[idx])  # noqa: E731
-        session = Session.split(teacher_in(fold.calibration), student_in(fold.calibration),
-                                data.labels[fold.calibration], seed, f"personalise: subject {subject}")
-        return cls(session, torch.from_numpy(teacher_in(scored)), torch.from_numpy(student_in(scored)),
-                   data.labels[scored])
+    def inputs(windows: WindowSet) -> np.ndarray:
+        where = {c.name: i for i, c in enumerate(windows.channels)}
+        return normaliser(windows.x[:, [where[name] for name in names]])
+    return inputs
 
 
 @dataclass
 class Personaliser:
-    """What the stage needs of a unit: the spec, the data and the fold's inputs (normalised as the unit's models
-    read them), the frozen teacher, the views' descriptions for the rows, the seed and a work folder."""
+    """What the stage needs of a unit: the spec, the data, the recordings its windows were cut from and the fold's
+    inputs (normalised as the unit's models read them, the training windows replayable), the frozen teacher, the
+    views' descriptions for the rows, the seed and a work folder."""
 
     spec: PersonaliseSpec
     data: ExperimentData
+    recordings: Sequence[Recording]
     inputs: tuple[Views, Views]  # the teacher's and the student's
+    train_labels: torch.Tensor
     teacher: TrainedTeacher
     teacher_label: str
     views: tuple[View, View]
@@ -90,30 +92,55 @@ class Personaliser:
     def rows(self, fold: Fold, students: list[KeptStudent], score: Scorer) -> list[dict]:
         """The teacher's row first, then each student's untouched and fine-tuned rows."""
         pooled: dict[tuple[str, str], _Pooled] = {(self.teacher_label, "-"): _Pooled()}
-        labels = []
+        labels, how, teacher = [], self._adaptation(), FrozenTeacher(self.teacher.frozen())
         for subject in fold.test_subjects:
-            worker = _Worker.of(self.data, *self.inputs, subject, self.spec.calibration, self.seed)
-            labels.append(worker.y)
-            pooled[(self.teacher_label, "-")].add(labels_of(self.teacher.model, worker.x_teacher))
+            worker = self._worker(subject)
+            labels.append(worker.y_scored)
+            pooled[(self.teacher_label, "-")].add(labels_of(teacher.model, worker.scored_teacher))
             for student in students:
-                self._personalise(worker, student, self.work / subject, pooled)
+                self._personalise(worker, student, teacher, how, self.work / subject, pooled)
         y = np.concatenate(labels)
-        return [score.record(ROLE, label, method, self.views[0] if method == "-" else self.views[1], y,
+        rows = [score.record(ROLE, label, method, self.views[0] if method == "-" else self.views[1], y,
                              np.concatenate(p.preds), round(float(np.mean(p.epochs))), p.seconds)
                 for (label, method), p in pooled.items()]
+        for row, p in zip(rows, pooled.values()):
+            if p.adapted:
+                row["guard_kept_adapted"] = f"{sum(p.adapted)}/{len(p.adapted)}"
+        return rows
 
-    def _personalise(self, worker: _Worker, student: KeptStudent, work: Path,
+    def _worker(self, subject: str) -> Worker:
+        data, (xt, xs) = self.data, self.inputs
+        return Worker.of(self.recordings, (data.teacher_view, data.student_view), data.windowing, subject,
+                         self.spec.cut, self.spec.scored, contiguous_segments(data.dataset),
+                         (_channels_of(data.teacher_view, xt.normaliser), _channels_of(data.student_view,
+                                                                                       xs.normaliser)),
+                         data.class_names, self.seed)
+
+    def _adaptation(self) -> Adaptation:
+        xs = self.inputs[1]
+        replay = Replay(xs.train, self.train_labels) if self.spec.adapt.replay else None
+        axes = axis_groups([c.name for c in self.data.student_view.channels], xs.normaliser.mean, xs.normaliser.std)
+        return Adaptation(self.spec.adapt, self.spec.train, self.spec.method, replay, axes)
+
+    def _personalise(self, worker: Worker, student: KeptStudent, teacher: FrozenTeacher, how: Adaptation, work: Path,
                      pooled: dict[tuple[str, str], _Pooled]) -> None:
-        """One student on one worker: untouched, then fine-tuned on each source of labels the spec lists."""
+        """One student on one worker: untouched, then adapted to each source of labels the spec lists."""
         pooled.setdefault((student.label, f"{student.method}+{UNTOUCHED}"), _Pooled()).add(
-            labels_of(student.model, worker.x_student))
+            labels_of(student.model, worker.scored_student))
         for source in self.spec.labels:
-            result = fine_tune(student.model, source, worker.session, self.teacher, self.spec.method,
-                               self.data.n_classes, self.spec.train, self.seed,
-                               work / f"{student.label}-{student.method}-{source}")
-            if result is not None:  # the true-label bound needs labelled calibration windows
-                pooled.setdefault((student.label, f"{student.method}+{source}"), _Pooled()).add(
-                    labels_of(result.model, worker.x_student), result.epochs, result.train_time_s)
+            tuned = fine_tune(student.model, source, worker.session, teacher, how, self.data.n_classes, self.seed,
+                              work / f"{student.label}-{student.method}-{source}")
+            if tuned is None:  # the true-label bound needs labelled calibration windows
+                continue
+            pooled.setdefault((student.label, f"{student.method}+{source}"), _Pooled()).add(
+                labels_of(tuned.model, worker.scored_student), tuned.epochs, tuned.seconds)
+            if source == "teacher" and self.spec.guard:
+                verdict = guard(student.model, tuned, worker.session, teacher_refit(
+                    student.model, worker.session, teacher, how, self.data.n_classes, self.seed,
+                    work / f"{student.label}-{student.method}-guard"))
+                pooled.setdefault((student.label, f"{student.method}+{GUARDED}"), _Pooled()).add(
+                    labels_of(verdict.model, worker.scored_student), tuned.epochs, tuned.seconds,
+                    verdict.kept == "adapted")
 
 
 __all__ = ["KeptStudent", "Personaliser", "ROLE"]

@@ -28,8 +28,8 @@ _SUMMARY_HEADER = ["role", "model", "method", "n", "macro-F1 (%)", "accuracy (%)
                    "folds won", "params", "FLOPs (M)", "latency (ms)"]
 _SUMMARY_RIGHT = [False, False, False, True, True, True, True, True, True, True, True]
 _LABELS = dict(zip(PERSONALISED_LABELS, ["none (the kept student, not fine-tuned)", "its own (self-training, lower "
-                                          "bound)", "the teacher's (ours)", "the worker's true labels (upper bound, "
-                                          "reported only)"]))
+                                          "bound)", "the teacher's", "the teacher's, guarded (ours: what ships)",
+                                          "the worker's true labels (upper bound, reported only)"]))
 _PERSONALISED_BASELINE = BASELINES["personalised"]
 
 
@@ -195,7 +195,8 @@ def _personalised_cells(s: Mapping[str, Any]) -> list[str]:
 def _personalised_sentence(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     """Where the teacher's labels took the student, and how far the true labels would."""
     sentences = []
-    for labels, what in (("teacher", "Best with the teacher's labels"), ("true", "Upper bound (true labels)")):
+    for labels, what in (("teacher", "Best with the teacher's labels"), ("guarded", "Guarded (what ships)"),
+                         ("true", "Upper bound (true labels)")):
         found = [s for s in entries if s["method"].endswith(f"+{labels}") and s["of_teacher"] is not None]
         if found:
             best = max(found, key=lambda s: s["macro_f1_mean"])

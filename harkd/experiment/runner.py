@@ -4,7 +4,7 @@ with each KD method; write results.json (one row per fold, seed, role, model, me
 A (seed, fold) unit composes the stages: the fold's inputs (harkd.experiment.folds), the teacher stage
 (harkd.experiment.teacher: the frozen teacher and its outputs, computed once, so a student's epoch costs what the
 student costs), and the student stage (harkd.experiment.students, with each method's training set built by
-harkd.experiment.training_sets).
+harkd.train.training_sets).
 
 Each finished (seed, fold) unit is kept in OUT/.units/ until the run ends, so the same command run again after an
 interruption trains only the missing units (harkd.experiment.checkpoints).
@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from harkd import __version__
 from harkd.cost import count_flops, count_params, cpu_latency_ms
+from harkd.data.recording import Recording
 from harkd.data.splits import Fold
 from harkd.data.windowing import WindowSet
 from harkd.deploy.bundle import ModelBundle
@@ -39,7 +40,8 @@ from harkd.errors import HarkdError
 from harkd.experiment.checkpoints import UnitStore
 from harkd.experiment.config import ExperimentConfig, ModelSpec, parse_config
 from harkd.experiment.families import best_per_family
-from harkd.experiment.folds import ExperimentData, FoldLabels, Views, fold_views, sensor_groups
+from harkd.experiment.folds import (ExperimentData, FoldLabels, Views, experiment_recordings, fold_views,
+                                    sensor_groups)
 from harkd.experiment.report import format_summary_table, write_results
 from harkd.experiment.personalised import KeptStudent, Personaliser
 from harkd.experiment.progress import Heartbeat, status_hook
@@ -92,6 +94,7 @@ class FoldRunner:
         self.cfg, self.data, self.work, self.models = cfg, data, work, models
         self.teacher_view = (cfg.teacher_channels.describe(), len(data.teacher_view.channels))
         self.student_view = (cfg.student_channels.describe(), len(data.student_view.channels))
+        self._cut_from: list[Recording] | None = None
 
     def run(self, seed: int, fold: Fold) -> FoldResult:
         cfg, data = self.cfg, self.data
@@ -113,11 +116,18 @@ class FoldRunner:
                 self._keep(result.model, spec, data.student_view, xs, fold, rows[-1])
                 kept.append(KeptStudent(spec.label, method.name, result.model))
         if cfg.personalise is not None:
-            personaliser = Personaliser(cfg.personalise, data, (xt, xs), teacher, cfg.teacher.name,
-                                        (self.teacher_view, self.student_view), seed, work / "personalise")
+            personaliser = Personaliser(cfg.personalise, data, self._recordings(), (xt, xs), y.train, teacher,
+                                        cfg.teacher.name, (self.teacher_view, self.student_view), seed,
+                                        work / "personalise")
             chosen = cfg.personalise.students
             rows += personaliser.rows(fold, [k for k in kept if chosen is None or k.method in chosen], score)
         return FoldResult(rows, score.confusions)
+
+    def _recordings(self) -> list[Recording]:
+        """What the run's windows were cut from, read once per process (calibration sessions are cut from them)."""
+        if self._cut_from is None:
+            self._cut_from = experiment_recordings(self.cfg)
+        return self._cut_from
 
     def _teacher_rows(self, teacher: TrainedTeacher, xt: Views, score: Scorer,
                       groups: list[list[int]]) -> list[dict[str, Any]]:

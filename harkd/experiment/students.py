@@ -12,7 +12,7 @@ from harkd.distill.compose import build_method
 from harkd.experiment.config import MethodSpec, ModelSpec
 from harkd.experiment.folds import FoldLabels, Views
 from harkd.experiment.teacher import TrainedTeacher
-from harkd.experiment.training_sets import TrainingSet, kd_set, student_alone_set
+from harkd.train.training_sets import TrainingSet, kd_set, student_alone_set
 from harkd.models.base import build_model
 from harkd.train.engine import FitResult, TeacherTargets, TrainConfig, fit, predict
 from harkd.train.mixup import Mixes

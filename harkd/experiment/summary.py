@@ -21,9 +21,10 @@ BASELINE = "none"
 # Role -> the method each of its methods is compared with. Personalised rows are scored on other windows than the
 # plain ones, so they are compared with the kept student alone on those windows.
 UNTOUCHED = "untouched"  # a personalised row of the kept student as it was trained
+GUARDED = "guarded"  # the guard's choice between the teacher-labelled student and the untouched one: the product
 BASELINES = {"student": BASELINE, "personalised": f"{BASELINE}+{UNTOUCHED}"}
 # A personalised student's method is "<kept method>+<labels>", the labels it was fine-tuned on, in this order.
-PERSONALISED_LABELS = (UNTOUCHED, "self", "teacher", "true")
+PERSONALISED_LABELS = (UNTOUCHED, "self", "teacher", GUARDED, "true")
 TEACHER_METHOD = "-"  # the method of teacher rows, and of the teacher scored on the personalised windows
 COST = ["params", "flops", "latency_ms_cpu"]
 _ROLE_ORDER = {"teacher": 0, "semantic": 1, "student": 2, "personalised": 3}

@@ -12,7 +12,7 @@ from torch import nn
 from harkd.experiment.config import ModelSpec
 from harkd.experiment.folds import FoldLabels, Views
 from harkd.models.base import build_model
-from harkd.models.tsak import OnStackedReps, semantic_input_dims, stack_reps
+from harkd.models.tsak import OnStackedReps, TwoStageTeacher, semantic_input_dims, stack_reps
 from harkd.train.engine import FitResult, TeacherTargets, TrainConfig, fit, predict, training_device
 
 
@@ -41,6 +41,10 @@ class TrainedTeacher:
     def label(self, x: torch.Tensor) -> TeacherTargets:
         """The teacher's targets on other windows of its channels (e.g. mixes)."""
         return self._with_semantic(predict(self.model, x, device=self.device))
+
+    def frozen(self) -> nn.Module:
+        """The teacher as one model, its semantic classifier's logits as head_logits["semantic"] (as kept)."""
+        return self.model if self.semantic is None else TwoStageTeacher(self.model, self.semantic.semantic)
 
     def _with_semantic(self, targets: TeacherTargets) -> TeacherTargets:
         if self.semantic is not None:

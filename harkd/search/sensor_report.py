@@ -77,9 +77,13 @@ def confirm(members: Sequence[dict], out_dir: Path, jobs: int | None, log: Calla
 
 def confirmed_scores(rows: Sequence[Mapping[str, Any]], method: str) -> dict[str, Any]:
     """Mean ± std test macro-F1 over the run's (fold, seed) units: teacher, student alone, with the search's KD
-    method, and personalised on the teacher's labels (with the teacher on those windows) when the run has them."""
+    method, and personalised on the teacher's labels (guarded, where the run has the guard's rows) beside the
+    untouched student and the teacher on the same windows, when the run has them."""
+    shipped = "guarded" if any(r["method"] == f"{method}+guarded" for r in rows) else "teacher"
     picks = {"teacher": ("teacher", "-"), "alone": ("student", "none"), "kd": ("student", method),
-             "personalised_teacher": ("personalised", "-"), "personalised": ("personalised", f"{method}+teacher")}
+             "personalised_teacher": ("personalised", "-"),
+             "personalised_untouched": ("personalised", f"{method}+untouched"),
+             "personalised": ("personalised", f"{method}+{shipped}")}
     scores: dict[str, Any] = {}
     for name, (role, wanted) in picks.items():
         values = {(r["fold"], r["seed"]): r["macro_f1"] for r in rows if r["role"] == role and r["method"] == wanted}
@@ -171,16 +175,16 @@ def report_md(results: Mapping[str, Any]) -> str:
     confirmed = any("confirm" in m for m in members)
     head = "| # | kit | front | positions | channels | MFLOPs | params | val macro-F1 (%) |"
     if confirmed:
-        head += (" test: teacher | student alone | with KD | personalised (teacher labels) | teacher on those "
-                 "windows |")
+        head += (" test: teacher | student alone | with KD | personalisation's windows: untouched | personalised "
+                 "(teacher labels) | teacher |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for i, m in enumerate(members, 1):
         line = (f"| {i} | {m['kit']} | {'yes' if m['on_front'] else 'no'} | {m['positions']} | {m['channels']} | "
                 f"{m['flops'] / 1e6:.3f} | {m['params']:,} | {100 * m['val_f1']:.2f} |")
         if confirmed:
             c = m.get("confirm", {})
-            line += " " + " | ".join(_pct(c.get(k)) for k in ("teacher", "alone", "kd", "personalised",
-                                                               "personalised_teacher")) + " |"
+            line += " " + " | ".join(_pct(c.get(k)) for k in ("teacher", "alone", "kd", "personalised_untouched",
+                                                               "personalised", "personalised_teacher")) + " |"
         lines.append(line)
     lines += ["", "Each member's ready config is in `configs/`"
               + ("; the confirmation runs (the config's split, scored on its test windows) are in `confirm/`. "

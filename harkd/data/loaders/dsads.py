@@ -116,4 +116,5 @@ SPEC = register_dataset(DatasetSpec(
     licence="CC BY 4.0",
     archives={"dsads.tar.xz": "4ba8a6bbebc42ffa69acfd2086aca71e70771d8e2ae7a5fb2a633c454c02fe3b"},
     options={"max_gap_s": 1.0},
+    contiguous_segments=True,  # the 60 segments of a recording are consecutive pieces of one 5-minute signal
 ))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harkd.experiment.config import MethodSpec
+from harkd.train.methods import MethodSpec
 from harkd.train.engine import TeacherTargets, concat_targets
 from harkd.train.mixup import Mixes
 
