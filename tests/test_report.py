@@ -185,7 +185,7 @@ def test_the_report_has_a_personalised_section_with_bounds_and_the_share_of_the_
     section = text[text.index("## Personalised to the new worker"):text.index("## Macro-F1 against cost")]
     assert "| none+untouched | none (the kept student, not fine-tuned) | 4 | 32.50 ± 8.66 |  |  | 50.0 |" in section
     assert "| none+self | its own (self-training, lower bound) | 4 | 31.50 ± 8.70 | -1.00 | 0/2 |" in section
-    assert "| none+teacher | the teacher's (ours) | 4 | 52.25 ± 11.56 | +19.75 | 2/2 | 81.2 |" in section
+    assert "| none+teacher | the teacher's | 4 | 52.25 ± 11.56 | +19.75 | 2/2 | 81.2 |" in section
     assert "| none+true | the worker's true labels (upper bound, reported only) | 4 | 58.50 ± 15.59 | +26.00 | 2/2 " \
            "| 90.0 |" in section
     assert "| teacher `tsak_teacher` |  | 4 | 65.00 ± 17.32 |  |  |  |" in section
@@ -202,4 +202,4 @@ def test_a_single_run_shows_means_without_a_spread(tmp_path):
     table_lines = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(table_lines) > 10 and not [line for line in table_lines if "±" in line]
     assert "| student | cnn_student | logit | 1 | 60.00 | 65.00 | +10.00 | 1/1 |" in text
-    assert "| none+teacher | the teacher's (ours) | 1 | 60.00 | +20.00 | 1/1 | 75.0 |" in text
+    assert "| none+teacher | the teacher's | 1 | 60.00 | +20.00 | 1/1 | 75.0 |" in text
