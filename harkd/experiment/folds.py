@@ -160,5 +160,6 @@ class ExperimentData:
         return make_folds(self.teacher_view, split, seed, self.protocol_subjects)
 
 
-__all__ = ["ExperimentData", "FoldLabels", "Views", "experiment_recordings", "experiment_windows", "fold_views", "make_folds",
+__all__ = ["ExperimentData", "FoldLabels", "Views", "experiment_recordings", "experiment_windows", "fold_views",
+           "make_folds",
            "sensor_groups"]

@@ -1,12 +1,12 @@
-"""The personalisation stage of a unit (a config's `personalise` section): every student of the unit, fine-tuned to
-each left-out worker on the first part of their recordings (harkd.personalise), scored on the rest.
+"""The personalisation stage of a unit (a config's `personalise` section): every student of the unit adapted to each
+left-out worker on a calibration session cut from their recordings (harkd.personalise), scored on the rest.
 
 Rows of role "personalised", all on the same windows (the rest of the workers' recordings, labelled): the teacher
 (method "-"), and per student model and method `<method>+untouched` (the student as trained), `<method>+teacher`
 (adapted to the teacher's labels), `<method>+guarded` (the guard's choice between that and the untouched student:
 what ships, harkd.personalise.guard; the row's guard_kept_adapted counts its workers), `<method>+self` (on its own
-labels: the lower bound) and `<method>+true` (on the worker's labels: the upper bound). With several test subjects (a fixed split) each worker gets their own
-fine-tuned copy, and a row pools the predictions over the workers.
+labels: the lower bound) and `<method>+true` (on the worker's labels: the upper bound). With several test subjects
+(a fixed split) each worker gets their own adapted copy, and a row pools the predictions over the workers.
 """
 
 from __future__ import annotations

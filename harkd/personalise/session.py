@@ -184,5 +184,6 @@ def scored_fold(windows: WindowSet, subject: str, scored_from: float, protocol: 
     return Fold(f"personalise-{subject}", none, none, later, (subject,))
 
 
-__all__ = ["PROTOCOLS", "SessionCut", "contiguous_segments", "shown_activities", "scored_fold", "session_recordings", "session_windows",
+__all__ = ["PROTOCOLS", "SessionCut", "contiguous_segments", "shown_activities", "scored_fold", "session_recordings",
+           "session_windows",
            "window_starts"]

@@ -269,5 +269,6 @@ def labels_of(model: nn.Module, x: np.ndarray | torch.Tensor) -> np.ndarray:
     return predict(model, torch.as_tensor(x)).logits.argmax(1).numpy()
 
 
-__all__ = ["Adaptation", "DEFAULT_TRAIN", "FrozenTeacher", "LOGIT", "Labeller", "SOURCES", "Session", "Tuned", "WindowTimes",
+__all__ = ["Adaptation", "DEFAULT_TRAIN", "FrozenTeacher", "LOGIT", "Labeller", "SOURCES", "Session", "Tuned",
+           "WindowTimes",
            "check_personalise_method", "fine_tune", "labels_of"]
