@@ -327,6 +327,11 @@ def personalise_cmd(
     personal, report = personalise(load_bundle(teacher), load_bundle(student), dataset, subject, cut, how,
                                    seed=seed, bounds=bounds, scored_from=scored_from)
     personal.save(out)
+    _print_personalised(out, subject, report)
+
+
+def _print_personalised(out: Path, subject: str, report: dict) -> None:
+    """What `harkd personalise` did: the session, the guard's verdict, the scores before and after and the bounds."""
     before, after = report["before"], report["after"]
     typer.echo(f"wrote {out}: {report['calibration_windows']} calibration windows of {subject} ({report['session']}) "
                f"labelled by the teacher; agreement with the teacher on them "

@@ -5,6 +5,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
@@ -96,3 +97,18 @@ def spy_fit(monkeypatch):
     for stage in (teacher, students):
         monkeypatch.setattr(stage, "fit", recording_fit)
     return calls
+
+
+class MeanTeacher(torch.nn.Module):
+    """Class k when channel k is high: a teacher whose labels the students can learn (personalisation tests)."""
+
+    rep_dims, map_dims = {}, {}
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(5.0), requires_grad=False)
+
+    def forward(self, x):
+        from harkd.models.base import ModelOutput
+
+        return ModelOutput(logits=self.scale * x[:, :4].mean(-1))

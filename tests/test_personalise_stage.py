@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import MeanTeacher
 from harkd.data.recording import Recording, sensor_channels
 from harkd.data.registry import WindowConfig
 from harkd.data.windowing import make_windows
 from harkd.errors import HarkdError
-from harkd.models.base import ModelOutput, build_model
+from harkd.models.base import build_model
 from harkd.personalise.adapt import AdaptSpec, Replay, adapt_steps, augment, axis_groups, draw_weights, reestimate_bn
 from harkd.personalise.guard import guard
 from harkd.personalise.session import SessionCut, scored_fold, session_windows, shown_activities, window_starts
@@ -132,24 +133,11 @@ def test_augmentation_rotates_each_sensor_in_its_frame_and_leaves_other_channels
     assert torch.allclose(out[:, 3], x[:, 3])
 
 
-class _MeanTeacher(torch.nn.Module):
-    """Class k when channel k is high: a teacher whose labels the students can learn."""
-
-    rep_dims, map_dims = {}, {}
-
-    def __init__(self):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor(5.0), requires_grad=False)
-
-    def forward(self, x):
-        return ModelOutput(logits=self.scale * x[:, :4].mean(-1))
-
-
 def _session(n: int = 96, channels: int = 6, seed: int = 0, y_true: torch.Tensor | None = None) -> tuple:
     torch.manual_seed(seed)
     y = torch.arange(n) % 4
     x = torch.randn(n, 6, 32) + 2.0 * torch.nn.functional.one_hot(y, 6).float()[:, :, None]
-    teacher = FrozenTeacher(_MeanTeacher().eval())
+    teacher = FrozenTeacher(MeanTeacher().eval())
     times = WindowTimes(np.repeat(np.arange(n // 8), 8).astype(str), np.tile(np.arange(8) * 64, n // 8), 32)
     labels = y if y_true is None else y_true
     return Session.split(x.numpy(), x[:, :channels].numpy(), labels.numpy(), times, 0, "test"), teacher

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_cli
+from conftest import MeanTeacher, run_cli
 from harkd.data.install import install_dataset
 from harkd.data.loaders.generic import write_generic
 from harkd.data.synthetic import make_recordings
@@ -148,23 +148,11 @@ def test_personalise_config_errors():
 def test_any_student_fine_tunes_from_every_source_of_labels(student_name, params, channels, tmp_path):
     """CNN, causal and MobileNet students on 3 or 6 channels, each source of labels: a copy is trained (the kept
     student is left as it was), and the teacher-labelled copy agrees with the teacher more than before."""
-    from harkd.models.base import ModelOutput, build_model
+    from harkd.models.base import build_model
     from harkd.personalise.adapt import AdaptSpec
     from harkd.personalise.tune import Adaptation, FrozenTeacher, Session, WindowTimes, fine_tune, labels_of
     from harkd.train.engine import TrainConfig
     from harkd.train.methods import MethodSpec
-
-    class MeanTeacher(torch.nn.Module):
-        """Class k when channel k is high: a teacher whose labels the students can learn."""
-
-        rep_dims, map_dims = {}, {}
-
-        def __init__(self):
-            super().__init__()
-            self.scale = torch.nn.Parameter(torch.tensor(5.0), requires_grad=False)
-
-        def forward(self, x):
-            return ModelOutput(logits=self.scale * x[:, :4].mean(-1))
 
     torch.manual_seed(0)
     n, y = 4, torch.arange(80) % 4
