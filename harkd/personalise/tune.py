@@ -4,8 +4,8 @@
 - true: the worker's labels, CE (the upper bound: what a labelled session would give; reported, never the path).
 
 Every source adapts the same way (harkd.personalise.adapt), so the bounds move with the method. The session's
-held-back slice (`Session.val`, labelled by the same source) picks the epoch when adaptation runs in epochs, and is
-what the guard scores the adapted student on (harkd.personalise.guard).
+held-back slice (`Session.val`, labelled by the same source) picks the epoch when adaptation runs in epochs; fixed
+steps train on every session window, and the guard checks them by cross-fitting (harkd.personalise.guard).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -33,24 +33,15 @@ from harkd.train.methods import MethodSpec
 from harkd.train.mixup import Mixes
 from harkd.train.training_sets import TrainingSet, kd_set
 
-VAL_FRACTION = 0.15  # of the calibration windows, labelled like the rest: early stopping, and the guard's slice
+VAL_FRACTION = 0.15  # of the calibration windows, labelled like the rest: what picks the epoch
 MIN_WINDOWS = 8  # calibration windows to train on, at the least
 DEFAULT_TRAIN = TrainConfig(epochs=30, lr=1e-3, patience=8)
 LOGIT = MethodSpec("logit", ({"distiller": "logit"},))
-SOURCES = ("teacher", "self", "true")
-
-
-class Labeller(Protocol):
-    """A frozen teacher: its model (for the rep and map sizes distillers match) and its targets on windows."""
-
-    model: nn.Module
-
-    def label(self, x: torch.Tensor) -> TeacherTargets: ...
 
 
 @dataclass
 class FrozenTeacher:
-    """A kept teacher as a Labeller; built by ModelBundle.build_teacher, its semantic classifier included. It
+    """A frozen teacher that labels sessions; built by ModelBundle.build_teacher, its semantic classifier included. It
     remembers what it last computed for a session (the same tensor object), since a worker's adaptations (the guard's
     included) all read the same labels."""
 
@@ -269,6 +260,5 @@ def labels_of(model: nn.Module, x: np.ndarray | torch.Tensor) -> np.ndarray:
     return predict(model, torch.as_tensor(x)).logits.argmax(1).numpy()
 
 
-__all__ = ["Adaptation", "DEFAULT_TRAIN", "FrozenTeacher", "LOGIT", "Labeller", "SOURCES", "Session", "Tuned",
-           "WindowTimes",
+__all__ = ["Adaptation", "DEFAULT_TRAIN", "FrozenTeacher", "LOGIT", "Session", "Tuned", "WindowTimes",
            "check_personalise_method", "fine_tune", "labels_of"]
