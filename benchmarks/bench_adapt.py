@@ -26,6 +26,7 @@ import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,11 @@ import yaml
 
 from harkd.data.catalog import load_recordings, load_windows
 from harkd.data.registry import WindowConfig
-from harkd.deploy.bundle import ModelBundle, load_bundle
+from harkd.deploy.bundle import load_bundle
 from harkd.files import atomic_output
 from harkd.metrics import macro_f1
 from harkd.personalise.adapt import AdaptSpec, Replay, axis_groups
 from harkd.personalise.guard import guard, teacher_refit
-from harkd.deploy.bundle import bundle_inputs
 from harkd.personalise.session import SessionCut, contiguous_segments, shown_activities
 from harkd.personalise.tune import DEFAULT_TRAIN, LOGIT, Adaptation, FrozenTeacher, fine_tune, labels_of
 from harkd.personalise.worker import Worker, model_labels
@@ -66,10 +66,6 @@ def parse_variants(path: Path, only: list[str] | None) -> list[Variant]:
     return [v for v in variants if only is None or v.name in only]
 
 
-def bundle_reader(bundle: ModelBundle, what: str):
-    return lambda windows: bundle.normalise(bundle_inputs(bundle, windows, what))
-
-
 def class_f1(y: np.ndarray, predicted: np.ndarray, classes: list[int]) -> float | None:
     """The mean F1 of some classes (each class's F1 as macro-F1 computes it); None for no class."""
     if not classes:
@@ -87,7 +83,8 @@ def unit_rows(task: tuple) -> list[dict]:
     dataset, seed, fold = (student_b.provenance[k] for k in ("dataset", "seed", "fold"))
     windowing = WindowConfig(length=student_b.window, stride=student_b.hop, drop_null=False)
     windows, recordings = load_windows(dataset, windowing), load_recordings(dataset)
-    teacher_in, student_in = bundle_reader(teacher_b, "teacher"), bundle_reader(student_b, "student")
+    teacher_in = partial(teacher_b.normalised_inputs, where="teacher")
+    student_in = partial(student_b.normalised_inputs, where="student")
     train_windows = windows.subset(np.flatnonzero(~np.isin(windows.subjects, student_b.provenance["test_subjects"])))
     y_train = model_labels(train_windows, student_b.class_names)
     keep = y_train >= 0
@@ -125,15 +122,15 @@ def unit_rows(task: tuple) -> list[dict]:
                 with tempfile.TemporaryDirectory() as work:
                     tuned = fine_tune(student, source, worker.session, teacher, how, len(student_b.class_names),
                                       seed, Path(work))
-                partial = {} if activities is None or tuned is None else f1(tuned.model, field="f1")
+                by_shown = {} if activities is None or tuned is None else f1(tuned.model, field="f1")
                 rows.append({**base, **fixed, "source": source, "f1": None if tuned is None else f1(tuned.model),
-                             **partial})
+                             **by_shown})
                 if source == "teacher":  # what the product ships: the guard's choice
                     verdict = guard(student, tuned, worker.session, teacher_refit(
                         student, worker.session, teacher, how, len(student_b.class_names), seed))
-                    partial = {} if activities is None else f1(verdict.model, field="f1")
+                    by_shown = {} if activities is None else f1(verdict.model, field="f1")
                     rows.append({**base, **fixed, "source": "guarded", "f1": f1(verdict.model),
-                                 "kept": verdict.kept, "agreement": verdict.agreement, **partial})
+                                 "kept": verdict.kept, "agreement": verdict.agreement, **by_shown})
                 print(f"{fold} seed {seed} {m} min {variant.name} {source}: {rows[-1]['f1']} "
                       f"(untouched {fixed['untouched']}, teacher {fixed['teacher_model']})", flush=True)
     return rows

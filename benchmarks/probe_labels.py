@@ -23,6 +23,7 @@ import shlex
 import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from harkd.data.catalog import load_recordings, load_windows
 from harkd.data.registry import WindowConfig
-from harkd.deploy.bundle import bundle_inputs, load_bundle
+from harkd.deploy.bundle import load_bundle
 from harkd.files import atomic_output
 from harkd.metrics import macro_f1
 from harkd.personalise.adapt import AdaptSpec, adapt_steps, reestimate_bn
@@ -49,10 +50,10 @@ def probe(task: tuple) -> dict:
     dataset, subject = student_b.provenance["dataset"], student_b.provenance["test_subjects"][0]
     windowing = WindowConfig(length=student_b.window, stride=student_b.hop, drop_null=False)
     windows = load_windows(dataset, windowing)
-    reader = lambda b: lambda w: b.normalise(bundle_inputs(b, w, dataset))  # noqa: E731
     worker = Worker.of(load_recordings(dataset), (windows, windows), windowing, subject,
                        SessionCut(minutes=minutes, stride=25), 0.5, contiguous_segments(dataset),
-                       (reader(teacher_b), reader(student_b)), student_b.class_names, 0)
+                       (partial(teacher_b.normalised_inputs, where=dataset),
+                        partial(student_b.normalised_inputs, where=dataset)), student_b.class_names, 0)
     session, student, teacher = worker.session, student_b.build(), teacher_b.build_teacher()
     kept = predict(teacher, session.x_teacher)
     adapted = predict(reestimate_bn(copy.deepcopy(teacher), session.x_teacher), session.x_teacher)

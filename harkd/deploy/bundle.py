@@ -93,6 +93,10 @@ class ModelBundle:
     def normalise(self, x: np.ndarray) -> np.ndarray:
         return Normaliser(np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32))(x)
 
+    def normalised_inputs(self, windows: WindowSet, where: str) -> np.ndarray:
+        """The model's inputs from `windows` of any channels that hold its own: picked, in its units, normalised."""
+        return self.normalise(bundle_inputs(self, windows, where))
+
     def check_input(self, x: np.ndarray, where: str = "input") -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         expected = (len(self.channels), self.window)

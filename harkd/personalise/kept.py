@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from harkd.data.catalog import load_recordings, load_windows
 from harkd.data.registry import WindowConfig
-from harkd.deploy.bundle import ModelBundle, bundle_inputs
+from harkd.deploy.bundle import ModelBundle
 from harkd.errors import HarkdError
 from harkd.metrics import macro_f1
 from harkd.personalise.session import SessionCut, contiguous_segments
@@ -46,12 +47,13 @@ def personalise(teacher: ModelBundle, student: ModelBundle, dataset: str, subjec
     how = _with_training_data(how or Adaptation(AdaptSpec(), DEFAULT_TRAIN), student, subject)
     check_personalise_method(how.method, "personalise --method")
     windowing = WindowConfig(length=student.window, stride=student.hop, drop_null=False)
-    reader = lambda bundle, what: lambda w: bundle.normalise(bundle_inputs(bundle, w, f"{what} on {dataset}"))  # noqa
     try:
         windows = load_windows(dataset, windowing)
         worker = Worker.of(load_recordings(dataset), (windows, windows), windowing, subject, cut,
                            cut.calibration if scored_from is None else scored_from, contiguous_segments(dataset),
-                           (reader(teacher, "teacher"), reader(student, "student")), student.class_names, seed)
+                           (partial(teacher.normalised_inputs, where=f"teacher on {dataset}"),
+                            partial(student.normalised_inputs, where=f"student on {dataset}")),
+                           student.class_names, seed)
     except HarkdError as exc:
         raise HarkdError(f"dataset {dataset}: {exc}") from None
     labeller = FrozenTeacher(teacher.build_teacher())
@@ -91,7 +93,7 @@ def _with_training_data(how: Adaptation, student: ModelBundle, worker: str) -> A
     train = windows.subset(np.flatnonzero(~np.isin(windows.subjects, sorted(held_out))))
     y = model_labels(train, student.class_names)
     train = train.subset(np.flatnonzero(y >= 0))
-    x = student.normalise(bundle_inputs(student, train, f"replay of {dataset}"))
+    x = student.normalised_inputs(train, f"replay of {dataset}")
     return replace(how, axes=axes, replay=Replay(torch.from_numpy(x), torch.from_numpy(y[y >= 0])))
 
 
