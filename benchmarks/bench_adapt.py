@@ -42,7 +42,7 @@ from harkd.personalise.adapt import AdaptSpec, Replay, axis_groups
 from harkd.personalise.guard import guard, teacher_refit
 from harkd.personalise.session import SessionCut, contiguous_segments, shown_activities
 from harkd.personalise.tune import DEFAULT_TRAIN, LOGIT, Adaptation, FrozenTeacher, fine_tune, labels_of
-from harkd.personalise.worker import Worker, model_labels
+from harkd.personalise.worker import Worker
 from harkd.train.methods import MethodSpec
 
 SCORED_FROM = 0.5
@@ -86,7 +86,7 @@ def unit_rows(task: tuple) -> list[dict]:
     teacher_in = partial(teacher_b.normalised_inputs, where="teacher")
     student_in = partial(student_b.normalised_inputs, where="student")
     train_windows = windows.subset(np.flatnonzero(~np.isin(windows.subjects, student_b.provenance["test_subjects"])))
-    y_train = model_labels(train_windows, student_b.class_names)
+    y_train = train_windows.targets_for(student_b.class_names)
     keep = y_train >= 0
     replay = Replay(torch.from_numpy(student_in(train_windows.subset(np.flatnonzero(keep)))),
                     torch.from_numpy(y_train[keep]))

@@ -23,7 +23,7 @@ import numpy as np
 from harkd.data.catalog import load_recordings
 from harkd.deploy.bundle import load_bundle
 from harkd.deploy.onnx_export import export_onnx
-from harkd.deploy.quantise import quantisation_data
+from harkd.deploy.quantise import plan_int8, quantisation_data
 from harkd.deploy.stream import Prediction, Stream, open_model
 from harkd.files import atomic_output
 
@@ -74,7 +74,7 @@ def main() -> None:
         models = {"student onnx fp32": Path(tmp) / "student.onnx", "student onnx int8": Path(tmp) / "int8.onnx",
                   "teacher onnx fp32": Path(tmp) / "teacher.onnx", "student pytorch": args.unit / args.student}
         export_onnx(student, models["student onnx fp32"])
-        export_onnx(student, models["student onnx int8"], int8=quantisation_data(student))
+        export_onnx(student, models["student onnx int8"], int8=plan_int8(student, quantisation_data(student)))
         export_onnx(teacher, models["teacher onnx fp32"])
         for name, path in models.items():
             bundle = teacher if name.startswith("teacher") else student

@@ -117,6 +117,27 @@ def data_info(
                        f"(original release: {counts['original_windows']})")
 
 
+@data_app.command("csv")
+def data_csv(
+    name: str = typer.Argument(..., help="an installed dataset"),
+    subject: str = typer.Option(..., "--subject", help="whose recordings"),
+    out: Path = typer.Option(..., "--out", help="the CSV to write (time, one column per channel, label)"),
+    channels: Optional[str] = typer.Option(None, "--channels", help="which channels, e.g. "
+                                           "'position=right_arm;modality=acc' (default: all)"),
+    scored_from: float = typer.Option(0.0, "--from", help="start each recording at this fraction of its windows "
+                                      "(0.5: the part a run's personalised student is scored on)"),
+) -> None:
+    """A subject's recordings as the CSV `harkd stream` reads, one after another with time running on."""
+    from harkd.data.catalog import default_windowing, load_recordings
+    from harkd.data.stream_csv import write_stream_csv
+    from harkd.personalise.session import scored_recordings
+
+    parts = scored_recordings(load_recordings(name), subject, default_windowing(name), scored_from)
+    samples = write_stream_csv(parts, out, channels)
+    typer.echo(f"wrote {out}: {samples:,} samples of {subject} ({samples / parts[0].rate_hz / 60:.1f} min at "
+               f"{parts[0].rate_hz:g} Hz) from {len(parts)} recordings")
+
+
 def _print_info(info: dict) -> None:
     """What `data info` and `data check` print of a dataset (catalog.describe's fields)."""
     typer.echo(info["name"] + (f"  ({info['path']})" if info["path"] else "")
@@ -189,51 +210,104 @@ def run(
 @app.command("export")
 def export(
     model: Path = typer.Argument(..., help="a kept model, e.g. runs/dsads/models/loso-p1-seed0/"
-                                           "student-cnn_student-sc_logit.pt (from `harkd run --keep-models`)"),
-    out: Path = typer.Option(..., "--out", help="the .onnx file to write; its description goes beside it as .json"),
+                                           "student-cnn_student-none.pt (from `harkd run`)"),
+    out: Path = typer.Option(..., "--out", help="the file to write: .onnx, or .tflite for TensorFlow Lite Micro; its "
+                                                "description goes beside it as .json"),
+    format: Optional[str] = typer.Option(None, "--format", help="onnx, or tflm (full-integer int8 TFLite for "
+                                         "TensorFlow Lite Micro, with a C array and header); default: from --out"),
     tolerance: float = typer.Option(1e-4, help="largest difference allowed between ONNX Runtime's and PyTorch's "
                                                "outputs on the check windows"),
-    int8: bool = typer.Option(False, "--int8", help="write the graph statically quantised to int8 (QDQ, per-channel "
-                              "weights), calibrated on the model's training windows, compared with fp32"),
-    calibration: Optional[str] = typer.Option(None, "--calibration", help="with --int8: an installed dataset to "
-                                              "calibrate on instead of the model's own training data"),
+    int8: bool = typer.Option(False, "--int8", help="ONNX: write the int8 graph (QDQ, per-channel weights), "
+                              "calibrated on the model's training windows, compared with fp32 (tflm is always int8)"),
+    quantisation: str = typer.Option("auto", "--quantisation", help="int8: post-training, quantisation-aware (the "
+                                     "model fine-tuned to its fp32 outputs through int8 rounding), or auto (the "
+                                     "second when the first picks fp32's class on under 99% of held-out windows)"),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="int8: an installed dataset to calibrate "
+                                              "on instead of the model's own training data"),
     budget: Optional[str] = typer.Option(None, "--budget", help="device limits to check, e.g. flash=64KB,ram=16KB "
-                                         "(KB = 1024 bytes)"),
+                                         "(KB = 1024 bytes); tflm: a model over them is an error"),
 ) -> None:
-    """A kept model as ONNX for the device: raw sensor windows in (normalisation inside), logits and class
-    probabilities out; written only if ONNX Runtime reproduces PyTorch's outputs. Prints and records what it costs a
-    device: weight bytes, peak activation memory, MACs."""
-    from harkd.deploy.budget import describe, parse_budget
+    """A kept model for the device, written only if the runtime reproduces PyTorch: ONNX (raw sensor windows in,
+    normalisation inside, logits and probabilities out; fp32 or int8), or int8 TFLite for TensorFlow Lite Micro,
+    checked on TFLM's own kernels, with a C array, a header and the tensor arena TFLM measured. Prints and records
+    what it costs a device."""
+    from harkd.deploy.budget import parse_budget
     from harkd.deploy.bundle import load_bundle
+
+    kind = format or ("tflm" if out.suffix == ".tflite" else "onnx")
+    if kind not in ("onnx", "tflm"):
+        raise HarkdError(f"--format {kind!r}: onnx or tflm")
+    limits = parse_budget(budget)
+    quantised = int8 or kind == "tflm"
+    if not quantised and (calibration is not None or quantisation != "auto"):
+        raise HarkdError("--calibration and --quantisation apply to int8 only (--int8 or --format tflm)")
+    bundle = load_bundle(model)
+    plan = None
+    if quantised:
+        from harkd.deploy.quantise import plan_int8, quantisation_data
+
+        plan = plan_int8(bundle, quantisation_data(bundle, calibration), quantisation)
+    if kind == "tflm":
+        _export_tflm(plan, out, limits)
+    else:
+        _export_onnx(bundle, plan, out, tolerance, limits)
+
+
+def _model_origin(bundle) -> str:
+    """What a kept model is, for one line: its role and method, its fold, and whom it was personalised to."""
+    origin = bundle.provenance
+    if not origin:
+        return bundle.model
+    text = f"{bundle.model} ({origin['role']}, {origin['method']}; {origin['dataset']} {origin['fold']} seed " \
+           f"{origin['seed']}"
+    mine = origin.get("personalised")
+    if mine:
+        text += f"; personalised to {mine['subject']} on {mine['session']}, {mine['method']}"
+    return text + ")"
+
+
+def _int8_line(q: dict) -> str:
+    test = q.get("test")
+    return (f"int8 ({q['calibration']['method'].split(':')[0]}): {q['check']['agreement']:.1%} of "
+            f"{q['check']['windows']} held-out windows get fp32's class on {q['check']['runtime']}"
+            + (f"; macro-F1 fp32 {test['macro_f1_fp32']:.4f}, int8 {test['macro_f1_int8']:.4f} "
+               f"({test['delta_points']:+.2f} points) on {test['windows']} windows: {test['scored_on']}"
+               if test else ""))
+
+
+def _export_onnx(bundle, plan, out: Path, tolerance: float, limits: dict) -> None:
+    from harkd.deploy.budget import describe
     from harkd.deploy.onnx_export import export_onnx
 
-    limits = parse_budget(budget)
-    if calibration is not None and not int8:
-        raise HarkdError("--calibration applies to --int8 only")
-    bundle = load_bundle(model)
-    data = None
-    if int8:
-        from harkd.deploy.quantise import quantisation_data
-
-        data = quantisation_data(bundle, calibration)
-    spec = export_onnx(bundle, out, tolerance=tolerance, budget=limits, int8=data)
-    origin, names = bundle.provenance, bundle.channel_names
+    spec = export_onnx(bundle, out, tolerance=tolerance, budget=limits, int8=plan)
+    names = bundle.channel_names
     channels = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:3])}, ..., {names[-1]} (all in the .json)"
-    typer.echo(f"wrote {out} and {out.with_suffix('.json')}: {bundle.model}"
-               + (f" ({origin['role']}, {origin['method']}; {origin['dataset']} {origin['fold']} seed {origin['seed']})"
-                  if origin else "")
-               + f"; input (N, {len(names)}, {bundle.window}) at {bundle.rate_hz:g} Hz: {channels}; "
-               f"{len(bundle.class_names)} classes; ONNX Runtime matches PyTorch to "
-               f"{spec['check']['max_abs_diff']:.1g}")
-    if int8:
+    typer.echo(f"wrote {out} and {out.with_suffix('.json')}: {_model_origin(bundle)}; input (N, {len(names)}, "
+               f"{bundle.window}) at {bundle.rate_hz:g} Hz: {channels}; {len(bundle.class_names)} classes; ONNX "
+               f"Runtime matches PyTorch to {spec['check']['max_abs_diff']:.1g}")
+    if plan is not None:
         q = spec["int8"]
-        typer.echo(f"int8: {q['check']['agreement']:.1%} of {q['check']['windows']} held-out windows get fp32's class"
-                   + (f"; test macro-F1 fp32 {q['test']['macro_f1_fp32']:.4f}, int8 {q['test']['macro_f1_int8']:.4f}"
-                      f" ({q['test']['delta_points']:+.2f} points, {q['test']['windows']} windows)"
-                      if "test" in q else "")
-                   + f"; file {q['file_bytes']['fp32']:,} -> {q['file_bytes']['int8']:,} bytes; latency per window "
-                   f"{q['latency_ms_per_window']['fp32']:.3f} -> {q['latency_ms_per_window']['int8']:.3f} ms")
+        typer.echo(_int8_line(q) + f"; file {q['file_bytes']['fp32']:,} -> {q['file_bytes']['int8']:,} bytes; "
+                   f"latency per window {q['latency_ms_per_window']['fp32']:.3f} -> "
+                   f"{q['latency_ms_per_window']['int8']:.3f} ms")
     typer.echo(f"device: {describe(spec['device'])}")
+
+
+def _export_tflm(plan, out: Path, limits: dict) -> None:
+    from harkd.deploy.tflm_export import export_tflm
+
+    spec = export_tflm(plan, out, limits)
+    device = spec["device"]
+    typer.echo(f"wrote {out}, {out.with_suffix('.cc')}, {out.with_suffix('.h')} and {out.with_suffix('.json')}: "
+               f"{_model_origin(plan.bundle)}; input int8 (1, 1, {plan.bundle.window}, {len(plan.bundle.channels)})")
+    typer.echo(_int8_line(spec["int8"]))
+    typer.echo(f"device: model file {device['file_bytes']:,} bytes (weights {device['weight_bytes']:,}); tensor arena "
+               f"{device['arena_bytes']:,} bytes (measured by TFLM); {device['macs_per_window']:,} MACs per window, "
+               f"{device['macs_per_second']:,} per second of stream; {device['latency_ms_per_window_tflm_python']['p50']:.3f}"
+               f" ms per window on TFLM's reference kernels here; ops: {', '.join(spec['resolver'])}")
+    for key, limit in limits.items():
+        need = device["file_bytes"] if key == "flash" else device["arena_bytes"]
+        typer.echo(f"budget {key}: {need:,} of {limit:,} bytes: fits")
 
 
 @app.command("stream")
@@ -253,7 +327,8 @@ def stream_cmd(
     realtime: bool = typer.Option(False, "--realtime", help="replay a file at its own rate"),
 ) -> None:
     """Predict activities on a stream of samples: one JSON line per prediction (start and end time, class,
-    probabilities) and per gap, then a summary of activity segments."""
+    probabilities) and per gap, then a summary of activity segments, latency per hop and samples per second (also
+    one line on stderr). MODEL: a kept model (.pt) or an exported one (.onnx, or .tflite run on TFLite Micro)."""
     from harkd.deploy.stream import own_data_format, open_model, plain_format, stream_csv
 
     predictor = open_model(model)
@@ -266,6 +341,10 @@ def stream_cmd(
         for event in stream_csv(predictor, lines, source if path else "stdin", spec, resample, hop, smooth,
                                 smoothing, realtime):
             print(json.dumps(event), flush=True)  # each line out as it is known: an error later loses none
+    hops = event["latency_ms_per_hop"]
+    typer.echo(f"{event['predictions']} predictions, {len(event['segments'])} segments, {event['gaps']} gaps"
+               + (f"; latency per hop p50 {hops['p50']:.3f} ms, p99 {hops['p99']:.3f} ms" if hops else "")
+               + (f"; {event['samples_per_second']:,} samples/s" if event["samples_per_second"] else ""), err=True)
 
 
 def _yaml_mapping(text: str, option: str) -> dict:

@@ -82,6 +82,37 @@ def data_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def trained(data_root):
+    """A cnn_student fitted on synth's subjects S02 and S03 (right-wrist acc) and kept as its run would keep it."""
+    from harkd.data.catalog import load_windows
+    from harkd.data.registry import WindowConfig
+    from harkd.data.splits import Normaliser
+    from harkd.deploy.bundle import ModelBundle
+    from harkd.models.base import build_model
+
+    os.environ["HARKD_DATA"] = str(data_root)
+    windows = load_windows("synth", WindowConfig(length=50, stride=25)).select(
+        {"position": "right_wrist", "modality": "acc"})
+    y, class_names = windows.activity_targets()
+    train = (windows.subjects != "S01") & (y >= 0)
+    mean, std = windows.x[train].mean((0, 2)), windows.x[train].std((0, 2)) + 1e-6
+    x = torch.from_numpy((windows.x[train] - mean[:, None]) / std[:, None])
+    torch.manual_seed(0)
+    model = build_model("cnn_student", 3, len(class_names))
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(model(x).logits, torch.from_numpy(y[train])).backward()
+        optimiser.step()
+    bundle = ModelBundle.of(model.eval(), "cnn_student", {}, windows.channels, class_names, 50, windows.rate_hz,
+                            Normaliser(mean, std), dataset="synth", fold="loso-S01", test_subjects=["S01"], seed=0,
+                            role="student", method="none")
+    bundle.stride = 25
+    yield bundle, windows, y
+    os.environ.pop("HARKD_DATA")
+
+
 def spy_fit(monkeypatch):
     """Record every fit of a run's stages: the model, its training windows and labels, the targets it distils from."""
     import harkd.experiment.students as students

@@ -55,6 +55,13 @@ class WindowSet:
         remap[keep] = np.arange(len(keep))
         return remap[self.y], [self.class_names[c] for c in keep]
 
+    def targets_for(self, class_names: Sequence[str]) -> np.ndarray:
+        """Each window's label as an index into a model's `class_names`; -1 for Null, unlabelled windows and classes
+        the model lacks (e.g. HAPT's raw postural transitions)."""
+        data_labels, names = self.activity_targets()
+        to_model = np.array([list(class_names).index(n) if n in class_names else -1 for n in names] + [-1])
+        return to_model[data_labels]  # -1 (Null) indexes the appended -1
+
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.y, minlength=len(self.class_names))
         return {name: int(n) for name, n in zip(self.class_names, counts)}

@@ -1,8 +1,8 @@
 """A model bundle as ONNX for the device: it takes raw sensor windows (the bundle's normalisation is part of the graph)
 and returns logits and class probabilities. ONNX Runtime must reproduce PyTorch's outputs before the file is kept,
 and a JSON file beside it says what the input is (channels in order, units, window, rate, stride), what the classes
-are and what the model costs a device (harkd.deploy.budget). With int8, the file holds the statically quantised graph
-(harkd.deploy.quantise) and the JSON its comparison with fp32.
+are and what the model costs a device (harkd.deploy.budget). With int8, the file holds the int8 program of the plan
+(harkd.deploy.quantise) as a QDQ graph (harkd.deploy.onnx_int8) and the JSON its comparison with fp32.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,11 +23,10 @@ from harkd import __version__
 from harkd.cost import count_flops
 from harkd.deploy.budget import device_budget
 from harkd.deploy.bundle import ModelBundle
+from harkd.deploy.onnx_int8 import int8_onnx
+from harkd.deploy.quantise import Int8Plan, compare, latency_ms
 from harkd.errors import HarkdError
 from harkd.files import atomic_output
-
-if TYPE_CHECKING:
-    from harkd.deploy.quantise import QuantisationData
 
 INPUT, OUTPUTS = "windows", ("logits", "probabilities")
 
@@ -77,18 +76,16 @@ def to_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: 
 
 
 def export_onnx(bundle: ModelBundle, path: Path, tolerance: float = 1e-4, check_windows: int = 64,
-                seed: int = 0, budget: dict[str, int] | None = None, int8: "QuantisationData | None" = None
+                seed: int = 0, budget: dict[str, int] | None = None, int8: Int8Plan | None = None
                 ) -> dict[str, Any]:
     """Write `path` (ONNX) and `path` with suffix .json (its input and output description, with the device budget);
-    return that description. With `int8` (calibration, check and test windows), `path` is the int8 graph.
+    return that description. With an `int8` plan, `path` is its int8 graph, compared with fp32 on the plan's windows.
 
     The check: ONNX Runtime and PyTorch score `check_windows` random windows on the training data's scale (another
     batch size than the export's, so the dynamic batch axis is exercised too); if any probability or logit differs
     by more than `tolerance`, nothing is written and the error says by how much.
     """
     import onnx
-
-    from harkd.deploy.quantise import quantise
 
     path = Path(path)
     if path.suffix != ".onnx":
@@ -98,7 +95,7 @@ def export_onnx(bundle: ModelBundle, path: Path, tolerance: float = 1e-4, check_
         fp32 = tmp.with_name(tmp.name + ".fp32") if int8 is not None else tmp
         try:
             diff = _write_checked(module, bundle, fp32, path, tolerance, check_windows, seed)
-            quantised = quantise(fp32, tmp, int8) if int8 is not None else None
+            quantised = _write_int8(int8, fp32, tmp) if int8 is not None else None
             macs = count_flops(module.model, (1, len(bundle.channels), bundle.window)) // 2
             device = device_budget(onnx.load(fp32), macs, bundle.rate_hz / bundle.hop,
                                    onnx.load(tmp) if int8 is not None else None, budget)
@@ -111,6 +108,37 @@ def export_onnx(bundle: ModelBundle, path: Path, tolerance: float = 1e-4, check_
             spec["int8"] = quantised
         tmp_json.write_text(json.dumps(spec, indent=2) + "\n")
     return spec
+
+
+def _write_int8(plan: Int8Plan, fp32: Path, path: Path) -> dict[str, Any]:
+    """The plan's int8 program as QDQ ONNX at `path`, compared with the fp32 graph at `fp32` in ONNX Runtime."""
+    import onnx
+
+    bundle = plan.bundle
+    onnx.save(int8_onnx(plan.program, bundle.mean, bundle.std, bundle.window), str(path))
+    sessions = {"fp32": ort_session(fp32), "int8": ort_session(path)}
+    report = compare(plan, lambda x: ort_probabilities(sessions["fp32"], x),
+                     lambda x: ort_probabilities(sessions["int8"], x), "ONNX Runtime")
+    one = plan.data.check[:1]
+    timing = {k: latency_ms(lambda s=s: s.run(["probabilities"], {INPUT: one})) for k, s in sessions.items()}
+    report.update({"file_bytes": {"fp32": fp32.stat().st_size, "int8": path.stat().st_size},
+                   "latency_ms_per_window": {k: t["p50"] for k, t in timing.items()},
+                   "latency_ms_p99": {k: t["p99"] for k, t in timing.items()}})
+    return report
+
+
+def ort_session(path: Path):
+    """ONNX Runtime on one thread (one process per core is how harkd measures)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_probabilities(session, x: np.ndarray) -> np.ndarray:
+    return np.concatenate([session.run(["probabilities"], {INPUT: x[i:i + 512]})[0]
+                           for i in range(0, len(x), 512)])
 
 
 def _write_checked(module: Deployable, bundle: ModelBundle, path: Path, shown: Path, tolerance: float,

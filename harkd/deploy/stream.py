@@ -1,6 +1,7 @@
 """A student on a live stream: samples in (the model's channels, in its units), one prediction per hop out.
 
-`open_model` reads a kept model (PyTorch) or an exported ONNX file with its .json sidecar (ONNX Runtime);
+`open_model` reads a kept model (PyTorch), an exported ONNX file with its .json sidecar (ONNX Runtime) or an exported
+TFLite file with its .json (TensorFlow Lite Micro's own kernels, one window per call as on the device);
 `StreamPredictor` keeps a ring buffer of one window and scores it every `hop` samples, optionally smoothed over the
 last k predictions; `Stream` puts gap handling (short NaN or missing-row gaps interpolated as in loading, longer ones
 reset the buffer and are reported) and resampling in front of it; `read_rows` parses CSV text line by line for
@@ -10,6 +11,7 @@ reset the buffer and are reported) and resampling in front of it; `read_rows` pa
 from __future__ import annotations
 
 import json
+import time as clock
 from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
@@ -44,10 +46,12 @@ class StreamModel:
 
 
 def open_model(path: Path, threads: int = 1) -> StreamModel:
-    """A kept model (.pt, scored by PyTorch) or an exported one (.onnx beside its .json, scored by ONNX Runtime),
-    scoring with `threads` threads (for PyTorch that is the whole process's setting): one window at a time, more
-    threads only wait on each other."""
+    """A kept model (.pt, scored by PyTorch) or an exported one (.onnx or .tflite beside its .json, scored by ONNX
+    Runtime or TFLite Micro), scoring with `threads` threads (for PyTorch that is the whole process's setting): one
+    window at a time, more threads only wait on each other."""
     path = Path(path)
+    if path.suffix == ".tflite":
+        return _tflm_model(path)
     return _onnx_model(path, threads) if path.suffix == ".onnx" else _torch_model(path, threads)
 
 
@@ -70,20 +74,51 @@ def _torch_model(path: Path, threads: int) -> StreamModel:
                        str(path))
 
 
-def _onnx_model(path: Path, threads: int) -> StreamModel:
-    import onnxruntime
-
+def _description(path: Path, window_axis: int) -> tuple[dict, list, float, int, list[str]]:
+    """An exported model's .json: the whole of it, and its channels, rate, window and classes."""
     sidecar = path.with_suffix(".json")
     if not path.is_file():
         raise HarkdError(f"{path}: model file not found")
     try:
         spec = json.loads(sidecar.read_text())
-        channels, rate_hz = spec["input"]["channels"], float(spec["input"]["rate_hz"])
-        window, classes = int(spec["input"]["shape"][2]), list(spec["class_names"])
+        return (spec, spec["input"]["channels"], float(spec["input"]["rate_hz"]),
+                int(spec["input"]["shape"][window_axis]), list(spec["class_names"]))
     except FileNotFoundError:
         raise HarkdError(f"{path}: its description {sidecar.name} is missing (harkd export writes both)") from None
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise HarkdError(f"{sidecar}: not a harkd export description ({type(exc).__name__}: {exc})") from None
+
+
+def _tflm_model(path: Path) -> StreamModel:
+    """Raw windows normalised and quantised as the firmware does (the .json's mean, std and input grid), scored on
+    TFLM's kernels; probabilities from the int8 logits."""
+    from harkd.deploy.int8 import QParams
+    from harkd.deploy.tflm import TflmRunner
+
+    spec, channels, rate_hz, window, classes = _description(path, 2)
+    try:
+        grid = QParams(float(spec["input"]["scale"]), int(spec["input"]["zero_point"]))
+        logits = QParams(float(spec["outputs"]["logits"]["scale"]), int(spec["outputs"]["logits"]["zero_point"]))
+        mean, std = (np.asarray(spec["input"][k], np.float32)[:, None] for k in ("mean", "std"))
+        arena = int(spec["device"]["arena_bytes"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HarkdError(f"{path.with_suffix('.json')}: not a harkd TFLM description ({type(exc).__name__}: {exc})") \
+            from None
+    runner = TflmRunner(path.read_bytes(), grid, logits, arena)
+
+    def score(windows: np.ndarray) -> np.ndarray:
+        z = runner.logits(((windows - mean) / std).astype(np.float32))
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    return StreamModel(channels, classes, window, rate_hz, int(spec["input"].get("stride") or window), score,
+                       str(path))
+
+
+def _onnx_model(path: Path, threads: int) -> StreamModel:
+    import onnxruntime
+
+    spec, channels, rate_hz, window, classes = _description(path, 2)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = threads
     try:
@@ -142,6 +177,7 @@ class StreamPredictor:
         self._buffer = np.zeros((len(model.channels), model.window), np.float32)
         self._times = np.zeros(model.window)
         self._recent: deque[np.ndarray] = deque(maxlen=smooth)
+        self.latencies: list[float] = []  # seconds from the sample that completes a window to its prediction
         self.reset()
 
     def reset(self) -> None:
@@ -156,9 +192,12 @@ class StreamPredictor:
         self._seen += 1
         if self._seen < self.model.window or (self._seen - self.model.window) % self.hop:
             return None
+        started = clock.perf_counter()
         oldest = self._seen % self.model.window
         window = np.roll(self._buffer, -oldest, axis=1)
-        return self._predict(float(self._times[oldest]), window)
+        prediction = self._predict(float(self._times[oldest]), window)
+        self.latencies.append(clock.perf_counter() - started)
+        return prediction
 
     def _predict(self, start: float, window: np.ndarray) -> Prediction:
         probabilities = self.model.score(window[None])[0]
@@ -468,7 +507,6 @@ def stream_csv(model: StreamModel, lines: Iterable[str], source: str, spec: Inpu
     """What `harkd stream` prints, as dicts in order: a start line, each prediction and gap as soon as it is known,
     a summary of activity segments at the end. Errors name the input line; what was yielded before stands."""
     import itertools
-    import time as clock
 
     rows = read_rows(lines, source, spec)
     first = list(itertools.islice(rows, 16))  # enough rows to measure the rate when the input does not say it
@@ -476,17 +514,29 @@ def stream_csv(model: StreamModel, lines: Iterable[str], source: str, spec: Inpu
     stream = Stream(model, rate, resample, spec.max_gap_s, hop, smooth, smoothing)
     yield {"event": "start", "model": model.source, "classes": model.class_names, "channels": model.channel_names,
            "window": model.window, "hop": stream.predictor.hop, "rate_hz": model.rate_hz, "input_rate_hz": rate}
-    started, t0 = clock.monotonic(), None
+    started, t0, samples, busy = clock.monotonic(), None, 0, 0.0
     for line, time, values in itertools.chain(first, rows):
         if realtime:  # replay at the input's own pace
             t0 = time if t0 is None else t0
             clock.sleep(max(0.0, (time - t0) - (clock.monotonic() - started)))
+        began = clock.perf_counter()
         try:
             events = stream.push(time, values)
         except HarkdError as exc:
             raise HarkdError(f"{source}: line {line}: {exc}") from None
+        busy += clock.perf_counter() - began
+        samples += 1
         yield from (e.to_json(model.class_names) for e in events)
     yield from (e.to_json(model.class_names) for e in stream.finish())
     segments = stream.segments.done
     yield {"event": "summary", "predictions": sum(s["predictions"] for s in segments),
-           "gaps": stream.segments.gaps, "segments": segments}
+           "gaps": stream.segments.gaps, "segments": segments, **_speed(stream.predictor.latencies, samples, busy)}
+
+
+def _speed(latencies: list[float], samples: int, busy: float) -> dict:
+    """Latency per hop (the push that completes a window: assembling, scoring, smoothing) as p50/p99 in ms, and the
+    samples per second the stream took in while working (time spent reading input or replaying in real time not
+    counted)."""
+    hops = {"p50": round(1000 * float(np.median(latencies)), 4), "p99": round(1000 * float(np.percentile(latencies, 99)),
+                                                                              4)} if latencies else None
+    return {"latency_ms_per_hop": hops, "samples_per_second": round(samples / busy) if busy > 0 else None}

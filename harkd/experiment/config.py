@@ -185,6 +185,8 @@ class ExperimentSchema(DataSections):
     methods: Annotated[list[MethodEntry], Field(min_length=1)]
     personalise: PersonaliseSpec | None = None
     latency_runs: PositiveInt = 200
+    # Keep every trained model (and each personalised student) in OUT/models/, as --keep-models does.
+    keep_models: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,7 @@ class ExperimentConfig:
     latency_runs: int
     raw: dict
     personalise: PersonaliseSpec | None = None
+    keep_models: bool = False
 
 
 def _check_students(students: list[ModelSpec], where: str) -> None:
@@ -267,6 +270,7 @@ def parse_config(raw: Mapping[str, Any], where: str = "config") -> ExperimentCon
         latency_runs=schema.latency_runs,
         raw=copy.deepcopy(dict(raw)),
         personalise=schema.personalise,
+        keep_models=schema.keep_models,
     )
 
 

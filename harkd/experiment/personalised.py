@@ -7,13 +7,16 @@ Rows of role "personalised", all on the same windows (the rest of the workers' r
 what ships, harkd.personalise.guard; the row's guard_kept_adapted counts its workers), `<method>+self` (on its own
 labels: the lower bound) and `<method>+true` (on the worker's labels: the upper bound). With several test subjects
 (a fixed split) each worker gets their own adapted copy, and a row pools the predictions over the workers.
+
+When the run keeps its models, each worker's shipped student (the guarded one) goes to `keep` with a report of the
+session and its scores, as `harkd personalise` writes one (the bundle's provenance "personalised").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,13 +28,14 @@ from harkd.data.windowing import WindowSet
 from harkd.experiment.config import PersonaliseSpec
 from harkd.experiment.folds import ExperimentData, Views
 from harkd.personalise.adapt import Replay, axis_groups
-from harkd.personalise.guard import guard, teacher_refit
+from harkd.personalise.guard import Verdict, guard, teacher_refit
 from harkd.personalise.session import contiguous_segments
 from harkd.personalise.tune import Adaptation, FrozenTeacher, fine_tune, labels_of
 from harkd.personalise.worker import Inputs, Worker
 from harkd.experiment.scoring import Scorer, View
 from harkd.experiment.summary import GUARDED, UNTOUCHED
 from harkd.experiment.teacher import TrainedTeacher
+from harkd.metrics import macro_f1
 
 ROLE = "personalised"
 
@@ -88,6 +92,8 @@ class Personaliser:
     views: tuple[View, View]
     seed: int
     work: Path
+    # (student, worker, shipped model, report): what a run that keeps its models does with each personalised student
+    keep: Callable[[KeptStudent, str, nn.Module, dict[str, Any]], None] | None = None
 
     def rows(self, fold: Fold, students: list[KeptStudent], score: Scorer) -> list[dict]:
         """The teacher's row first, then each student's untouched and fine-tuned rows."""
@@ -138,9 +144,23 @@ class Personaliser:
                 verdict = guard(student.model, tuned, worker.session, teacher_refit(
                     student.model, worker.session, teacher, how, self.data.n_classes, self.seed,
                     work / f"{student.label}-{student.method}-guard"))
+                shipped = labels_of(verdict.model, worker.scored_student)
                 pooled.setdefault((student.label, f"{student.method}+{GUARDED}"), _Pooled()).add(
-                    labels_of(verdict.model, worker.scored_student), tuned.epochs, tuned.seconds,
-                    verdict.kept == "adapted")
+                    shipped, tuned.epochs, tuned.seconds, verdict.kept == "adapted")
+                if self.keep is not None:
+                    self.keep(student, worker.subject, verdict.model, self._report(worker, student, verdict, shipped))
+
+    def _report(self, worker: Worker, student: KeptStudent, verdict: Verdict, shipped: np.ndarray) -> dict[str, Any]:
+        """What a kept personalised student records of itself (the keys `harkd personalise` writes)."""
+        spec = self.spec
+        f1 = lambda preds: round(macro_f1(worker.y_scored, preds), 5) if len(worker.y_scored) else None  # noqa: E731
+        return {"dataset": self.data.dataset, "subject": worker.subject, "session": spec.cut.describe(),
+                "method": spec.method.name, "adapt": asdict(spec.adapt),
+                "calibration_windows": len(worker.session.x_student),
+                "scored": {"from": spec.scored, "protocol": spec.cut.protocol, "windows": len(worker.y_scored)},
+                "guard": {"kept": verdict.kept, "agreement": list(verdict.agreement), "why": verdict.why},
+                "before": {"student_macro_f1": f1(labels_of(student.model, worker.scored_student))},
+                "after": {"student_macro_f1": f1(shipped)}}
 
 
 __all__ = ["KeptStudent", "Personaliser", "ROLE"]

@@ -17,9 +17,11 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -106,19 +108,21 @@ class FoldRunner:
         teacher = train_teacher(teacher_settings(cfg), xt, y, groups, data.n_classes, work, seed)
         rows = self._teacher_rows(teacher, xt, score, groups)
         sources = Sources(teacher, xt, xs)  # its self teacher is each student's own: `none` runs first (config rule)
-        kept = []
+        kept, kept_bundles = [], {}
         for spec in cfg.students:
             for method in cfg.methods:
                 result = train_student(spec, method, sources, y, data.n_classes, cfg.student_train,
                                        work / f"{spec.label}-{method.name}", seed)
                 rows.append(score.row("student", spec.label, method.name, self.student_view, result.model, xs.test,
                                       result))
-                self._keep(result.model, spec, data.student_view, xs, fold, rows[-1])
+                kept_bundles[(spec.label, method.name)] = self._keep(result.model, spec, data.student_view, xs, fold,
+                                                                     rows[-1])
                 kept.append(KeptStudent(spec.label, method.name, result.model))
         if cfg.personalise is not None:
             personaliser = Personaliser(cfg.personalise, data, self._recordings(), (xt, xs), y.train, teacher,
                                         cfg.teacher.name, (self.teacher_view, self.student_view), seed,
-                                        work / "personalise")
+                                        work / "personalise", None if self.models is None else
+                                        partial(self._keep_personalised, kept_bundles, fold, seed))
             chosen = cfg.personalise.students
             rows += personaliser.rows(fold, [k for k in kept if chosen is None or k.method in chosen], score)
         return FoldResult(rows, score.confusions)
@@ -142,20 +146,38 @@ class FoldRunner:
 
     def _keep(self, model: nn.Module, spec: ModelSpec, view: WindowSet, views: Views, fold: Fold,
               row: dict[str, Any], channel_groups: list[list[int]] | None = None,
-              semantic: nn.Module | None = None) -> None:
-        """The model as a bundle in OUT/models/<fold>-seed<seed>/; a TSAK teacher's carries its semantic classifier."""
+              semantic: nn.Module | None = None) -> ModelBundle | None:
+        """The model as a bundle in OUT/models/<fold>-seed<seed>/ (returned); a TSAK teacher's carries its semantic
+        classifier."""
         if self.models is None:
-            return
+            return None
         name = row["role"] if row["role"] == "teacher" else f"{row['role']}-{row['model']}-{row['method']}"
         bundle = ModelBundle.of(model, spec.name, spec.params, view.channels, self.data.class_names, view.x.shape[2],
                                 view.rate_hz, views.normaliser, channel_groups, dataset=self.cfg.dataset,
                                 fold=fold.name, test_subjects=list(fold.test_subjects), seed=row["seed"],
+                                data=self._data_sections(),
                                 role=row["role"], method=row["method"], macro_f1=row["macro_f1"],
                                 accuracy=row["accuracy"], harkd_version=__version__)
         bundle.stride = self.data.windowing.stride if self.data.windowing else None
         if semantic is not None:
             bundle = bundle.with_semantic(semantic, self.cfg.semantic.name, self.cfg.semantic.params)
         bundle.save(self.models / f"{fold.name}-seed{row['seed']}" / f"{name.replace('/', '_')}.pt")
+        return bundle
+
+    def _data_sections(self) -> dict[str, Any]:
+        """What rebuilds the run's windows and folds for a kept model (its int8 export scores the fold's test)."""
+        return {key: self.cfg.raw[key] for key in ("dataset", "dataset_options", "windowing", "split")
+                if key in self.cfg.raw}
+
+    def _keep_personalised(self, bundles: dict[tuple[str, str], ModelBundle], fold: Fold, seed: int,
+                           student: KeptStudent, subject: str, model: nn.Module, report: dict[str, Any]) -> None:
+        """A worker's shipped student as OUT/models/<fold>-seed<seed>/personalised-<model>-<method>-<worker>.pt: the
+        kept student's bundle with the personalised weights and the session's report in its provenance."""
+        trained = bundles[(student.label, student.method)]
+        weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        bundle = replace(trained, state_dict=weights, provenance={**trained.provenance, "personalised": report})
+        name = f"personalised-{student.label}-{student.method}-{subject}".replace("/", "_")
+        bundle.save(self.models / f"{fold.name}-seed{seed}" / f"{name}.pt")
 
 
 # One FoldRunner per worker process, built once by the pool's initializer (the windows load from the cache).
@@ -196,7 +218,7 @@ class Runner:
         if threads is not None and threads < 1:
             raise HarkdError(f"--threads must be at least 1, got {threads}")
         self.config, self.out_dir, self.command, self.log, self.jobs = config, Path(out_dir), command, log, jobs
-        self.models = self.out_dir / "models" if keep_models else None
+        self.models = self.out_dir / "models" if keep_models or config.keep_models else None
         # One torch thread per process by default: on two threads a process ran 2.7x slower than on one when another
         # job took a core (benchmarks/bench_threads.py). Cores go to processes instead.
         self.threads = threads or (1 if ray is None else ray.threads)  # a Ray task's threads: the CPUs it holds
@@ -273,7 +295,10 @@ class Runner:
             return
         missing = [f"{fold.name}-seed{seed}" for seed, _, fold in plan
                    if not (self.models / f"{fold.name}-seed{seed}").is_dir()]
-        self.log(f"kept {len(list(self.models.glob('*/*.pt')))} trained models in {self.models}"
+        files = list(self.models.glob("*/*.pt"))
+        kinds = Counter(f.name.split("-")[0].removesuffix(".pt") for f in files)
+        self.log(f"kept {len(files)} models in {self.models} ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}"
+                 f"; {sum(f.stat().st_size for f in files) / 1e6:.1f} MB; layout: docs/deploy.md)"
                  + (f"; none for {', '.join(missing)} (trained by an invocation without --keep-models)"
                     if missing else ""))
 

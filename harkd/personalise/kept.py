@@ -33,7 +33,7 @@ from harkd.personalise.adapt import AdaptSpec, Replay, axis_groups
 from harkd.personalise.guard import guard, teacher_refit
 from harkd.personalise.tune import (DEFAULT_TRAIN, Adaptation, FrozenTeacher, check_personalise_method, fine_tune,
                                     labels_of)
-from harkd.personalise.worker import Worker, model_labels
+from harkd.personalise.worker import Worker
 
 
 def personalise(teacher: ModelBundle, student: ModelBundle, dataset: str, subject: str,
@@ -69,6 +69,8 @@ def personalise(teacher: ModelBundle, student: ModelBundle, dataset: str, subjec
         report = {"dataset": dataset, "subject": subject, "session": cut.describe(), "method": how.method.name,
                   "adapt": asdict(how.spec), "calibration_windows": len(worker.session.x_student),
                   "scored_windows": len(worker.y_scored), "epochs": adapted.epochs,
+                  "scored": {"from": cut.calibration if scored_from is None else scored_from,
+                             "protocol": cut.protocol, "windows": len(worker.y_scored)},
                   "guard": {"kept": verdict.kept, "agreement": list(verdict.agreement), "why": verdict.why},
                   "before": score(model), "adapted": score(adapted.model), "after": score(result)}
         if bounds:
@@ -91,7 +93,7 @@ def _with_training_data(how: Adaptation, student: ModelBundle, worker: str) -> A
     windows = load_windows(dataset, WindowConfig(length=student.window, stride=student.hop))
     held_out = set(student.provenance.get("test_subjects", ())) | {worker}
     train = windows.subset(np.flatnonzero(~np.isin(windows.subjects, sorted(held_out))))
-    y = model_labels(train, student.class_names)
+    y = train.targets_for(student.class_names)
     train = train.subset(np.flatnonzero(y >= 0))
     x = student.normalised_inputs(train, f"replay of {dataset}")
     return replace(how, axes=axes, replay=Replay(torch.from_numpy(x), torch.from_numpy(y[y >= 0])))

@@ -144,6 +144,19 @@ def session_recordings(recordings: Sequence[Recording], subject: str, cut: Sessi
     return heads
 
 
+def scored_recordings(recordings: Sequence[Recording], subject: str, windowing: WindowConfig, scored_from: float,
+                      ) -> list[Recording]:
+    """The rest of each of `subject`'s recordings, from its first scored window on (what a personalised student of
+    the run is scored on), a recording's sessions joined into one signal."""
+    tails = []
+    for key, pieces in _by_recording(_mine(recordings, subject)).items():
+        start, whole = _first_scored_sample(pieces, windowing, scored_from), _joined(key, pieces)
+        if start < len(whole.signals):
+            tails.append(replace(whole, signals=whole.signals[start:], labels=whole.labels[start:],
+                                 annotations={k: v[start:] for k, v in whole.annotations.items()}))
+    return tails
+
+
 def session_windows(recordings: Sequence[Recording], subject: str, cut: SessionCut, windowing: WindowConfig,
                     scored_from: float, join: bool, seed: int = 0) -> WindowSet:
     """The session's windows (Null kept: the teacher labels the session whole), cut with `windowing` at the
@@ -184,6 +197,5 @@ def scored_fold(windows: WindowSet, subject: str, scored_from: float, protocol: 
     return Fold(f"personalise-{subject}", none, none, later, (subject,))
 
 
-__all__ = ["PROTOCOLS", "SessionCut", "contiguous_segments", "shown_activities", "scored_fold", "session_recordings",
-           "session_windows",
-           "window_starts"]
+__all__ = ["PROTOCOLS", "SessionCut", "contiguous_segments", "shown_activities", "scored_fold", "scored_recordings",
+           "session_recordings", "session_windows", "window_starts"]

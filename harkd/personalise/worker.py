@@ -19,14 +19,6 @@ from harkd.personalise.tune import Session, WindowTimes
 Inputs = Callable[[WindowSet], np.ndarray]  # a model's normalised inputs from windows of every channel
 
 
-def model_labels(windows: WindowSet, class_names: Sequence[str]) -> np.ndarray:
-    """Each window's label as the model's class index; -1 for Null, unlabelled windows and classes the model lacks
-    (e.g. HAPT's raw postural transitions)."""
-    data_labels, names = windows.activity_targets()
-    to_model = np.array([list(class_names).index(n) if n in class_names else -1 for n in names] + [-1])
-    return to_model[data_labels]  # -1 (Null) indexes the appended -1
-
-
 @dataclass(frozen=True)
 class Worker:
     """A worker's calibration session and scored windows (labelled ones only; empty when the rest is unlabelled)."""
@@ -49,12 +41,12 @@ class Worker:
         times = WindowTimes(calibration.sessions, window_starts(calibration, cut.stride or windowing.stride),
                             windowing.length)
         session = Session.split(teacher_in(calibration), student_in(calibration),
-                                model_labels(calibration, class_names), times, seed, f"personalise: subject {subject}")
+                                calibration.targets_for(class_names), times, seed, f"personalise: subject {subject}")
         scored = scored_fold(windows[0], subject, scored_from, cut.protocol).test
-        y = model_labels(windows[0].subset(scored), class_names)
+        y = windows[0].subset(scored).targets_for(class_names)
         labelled = scored[y >= 0]
         return cls(subject, session, torch.from_numpy(teacher_in(windows[0].subset(labelled))),
                    torch.from_numpy(student_in(windows[1].subset(labelled))), y[y >= 0])
 
 
-__all__ = ["Inputs", "Worker", "model_labels"]
+__all__ = ["Inputs", "Worker"]
