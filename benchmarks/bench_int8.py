@@ -25,6 +25,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 
 from harkd.deploy.bundle import load_bundle
 from harkd.deploy.onnx_export import export_onnx, ort_probabilities, ort_session
@@ -111,6 +112,7 @@ def main() -> None:
     parser.add_argument("--student", default="student-cnn_student-none.pt", help="the kept student's file name")
     parser.add_argument("--name", required=True, help="results file: benchmarks/results/int8_<name>.json")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # one thread per process, as harkd measures; also what makes the fine-tuning repeat
 
     out = HERE / "results" / f"int8_{args.name}.json"
     command = shlex.join(["python", "benchmarks/bench_int8.py", str(args.run), "--student", args.student, "--name",

@@ -1,9 +1,9 @@
 """Per-hop latency of the streaming predictor over a 10-minute DSADS recording: the kept student in ONNX Runtime
-(fp32 and int8, one thread) beside the kept teacher (fp32, one thread) and the student in PyTorch, and the samples
-per second the whole stream (gap handling, ring buffer, scoring) sustains.
+(fp32 and int8, one thread) and on TFLite Micro's kernels (int8), beside the kept teacher (fp32, one thread) and the
+student in PyTorch, and the samples per second the whole stream (gap handling, ring buffer, scoring) sustains.
 
-    harkd run configs/dsads.yaml seeds=[0] "methods=[none]" --keep-models --jobs 2 --out /tmp/keep-s0
-    python benchmarks/bench_stream.py /tmp/keep-s0/models/loso-p1-seed0 [--hop 25]
+    harkd run configs/dsads.yaml seeds=[0] "methods=[none]" --keep-models --jobs 2 --out runs/kept-s0
+    python benchmarks/bench_stream.py runs/kept-s0/models/loso-p1-seed0 [--hop 25]
 
 The recording is the fold's test subject (p1): the first segments of every activity in turn, 120 five-second segments
 at 25 Hz (15,000 samples). Writes benchmarks/results/stream_dsads.json.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -25,6 +26,7 @@ from harkd.deploy.bundle import load_bundle
 from harkd.deploy.onnx_export import export_onnx
 from harkd.deploy.quantise import plan_int8, quantisation_data
 from harkd.deploy.stream import Prediction, Stream, open_model
+from harkd.deploy.tflm_export import export_tflm
 from harkd.files import atomic_output
 
 HERE = Path(__file__).resolve().parent
@@ -67,14 +69,18 @@ def main() -> None:
     parser.add_argument("--hop", type=int, default=25, help="samples between predictions (25 = one per second)")
     args = parser.parse_args()
 
+    load = [round(x, 2) for x in os.getloadavg()]  # 1, 5, 15 min: how busy the machine was
     student, teacher = load_bundle(args.unit / args.student), load_bundle(args.unit / "teacher.pt")
     subject = student.provenance["test_subjects"][0]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         models = {"student onnx fp32": Path(tmp) / "student.onnx", "student onnx int8": Path(tmp) / "int8.onnx",
-                  "teacher onnx fp32": Path(tmp) / "teacher.onnx", "student pytorch": args.unit / args.student}
+                  "student tflm int8": Path(tmp) / "student.tflite", "teacher onnx fp32": Path(tmp) / "teacher.onnx",
+                  "student pytorch": args.unit / args.student}
+        plan = plan_int8(student, quantisation_data(student))
         export_onnx(student, models["student onnx fp32"])
-        export_onnx(student, models["student onnx int8"], int8=plan_int8(student, quantisation_data(student)))
+        export_onnx(student, models["student onnx int8"], int8=plan)
+        export_tflm(plan, models["student tflm int8"])
         export_onnx(teacher, models["teacher onnx fp32"])
         for name, path in models.items():
             bundle = teacher if name.startswith("teacher") else student
@@ -84,11 +90,10 @@ def main() -> None:
     out = HERE / "results" / "stream_dsads.json"
     with atomic_output(out) as tmp_out:
         tmp_out.write_text(json.dumps({
-            "command": f"python benchmarks/bench_stream.py {args.unit.parent.parent.name}/models/{args.unit.name} "
-                       f"--student {args.student} --hop {args.hop}",
+            "command": f"python benchmarks/bench_stream.py {args.unit} --student {args.student} --hop {args.hop}",
             "recording": f"dsads {subject}, {SEGMENTS} segments of 5 s (10 min, {len(samples)} samples at 25 Hz)",
             "hop": args.hop, "threads": 1, "cpu": platform.processor() or platform.machine(),
-            "note": "measured on the shared 2-core machine while other runs trained", "results": results},
+            "load_average_before": load, "results": results},
             indent=2) + "\n")
     print(f"wrote {out.relative_to(HERE.parent)}")
 

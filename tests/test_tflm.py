@@ -178,6 +178,20 @@ def test_a_model_over_the_budget_is_one_line_and_nothing_is_written(trained, dat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student.pt"]
 
 
+@pytest.mark.parametrize("out", ["student.tflite", "student.onnx"])
+def test_a_model_without_an_int8_kernel_route_is_one_line_naming_it(trained, data_root, tmp_path, out):
+    from dataclasses import replace
+
+    bundle, _, _ = trained
+    causal = build_model("causal_student", 3, len(bundle.class_names))
+    replace(bundle, model="causal_student", params={},
+            state_dict={k: v.clone() for k, v in causal.state_dict().items()}).save(tmp_path / "causal.pt")
+    done = run_cli("export", str(tmp_path / "causal.pt"), "--out", str(tmp_path / out),
+                   *(["--int8"] if out.endswith(".onnx") else []), data_root=data_root)
+    assert_one_line_error(done, "causal_student has no int8 route", "GRU")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["causal.pt"]
+
+
 @pytest.mark.realdata
 def test_tflm_on_real_dsads_windows_picks_pytorchs_classes(installed_root, tmp_path, monkeypatch):
     """A cnn_student fitted briefly on DSADS's right-arm accelerometer (subjects p2-p8), exported to TFLM and

@@ -247,6 +247,9 @@ def _module_lowerings() -> dict[type, Callable[[nn.Module, str, _Builder], str]]
 
 
 _LOWER_MODULE = _module_lowerings()
+# Layers the lowerings handle (or containers): what an error for an unlowerable model leaves out of its list.
+_KNOWN = (nn.Conv1d, nn.BatchNorm1d, nn.ReLU, nn.Hardswish, nn.Hardsigmoid, nn.Linear, nn.Sequential, nn.ModuleList,
+          nn.ModuleDict, *_SKIPPED, *_LOWER_MODULE)
 LOWERINGS: dict[str, Callable[[nn.Module, _Builder], None]] = {
     "cnn_student": _lower_cnn_student, "mobilenet_v3_1d": _lower_mobilenet,
 }
@@ -256,7 +259,9 @@ def lower(model: nn.Module, name: str) -> Program:
     """`model` (registered as `name`, in eval mode) as a Program; a model or layer with no int8 route is a one-line
     error naming it."""
     if name not in LOWERINGS:
-        raise HarkdError(f"int8 export: {name} has no int8 route (models with one: {', '.join(LOWERINGS)})")
+        kinds = sorted({type(m).__name__ for m in list(model.modules())[1:] if not isinstance(m, _KNOWN)})
+        raise HarkdError(f"int8 export: {name} has no int8 route (it holds {', '.join(kinds) or 'no known layer'}; "
+                         f"models with one: {', '.join(LOWERINGS)})")
     out = _Builder([])
     LOWERINGS[name](model, out)
     return Program(out.steps, name).eval()
