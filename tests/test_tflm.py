@@ -178,6 +178,18 @@ def test_a_model_over_the_budget_is_one_line_and_nothing_is_written(trained, dat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student.pt"]
 
 
+def test_an_onnx_export_never_overwrites_the_description_of_a_tflite_one(trained, data_root, tmp_path):
+    needs_tflm()
+    bundle, _, _ = trained
+    bundle.save(tmp_path / "student.pt")
+    run_cli("export", str(tmp_path / "student.pt"), "--out", str(tmp_path / "m.tflite"), "--quantisation",
+            "post-training", data_root=data_root, check=True)
+    described = (tmp_path / "m.json").read_text()
+    done = run_cli("export", str(tmp_path / "student.pt"), "--out", str(tmp_path / "m.onnx"), data_root=data_root)
+    assert_one_line_error(done, "m.json describes m.tflite; export m.onnx under another name")
+    assert (tmp_path / "m.json").read_text() == described and not (tmp_path / "m.onnx").exists()
+
+
 @pytest.mark.parametrize("out", ["student.tflite", "student.onnx"])
 def test_a_model_without_an_int8_kernel_route_is_one_line_naming_it(trained, data_root, tmp_path, out):
     from dataclasses import replace

@@ -75,6 +75,22 @@ def to_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: 
             log.setLevel(level)
 
 
+def sidecar(path: Path) -> Path:
+    """The .json beside an exported model; one that describes another file (an ONNX and a TFLite export of one name)
+    is an error, not overwritten."""
+    described = path.with_suffix(".json")
+    if described.is_file():
+        try:
+            spec = json.loads(described.read_text())
+            other = spec.get("onnx") or spec.get("tflite")
+        except (ValueError, AttributeError):
+            other = None
+        if other is not None and other != path.name:
+            raise HarkdError(f"{described} describes {other}; export {path.name} under another name (e.g. "
+                             f"{path.stem}-{path.suffix.lstrip('.')}{path.suffix})")
+    return described
+
+
 def export_onnx(bundle: ModelBundle, path: Path, tolerance: float = 1e-4, check_windows: int = 64,
                 seed: int = 0, budget: dict[str, int] | None = None, int8: Int8Plan | None = None
                 ) -> dict[str, Any]:
@@ -91,7 +107,7 @@ def export_onnx(bundle: ModelBundle, path: Path, tolerance: float = 1e-4, check_
     if path.suffix != ".onnx":
         raise HarkdError(f"{path}: the output file must end in .onnx")
     module = Deployable(bundle).eval()
-    with atomic_output(path) as tmp, atomic_output(path.with_suffix(".json")) as tmp_json:
+    with atomic_output(path) as tmp, atomic_output(sidecar(path)) as tmp_json:
         fp32 = tmp.with_name(tmp.name + ".fp32") if int8 is not None else tmp
         try:
             diff = _write_checked(module, bundle, fp32, path, tolerance, check_windows, seed)

@@ -19,6 +19,7 @@ import numpy as np
 from harkd import __version__
 from harkd.cost import count_flops
 from harkd.deploy.lowering import INPUT
+from harkd.deploy.onnx_export import sidecar
 from harkd.deploy.quantise import Int8Plan, compare, latency_ms
 from harkd.deploy.tflm import RESOLVER_CALLS, Flatbuffer, arena_bytes, interpreter, run_tflm, write_flatbuffer
 from harkd.errors import HarkdError
@@ -36,6 +37,7 @@ def export_tflm(plan: Int8Plan, path: Path, budget: dict[str, int] | None = None
     path = Path(path)
     if path.suffix != ".tflite":
         raise HarkdError(f"{path}: the output file must end in .tflite")
+    described = sidecar(path)
     bundle, q = plan.bundle, plan.program
     flat = write_flatbuffer(q, bundle.window, len(bundle.channels))
     first = q.qparams[INPUT].quantise(bundle.normalise(plan.data.check[:1]).transpose(0, 2, 1))[:, None]
@@ -46,7 +48,7 @@ def export_tflm(plan: Int8Plan, path: Path, budget: dict[str, int] | None = None
     spec = _describe(plan, path, flat, arena, report)
     stem = _c_name(path.stem)
     with atomic_output(path) as tmp, atomic_output(path.with_suffix(".cc")) as tmp_cc, \
-            atomic_output(path.with_suffix(".h")) as tmp_h, atomic_output(path.with_suffix(".json")) as tmp_json:
+            atomic_output(path.with_suffix(".h")) as tmp_h, atomic_output(described) as tmp_json:
         tmp.write_bytes(flat.data)
         tmp_cc.write_text(c_array(flat.data, stem, path.with_suffix(".h").name))
         tmp_h.write_text(c_header(plan, stem, flat, arena))
