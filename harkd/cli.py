@@ -308,6 +308,8 @@ def _export_tflm(plan, out: Path, limits: dict) -> None:
     for key, limit in limits.items():
         need = device["file_bytes"] if key == "flash" else device["arena_bytes"]
         typer.echo(f"budget {key}: {need:,} of {limit:,} bytes: fits")
+    typer.echo("published microcontroller HAR models: " + "; ".join(
+        f"{name} {', '.join(f'{k} {v:,} B' for k, v in sizes.items())}" for name, sizes in device["anchors"].items()))
 
 
 @app.command("stream")
