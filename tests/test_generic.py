@@ -157,6 +157,22 @@ def _broken(tmp_path, edit):
     return _error(_write(tmp_path, files={"s01_morning.csv": lines, "s02.csv": [HEADER] + _rows(8, ["pick"])}))
 
 
+@pytest.mark.parametrize("wrong", [[0, 1, 2], [1]])
+def test_a_check_names_each_wrong_channel_without_a_traceback(tmp_path, wrong):
+    """Every channel in an unknown unit once ended the check in a traceback ("need at least one array to stack")."""
+    from harkd.data.loaders.generic import check_generic
+
+    lines = [f"  - {{column: a{i}, position: wrist, modality: acc, axis: {'xyz'[i]}, "
+             f"unit: {'furlongs' if i in wrong else 'm/s^2'}}}" for i in range(3)]
+    schema = "name: w\nrate_hz: 10\nlabel_column: label\nchannels:\n" + "\n".join(lines) + \
+        "\nsessions:\n  - {file: s.csv, subject: S01}\n"
+    folder = _write(tmp_path / "d", schema, {"s.csv": ["a0,a1,a2,label"] + ["1,2,3,walk"] * 20})
+    report = check_generic(folder)
+    assert [re.sub(r".*channels\[(\d)\]\.unit: unknown unit 'furlongs'.*", r"\1", line)
+            for line in report.problems] == [str(i) for i in wrong]
+    assert len(report.recordings) == (0 if len(wrong) == 3 else 1)  # the right channels are still read
+
+
 def test_unknown_label_with_fixed_classes(tmp_path):
     message = _error(_write(tmp_path, SCHEMA + "classes: [pick, place]\n"))
     assert re.search(r"s01_morning\.csv: row 2: label 'screw' is not in classes of dataset\.yaml \(pick, place\)",

@@ -76,6 +76,7 @@ class _Schema:
     channels: tuple[_Channel, ...]
     sessions: tuple[_Session, ...]
     annotations: tuple[str, ...]
+    channels_dropped: int = 0  # entries `harkd data check` recorded as problems: the files cannot be read against them
 
     @property
     def max_gap(self) -> int:
@@ -280,7 +281,8 @@ def _read_schema(yaml_path: Path, problems: Problems | None = None) -> _Schema:
     raw = check_keys(_load_yaml(yaml_path), where, _TOP_REQUIRED, _TOP_OPTIONAL)
     rate_hz = _number(raw["rate_hz"], f"{where}: rate_hz", positive=True)
     channels = []
-    for i, entry in enumerate(_list(raw["channels"], f"{where}: channels")):
+    entries = _list(raw["channels"], f"{where}: channels")
+    for i, entry in enumerate(entries):
         with problems.each():
             channels.append(_channel(entry, f"{where}: channels[{i}]"))
     with problems.each():
@@ -308,6 +310,7 @@ def _read_schema(yaml_path: Path, problems: Problems | None = None) -> _Schema:
         channels=tuple(channels),
         sessions=tuple(sessions),
         annotations=_names(raw, "annotations", where, "annotation") if "annotations" in raw else (),
+        channels_dropped=len(entries) - len(channels),
     )
     _check_roles(schema)
     return schema
@@ -526,6 +529,8 @@ def _schema_path(path: Path) -> Path:
 
 def _read(path: Path, problems: Problems) -> tuple[_Schema, list[Recording]]:
     schema = _read_schema(_schema_path(Path(path)), problems)
+    if schema.channels_dropped and not schema.channels:  # no channel left to read the files against
+        return schema, []
     tables = []
     for session in schema.sessions:
         with problems.each():
