@@ -109,6 +109,12 @@ def test_yaml_spellings_users_mean_as_numbers_and_names_are_accepted():
     assert config.teacher_train.lr == 0.001 and config.split.test_subjects == ("1", "p2")
 
 
+def test_a_label_yaml_reads_as_a_boolean_is_kept_as_the_name_meant():
+    config = parse_config(yaml.safe_load((Path(__file__).parents[1] / "configs/dsads-personalise.yaml").read_text()))
+    assert config.personalise.labels == ("teacher", "self", "true")
+    assert config.raw["personalise"]["labels"] == ["teacher", "self", "true"]  # what results.json records
+
+
 def test_search_print_config_fills_in_the_defaults():
     resolved = yaml.safe_load(search_yaml(read_config(SEARCH)))
     assert resolved["search"]["sizes"]["memory_dim"] == [4, 8, 16, 32]

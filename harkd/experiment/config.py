@@ -250,6 +250,15 @@ def _check_personalise(schema: ExperimentSchema, where: str) -> None:
     check_personalise_method(method, f"{where}: personalise.method")
 
 
+def _labels_by_name(raw: Mapping[str, Any], personalise: PersonaliseSpec | None) -> dict:
+    """A copy of `raw` whose personalise.labels are the names the user meant (YAML 1.1 reads a bare `true` as a
+    boolean; results.json records this copy)."""
+    copied = copy.deepcopy(dict(raw))
+    if personalise is not None and isinstance(copied.get("personalise"), dict) and "labels" in copied["personalise"]:
+        copied["personalise"]["labels"] = list(personalise.labels)
+    return copied
+
+
 def parse_config(raw: Mapping[str, Any], where: str = "config") -> ExperimentConfig:
     schema = check_experiment(raw, where)
     return ExperimentConfig(
@@ -268,7 +277,7 @@ def parse_config(raw: Mapping[str, Any], where: str = "config") -> ExperimentCon
         student_train=schema.students.train,
         methods=tuple(schema.methods),
         latency_runs=schema.latency_runs,
-        raw=copy.deepcopy(dict(raw)),
+        raw=_labels_by_name(raw, schema.personalise),
         personalise=schema.personalise,
         keep_models=schema.keep_models,
     )
