@@ -335,8 +335,10 @@ def stream_cmd(
 
     predictor = open_model(model)
     path = None if source == "-" else Path(source)
-    if path is not None and not path.is_file():
+    if path is not None and not path.exists():  # a pipe (/dev/fd/N, a FIFO) is no regular file, but reads as one
         raise HarkdError(f"{path}: input file not found")
+    if path is not None and path.is_dir():
+        raise HarkdError(f"{path}: a folder; --input takes a CSV file, a pipe or - (standard input)")
     own_data = path is not None and (path.parent / "dataset.yaml").is_file()
     spec = own_data_format(path, predictor) if own_data else plain_format(predictor, time_column, rate, max_gap_s)
     with (sys.stdin if path is None else path.open(encoding="utf-8-sig")) as lines:

@@ -228,6 +228,26 @@ def test_cli_bad_line_exits_2_and_keeps_the_printed_lines(models, tmp_path):
     assert [json.loads(line)["event"] for line in done.stdout.splitlines()] == ["start"] + ["prediction"] * 11
 
 
+def test_cli_reads_a_pipe_given_by_path_as_a_shell_process_substitution_does(models, tmp_path):
+    """`--input <(...)` hands the stream /dev/fd/N, a pipe, which is no regular file."""
+    env = {**os.environ, "HARKD_DATA": str(tmp_path)}
+    text = csv_text(signals(60))
+    done = subprocess.run(["bash", "-c", f'"$0" -m harkd stream "$1" --input <(cat "$2")', sys.executable,
+                           str(models["onnx"]), str(_written(tmp_path / "in.csv", text))],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line)["event"] for line in done.stdout.splitlines()]
+    assert events[0] == "start" and events.count("prediction") == (60 - WINDOW) // STRIDE + 1
+    folder = subprocess.run([sys.executable, "-m", "harkd", "stream", str(models["onnx"]), "--input", str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert_one_line_error(folder, "a folder; --input takes a CSV file, a pipe or - (standard input)")
+
+
+def _written(path, text: str):
+    path.write_text(text)
+    return path
+
+
 def test_a_rate_mismatch_is_an_error_unless_resampled(models):
     model = open_model(models["pt"])
     x = signals(400)
