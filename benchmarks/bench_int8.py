@@ -83,8 +83,9 @@ def summarise(rows: list[dict]) -> dict:
     for method, chosen in [(m, [r for r in rows if r["method"] == m]) for m in METHODS] + [("auto", auto_rows(rows))]:
         if not chosen:
             continue
-        entry = {"folds": len(chosen), "macro_f1_fp32_mean": round(statistics.mean(r["macro_f1_fp32"] for r in chosen), 5),
-                 "tflm_vs_onnx_same_class_mean": round(statistics.mean(r["tflm_vs_onnx_same_class"] for r in chosen), 5),
+        mean = lambda key: round(statistics.mean(r[key] for r in chosen), 5)  # noqa: E731
+        entry = {"folds": len(chosen), "macro_f1_fp32_mean": mean("macro_f1_fp32"),
+                 "tflm_vs_onnx_same_class_mean": mean("tflm_vs_onnx_same_class"),
                  "tflm_vs_onnx_same_class_worst": min(r["tflm_vs_onnx_same_class"] for r in chosen)}
         if method == "auto":
             entry["picked"] = [r["method"] for r in chosen]
@@ -94,7 +95,8 @@ def summarise(rows: list[dict]) -> dict:
                               "folds_more_than_1_point_below": sum(d < -1 for d in deltas)}
         summary[method] = entry
     last = rows[-1]
-    summary["device"] = {"tflm_file_bytes": last["tflm"]["file_bytes"], "tflm_weight_bytes": last["tflm"]["weight_bytes"],
+    summary["device"] = {"tflm_file_bytes": last["tflm"]["file_bytes"],
+                         "tflm_weight_bytes": last["tflm"]["weight_bytes"],
                          "tflm_arena_bytes_max": max(r["tflm"]["arena_bytes"] for r in rows),
                          "onnx_int8_file_bytes": last["onnx"]["file_bytes"],
                          "onnx_fp32_file_bytes": last["onnx"]["fp32_file_bytes"],

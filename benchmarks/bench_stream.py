@@ -75,7 +75,8 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         models = {"student onnx fp32": Path(tmp) / "student.onnx", "student onnx int8": Path(tmp) / "int8.onnx",
-                  "student tflm int8": Path(tmp) / "student-tflm.tflite", "teacher onnx fp32": Path(tmp) / "teacher.onnx",
+                  "student tflm int8": Path(tmp) / "student-tflm.tflite",
+                  "teacher onnx fp32": Path(tmp) / "teacher.onnx",
                   "student pytorch": args.unit / args.student}
         plan = plan_int8(student, quantisation_data(student))
         export_onnx(student, models["student onnx fp32"])

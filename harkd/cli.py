@@ -303,8 +303,9 @@ def _export_tflm(plan, out: Path, limits: dict) -> None:
     typer.echo(_int8_line(spec["int8"]))
     typer.echo(f"device: model file {device['file_bytes']:,} bytes (weights {device['weight_bytes']:,}); tensor arena "
                f"{device['arena_bytes']:,} bytes (measured by TFLM); {device['macs_per_window']:,} MACs per window, "
-               f"{device['macs_per_second']:,} per second of stream; {device['latency_ms_per_window_tflm_python']['p50']:.3f}"
-               f" ms per window on TFLM's reference kernels here; ops: {', '.join(spec['resolver'])}")
+               f"{device['macs_per_second']:,} per second of stream; "
+               f"{device['latency_ms_per_window_tflm_python']['p50']:.3f} ms per window on TFLM's reference kernels "
+               f"here; ops: {', '.join(spec['resolver'])}")
     for key, limit in limits.items():
         need = device["file_bytes"] if key == "flash" else device["arena_bytes"]
         typer.echo(f"budget {key}: {need:,} of {limit:,} bytes: fits")

@@ -20,11 +20,9 @@ QUICK = {"epochs": 2, "batch_size": 32, "patience": 2}
 
 
 def has_tflm() -> bool:
-    try:
-        import tflite_micro  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("tflite_micro") is not None
 
 
 @pytest.fixture(scope="module")

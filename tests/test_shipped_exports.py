@@ -1,7 +1,8 @@
 """Every shipped run config's students, kept as its run keeps them (its dataset, windowing, channels and first fold;
-fitted for a few steps instead of a whole run: the export does not care how well), export as ONNX fp32, ONNX int8
-and TFLM (the CLI's path is tested in test_deploy_chain and test_tflm): a model of HAPT, OpenPack or any config's dataset exports as a DSADS one does, and a model
-without an int8 kernel route is one line naming it. Configs with the same dataset and students share one check."""
+fitted for a few steps instead of a whole run: the export does not care how well), export as ONNX fp32, ONNX int8 and
+TFLM (the CLI's path is tested in test_deploy_chain and test_tflm): a model of HAPT, OpenPack or any config's dataset
+exports as a DSADS one does, and a model without an int8 kernel route is one line naming it. Configs with the same
+dataset and students share one check."""
 
 import json
 from dataclasses import replace
@@ -83,5 +84,6 @@ def test_each_shipped_configs_student_exports_as_fp32_int8_and_tflm(configs, ins
         plan = plan_int8(bundle, replace(quantisation_data(bundle), min_agreement=0.0), "post-training")
         for spec in (export_onnx(bundle, tmp_path / "int8.onnx", int8=plan), export_tflm(plan, tmp_path / "m.tflite")):
             test = spec["int8"]["test"]
-            assert test["windows"] > 0 and test["scored_on"].startswith(f"the test windows of {bundle.provenance['fold']}")
+            fold = bundle.provenance["fold"]
+            assert test["windows"] > 0 and test["scored_on"].startswith(f"the test windows of {fold}")
         assert (tmp_path / "m.cc").is_file() and (tmp_path / "int8.onnx").is_file()

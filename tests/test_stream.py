@@ -232,7 +232,7 @@ def test_cli_reads_a_pipe_given_by_path_as_a_shell_process_substitution_does(mod
     """`--input <(...)` hands the stream /dev/fd/N, a pipe, which is no regular file."""
     env = {**os.environ, "HARKD_DATA": str(tmp_path)}
     text = csv_text(signals(60))
-    done = subprocess.run(["bash", "-c", f'"$0" -m harkd stream "$1" --input <(cat "$2")', sys.executable,
+    done = subprocess.run(["bash", "-c", '"$0" -m harkd stream "$1" --input <(cat "$2")', sys.executable,
                            str(models["onnx"]), str(_written(tmp_path / "in.csv", text))],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -9,7 +9,7 @@ import torch
 
 from harkd.data.loaders import dsads, hapt, openpack
 from harkd.data.loaders.generic import load_generic
-from harkd.data.recording import ChannelSpec, sensor_channels
+from harkd.data.recording import sensor_channels
 from harkd.data.splits import Normaliser
 from harkd.data.synthetic import make_recordings
 from harkd.data.units import SI_UNITS, channel_factors, conversion_factor, convert_to, known_units, to_si

@@ -4,9 +4,9 @@ int32 at the input's scale times the weight's.
 
 Post-training: each tensor's range is clipped where the int8 program's class distribution comes closest to fp32's on
 calibration windows (a search over percentile pairs, tensor by tensor). Quantisation-aware: the program is fine-tuned
-with every weight and tensor rounded to its int8 grid in the forward pass (straight-through gradients) to reproduce
-the fp32 model's class distribution on its training windows (no labels needed), then calibrated again. `FakeQuant` is the arithmetic both use and what the writers'
-checks compare against.
+with every weight and tensor rounded to its int8 grid in the forward pass (straight-through gradients) to reproduce the
+fp32 model's class distribution on its training windows (no labels needed), then calibrated again. `FakeQuant` is the
+arithmetic both use and what the writers' checks compare against.
 """
 
 from __future__ import annotations

@@ -98,7 +98,8 @@ def int8_onnx(q: Int8Program, mean: list[float], std: list[float], window: int) 
     classes = q.program.steps[-1].weight.shape[0]
     graph = helper.make_graph(
         g.nodes, "harkd-int8", [helper.make_tensor_value_info("windows", TensorProto.FLOAT, ["N", len(mean), window])],
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", classes]) for name in ("logits", "probabilities")],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", classes])
+         for name in ("logits", "probabilities")],
         g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="harkd")
     onnx.checker.check_model(model)

@@ -537,6 +537,6 @@ def _speed(latencies: list[float], samples: int, busy: float) -> dict:
     """Latency per hop (the push that completes a window: assembling, scoring, smoothing) as p50/p99 in ms, and the
     samples per second the stream took in while working (time spent reading input or replaying in real time not
     counted)."""
-    hops = {"p50": round(1000 * float(np.median(latencies)), 4), "p99": round(1000 * float(np.percentile(latencies, 99)),
-                                                                              4)} if latencies else None
+    ms = 1000 * np.asarray(latencies)
+    hops = {"p50": round(float(np.median(ms)), 4), "p99": round(float(np.percentile(ms, 99)), 4)} if latencies else None
     return {"latency_ms_per_hop": hops, "samples_per_second": round(samples / busy) if busy > 0 else None}
