@@ -234,13 +234,9 @@ def export(
     from harkd.deploy.budget import parse_budget
     from harkd.deploy.bundle import load_bundle
 
-    kind = format or ("tflm" if out.suffix == ".tflite" else "onnx")
-    if kind not in ("onnx", "tflm"):
-        raise HarkdError(f"--format {kind!r}: onnx or tflm")
+    kind = _export_kind(format, out, int8, calibration, quantisation)
     limits = parse_budget(budget)
     quantised = int8 or kind == "tflm"
-    if not quantised and (calibration is not None or quantisation != "auto"):
-        raise HarkdError("--calibration and --quantisation apply to int8 only (--int8 or --format tflm)")
     bundle = load_bundle(model)
     plan = None
     if quantised:
@@ -251,6 +247,16 @@ def export(
         _export_tflm(plan, out, limits)
     else:
         _export_onnx(bundle, plan, out, tolerance, limits)
+
+
+def _export_kind(format: str | None, out: Path, int8: bool, calibration: str | None, quantisation: str) -> str:
+    """onnx or tflm (from --format, else from --out's suffix); int8 options without int8 are an error."""
+    kind = format or ("tflm" if out.suffix == ".tflite" else "onnx")
+    if kind not in ("onnx", "tflm"):
+        raise HarkdError(f"--format {kind!r}: onnx or tflm")
+    if not (int8 or kind == "tflm") and (calibration is not None or quantisation != "auto"):
+        raise HarkdError("--calibration and --quantisation apply to int8 only (--int8 or --format tflm)")
+    return kind
 
 
 def _model_origin(bundle) -> str:

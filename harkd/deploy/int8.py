@@ -53,6 +53,27 @@ def weight_scales(step: Step, weight: torch.Tensor | None = None) -> torch.Tenso
     return torch.where(peak > 0, peak / 127, torch.ones_like(peak))
 
 
+@dataclass(frozen=True)
+class IntegerWeights:
+    """A conv's or dense layer's weights as the kernels store them: int8 (per output channel: `scales`) and int32
+    biases at the input's scale times each channel's weight scale."""
+
+    weight: np.ndarray  # int8, the step's weight shape
+    scales: np.ndarray  # float64, one per output channel
+    bias: np.ndarray  # int32
+    bias_scales: np.ndarray  # float64
+
+
+def integer_weights(step: Step, input_scale: float) -> IntegerWeights:
+    scales = weight_scales(step).numpy().astype(np.float64)
+    w = step.weight.detach().numpy().astype(np.float64)
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    q = np.clip(np.round(w / scales.reshape(shape)), -127, 127).astype(np.int8)
+    bias_scales = input_scale * scales
+    bias = np.round(step.bias.detach().numpy().astype(np.float64) / bias_scales).astype(np.int32)
+    return IntegerWeights(q, scales, bias, bias_scales)
+
+
 class FakeQuant:
     """Rounds weights and tensors to their int8 grids (a Quantiser for Program.forward)."""
 

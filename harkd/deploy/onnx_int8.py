@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from harkd.deploy.int8 import Int8Program, weight_scales
+from harkd.deploy.int8 import Int8Program, integer_weights
 from harkd.deploy.lowering import INPUT, Add, Conv, Dense, HardSwish, Mul, Step, TimeMean
 
 OPSET = 17
@@ -42,15 +42,10 @@ class _Graph:
 
     def weights(self, step: Step, per_channel: bool) -> tuple[str, str]:
         """The step's int8 weights and int32 bias behind DequantizeLinear."""
-        s_in = self.q.qparams[step.inputs[0]].scale
-        scales = weight_scales(step).numpy().astype(np.float64)
-        w = step.weight.detach().numpy().astype(np.float64)
-        shape = (-1,) + (1,) * (w.ndim - 1)
-        w_q = np.clip(np.round(w / scales.reshape(shape)), -127, 127).astype(np.int8)
-        bias_scales = (s_in * scales).astype(np.float32)
-        bias = np.round(step.bias.detach().numpy().astype(np.float64) / (s_in * scales)).astype(np.int32)
-        w_scale = scales.astype(np.float32) if per_channel else np.float32(scales[0])
-        w_zero = np.zeros(len(scales), np.int8) if per_channel else np.int8(0)
+        ints = integer_weights(step, self.q.qparams[step.inputs[0]].scale)
+        w_q, bias, bias_scales = ints.weight, ints.bias, ints.bias_scales.astype(np.float32)
+        w_scale = ints.scales.astype(np.float32) if per_channel else np.float32(ints.scales[0])
+        w_zero = np.zeros(len(ints.scales), np.int8) if per_channel else np.int8(0)
         axis = {"axis": 0} if per_channel else {}
         name = step.output
         weight = self.node("DequantizeLinear", [self.constant(f"{name}/w", w_q), self.constant(f"{name}/w_scale",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harkd.deploy.int8 import Int8Program, QParams, weight_scales
+from harkd.deploy.int8 import Int8Program, QParams, integer_weights
 from harkd.deploy.lowering import INPUT, Add, Conv, Dense, HardSwish, Mul, Step, TimeMean
 from harkd.errors import HarkdError
 
@@ -91,16 +91,13 @@ class _Writer:
         if padding is None:
             x = self._pad(step, x)
             padding = self.schema.Padding.VALID
-        s_in, s_w = self.q.qparams[step.inputs[0]].scale, weight_scales(step).numpy().astype(np.float64)
-        w = step.weight.detach().numpy().astype(np.float64)
-        w_q = np.clip(np.round(w / s_w[:, None, None]), -127, 127).astype(np.int8)  # (O, I/g, K)
+        ints = integer_weights(step, self.q.qparams[step.inputs[0]].scale)  # weight (O, I/g, K)
         depthwise = step.groups > 1
-        filt = w_q.transpose(1, 2, 0)[None] if depthwise else w_q.transpose(0, 2, 1)[:, None]  # [1,1,K,C] / [O,1,K,I]
-        bias = np.round(step.bias.detach().numpy().astype(np.float64) / (s_in * s_w)).astype(np.int32)
-        out = self._activation(step.output, (1, 1, out_length, w.shape[0]), self.q.qparams[step.output])
-        inputs_ = [x.handle, self._constant(f"{step.output}/filter", np.ascontiguousarray(filt),
-                                            self.schema.TensorType.INT8, s_w, 3 if depthwise else 0),
-                   self._constant(f"{step.output}/bias", bias, self.schema.TensorType.INT32, s_in * s_w, 0)]
+        filt = ints.weight.transpose(1, 2, 0)[None] if depthwise else ints.weight.transpose(0, 2, 1)[:, None]
+        out = self._activation(step.output, (1, 1, out_length, len(ints.scales)), self.q.qparams[step.output])
+        inputs_ = [x.handle, self._constant(f"{step.output}/filter", np.ascontiguousarray(filt),  # [1,1,K,C] / [O,1,K,I]
+                                            self.schema.TensorType.INT8, ints.scales, 3 if depthwise else 0),
+                   self._constant(f"{step.output}/bias", ints.bias, self.schema.TensorType.INT32, ints.bias_scales, 0)]
         fused = (self.schema.ActivationFunctionType.RELU if step.activation == "relu"
                  else self.schema.ActivationFunctionType.NONE)  # clamp01: the [0, 1] grid saturates
         common = dict(padding=padding, strideW=step.stride, strideH=1, dilationWFactor=1, dilationHFactor=1,
@@ -129,15 +126,13 @@ class _Writer:
         return out
 
     def _dense(self, step: Dense, inputs: list[_Tensor]) -> None:
-        s_in, s_w = self.q.qparams[step.inputs[0]].scale, float(weight_scales(step)[0])
-        w = step.weight.detach().numpy().astype(np.float64)
-        w_q = np.clip(np.round(w / s_w), -127, 127).astype(np.int8)
-        bias = np.round(step.bias.detach().numpy().astype(np.float64) / (s_in * s_w)).astype(np.int32)
-        out = self._activation(step.output, (1, w.shape[0]), self.q.qparams[step.output])
+        ints = integer_weights(step, self.q.qparams[step.inputs[0]].scale)  # one scale for the whole matrix
+        out = self._activation(step.output, (1, len(ints.scales)), self.q.qparams[step.output])
         self._op("FULLY_CONNECTED", [inputs[0].handle,
-                                     self._constant(f"{step.output}/weights", w_q, self.schema.TensorType.INT8, [s_w]),
-                                     self._constant(f"{step.output}/bias", bias, self.schema.TensorType.INT32,
-                                                    [s_in * s_w])],
+                                     self._constant(f"{step.output}/weights", ints.weight, self.schema.TensorType.INT8,
+                                                    ints.scales[:1]),
+                                     self._constant(f"{step.output}/bias", ints.bias, self.schema.TensorType.INT32,
+                                                    ints.bias_scales[:1])],
                  out, "FullyConnectedOptions", fusedActivationFunction=self.schema.ActivationFunctionType.NONE,
                  keepNumDims=False)
         self.tensors[step.output] = out
