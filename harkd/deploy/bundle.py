@@ -51,14 +51,17 @@ class ModelBundle:
            class_names: Sequence[str], window: int, rate_hz: float, normaliser: Normaliser,
            channel_groups: list[list[int]] | None = None, **provenance: Any) -> "ModelBundle":
         return cls(name, dict(params), [c.to_dict() for c in channels], list(class_names), int(window),
-                   float(rate_hz), normaliser.mean.tolist(), normaliser.std.tolist(),
-                   {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, channel_groups,
+                   float(rate_hz), normaliser.mean.tolist(), normaliser.std.tolist(), _weights(model), channel_groups,
                    dict(provenance))
 
     def with_semantic(self, semantic: nn.Module, name: str, params: dict[str, Any]) -> "ModelBundle":
         """The teacher's bundle carrying its semantic classifier too (what every KD strategy may need of it)."""
-        weights = {k: v.detach().cpu().clone() for k, v in semantic.state_dict().items()}
-        return replace(self, semantic={"model": name, "params": dict(params), "state_dict": weights})
+        return replace(self, semantic={"model": name, "params": dict(params), "state_dict": _weights(semantic)})
+
+    def personalised(self, model: nn.Module, report: dict[str, Any]) -> "ModelBundle":
+        """This student's bundle with `model`'s weights (the same architecture, adapted to one worker) and the
+        session's report as its provenance "personalised"."""
+        return replace(self, state_dict=_weights(model), provenance={**self.provenance, "personalised": report})
 
     def build_teacher(self) -> nn.Module:
         """The frozen teacher as distillers see it: with its semantic classifier's logits as
@@ -135,6 +138,11 @@ class ModelBundle:
         """Written whole or not at all."""
         with atomic_output(path) as tmp:
             torch.save({"format": FORMAT, "version": VERSION, **asdict(self)}, tmp)
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the model's state, so later training of the model leaves the bundle as it was."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def load_bundle(path: Path) -> ModelBundle:

@@ -74,15 +74,16 @@ def _torch_model(path: Path, threads: int) -> StreamModel:
                        str(path))
 
 
-def _description(path: Path, window_axis: int) -> tuple[dict, list, float, int, list[str]]:
-    """An exported model's .json: the whole of it, and its channels, rate, window and classes."""
+def _description(path: Path) -> tuple[dict, list, float, int, list[str]]:
+    """An exported model's .json: the whole of it, and its channels, rate, window and classes (the window is axis 2
+    of the input shape in both formats: ONNX's (N, C, T) and TFLite's (1, 1, T, C))."""
     sidecar = path.with_suffix(".json")
     if not path.is_file():
         raise HarkdError(f"{path}: model file not found")
     try:
         spec = json.loads(sidecar.read_text())
         return (spec, spec["input"]["channels"], float(spec["input"]["rate_hz"]),
-                int(spec["input"]["shape"][window_axis]), list(spec["class_names"]))
+                int(spec["input"]["shape"][2]), list(spec["class_names"]))
     except FileNotFoundError:
         raise HarkdError(f"{path}: its description {sidecar.name} is missing (harkd export writes both)") from None
     except (ValueError, KeyError, IndexError, TypeError) as exc:
@@ -92,10 +93,12 @@ def _description(path: Path, window_axis: int) -> tuple[dict, list, float, int, 
 def _tflm_model(path: Path) -> StreamModel:
     """Raw windows normalised and quantised as the firmware does (the .json's mean, std and input grid), scored on
     TFLM's kernels; probabilities from the int8 logits."""
+    from scipy.special import softmax
+
     from harkd.deploy.int8 import QParams
     from harkd.deploy.tflm import TflmRunner
 
-    spec, channels, rate_hz, window, classes = _description(path, 2)
+    spec, channels, rate_hz, window, classes = _description(path)
     try:
         grid = QParams(float(spec["input"]["scale"]), int(spec["input"]["zero_point"]))
         logits = QParams(float(spec["outputs"]["logits"]["scale"]), int(spec["outputs"]["logits"]["zero_point"]))
@@ -107,9 +110,7 @@ def _tflm_model(path: Path) -> StreamModel:
     runner = TflmRunner(path.read_bytes(), grid, logits, arena)
 
     def score(windows: np.ndarray) -> np.ndarray:
-        z = runner.logits(((windows - mean) / std).astype(np.float32))
-        e = np.exp(z - z.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
+        return softmax(runner.logits(((windows - mean) / std).astype(np.float32)), axis=1)
 
     return StreamModel(channels, classes, window, rate_hz, int(spec["input"].get("stride") or window), score,
                        str(path))
@@ -118,7 +119,7 @@ def _tflm_model(path: Path) -> StreamModel:
 def _onnx_model(path: Path, threads: int) -> StreamModel:
     import onnxruntime
 
-    spec, channels, rate_hz, window, classes = _description(path, 2)
+    spec, channels, rate_hz, window, classes = _description(path)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = threads
     try:

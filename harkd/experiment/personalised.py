@@ -131,8 +131,8 @@ class Personaliser:
     def _personalise(self, worker: Worker, student: KeptStudent, teacher: FrozenTeacher, how: Adaptation, work: Path,
                      pooled: dict[tuple[str, str], _Pooled]) -> None:
         """One student on one worker: untouched, then adapted to each source of labels the spec lists."""
-        pooled.setdefault((student.label, f"{student.method}+{UNTOUCHED}"), _Pooled()).add(
-            labels_of(student.model, worker.scored_student))
+        untouched = labels_of(student.model, worker.scored_student)
+        pooled.setdefault((student.label, f"{student.method}+{UNTOUCHED}"), _Pooled()).add(untouched)
         for source in self.spec.labels:
             tuned = fine_tune(student.model, source, worker.session, teacher, how, self.data.n_classes, self.seed,
                               work / f"{student.label}-{student.method}-{source}")
@@ -148,9 +148,9 @@ class Personaliser:
                 pooled.setdefault((student.label, f"{student.method}+{GUARDED}"), _Pooled()).add(
                     shipped, tuned.epochs, tuned.seconds, verdict.kept == "adapted")
                 if self.keep is not None:
-                    self.keep(student, worker.subject, verdict.model, self._report(worker, student, verdict, shipped))
+                    self.keep(student, worker.subject, verdict.model, self._report(worker, verdict, untouched, shipped))
 
-    def _report(self, worker: Worker, student: KeptStudent, verdict: Verdict, shipped: np.ndarray) -> dict[str, Any]:
+    def _report(self, worker: Worker, verdict: Verdict, untouched: np.ndarray, shipped: np.ndarray) -> dict[str, Any]:
         """What a kept personalised student records of itself (the keys `harkd personalise` writes)."""
         spec = self.spec
         f1 = lambda preds: round(macro_f1(worker.y_scored, preds), 5) if len(worker.y_scored) else None  # noqa: E731
@@ -159,7 +159,7 @@ class Personaliser:
                 "calibration_windows": len(worker.session.x_student),
                 "scored": {"from": spec.scored, "protocol": spec.cut.protocol, "windows": len(worker.y_scored)},
                 "guard": {"kept": verdict.kept, "agreement": list(verdict.agreement), "why": verdict.why},
-                "before": {"student_macro_f1": f1(labels_of(student.model, worker.scored_student))},
+                "before": {"student_macro_f1": f1(untouched)},
                 "after": {"student_macro_f1": f1(shipped)}}
 
 

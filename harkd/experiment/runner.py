@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -173,11 +173,9 @@ class FoldRunner:
                            student: KeptStudent, subject: str, model: nn.Module, report: dict[str, Any]) -> None:
         """A worker's shipped student as OUT/models/<fold>-seed<seed>/personalised-<model>-<method>-<worker>.pt: the
         kept student's bundle with the personalised weights and the session's report in its provenance."""
-        trained = bundles[(student.label, student.method)]
-        weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        bundle = replace(trained, state_dict=weights, provenance={**trained.provenance, "personalised": report})
         name = f"personalised-{student.label}-{student.method}-{subject}".replace("/", "_")
-        bundle.save(self.models / f"{fold.name}-seed{seed}" / f"{name}.pt")
+        bundles[(student.label, student.method)].personalised(model, report).save(
+            self.models / f"{fold.name}-seed{seed}" / f"{name}.pt")
 
 
 # One FoldRunner per worker process, built once by the pool's initializer (the windows load from the cache).

@@ -46,16 +46,8 @@ def personalise(teacher: ModelBundle, student: ModelBundle, dataset: str, subjec
     _check_pair(teacher, student)
     how = _with_training_data(how or Adaptation(AdaptSpec(), DEFAULT_TRAIN), student, subject)
     check_personalise_method(how.method, "personalise --method")
-    windowing = WindowConfig(length=student.window, stride=student.hop, drop_null=False)
-    try:
-        windows = load_windows(dataset, windowing)
-        worker = Worker.of(load_recordings(dataset), (windows, windows), windowing, subject, cut,
-                           cut.calibration if scored_from is None else scored_from, contiguous_segments(dataset),
-                           (partial(teacher.normalised_inputs, where=f"teacher on {dataset}"),
-                            partial(student.normalised_inputs, where=f"student on {dataset}")),
-                           student.class_names, seed)
-    except HarkdError as exc:
-        raise HarkdError(f"dataset {dataset}: {exc}") from None
+    scored = cut.calibration if scored_from is None else scored_from
+    worker = _worker(teacher, student, dataset, subject, cut, scored, seed)
     labeller = FrozenTeacher(teacher.build_teacher())
     score = _Scorer(worker, labeller)
     model = student.build()
@@ -69,15 +61,29 @@ def personalise(teacher: ModelBundle, student: ModelBundle, dataset: str, subjec
         report = {"dataset": dataset, "subject": subject, "session": cut.describe(), "method": how.method.name,
                   "adapt": asdict(how.spec), "calibration_windows": len(worker.session.x_student),
                   "scored_windows": len(worker.y_scored), "epochs": adapted.epochs,
-                  "scored": {"from": cut.calibration if scored_from is None else scored_from,
-                             "protocol": cut.protocol, "windows": len(worker.y_scored)},
+                  "scored": {"from": scored, "protocol": cut.protocol, "windows": len(worker.y_scored)},
                   "guard": {"kept": verdict.kept, "agreement": list(verdict.agreement), "why": verdict.why},
                   "before": score(model), "adapted": score(adapted.model), "after": score(result)}
         if bounds:
             report["bounds"] = {source: None if (fitted := tune(source)) is None else score(fitted.model)
                                 for source in ("self", "true")}
-    weights = {k: v.detach().cpu().clone() for k, v in result.state_dict().items()}
-    return replace(student, state_dict=weights, provenance={**student.provenance, "personalised": report}), report
+    return student.personalised(result, report), report
+
+
+def _worker(teacher: ModelBundle, student: ModelBundle, dataset: str, subject: str, cut: SessionCut,
+            scored_from: float, seed: int) -> Worker:
+    """The worker's session and scored windows from the installed dataset, as the teacher and the student read
+    them."""
+    windowing = WindowConfig(length=student.window, stride=student.hop, drop_null=False)
+    try:
+        windows = load_windows(dataset, windowing)
+        return Worker.of(load_recordings(dataset), (windows, windows), windowing, subject, cut, scored_from,
+                         contiguous_segments(dataset),
+                         (partial(teacher.normalised_inputs, where=f"teacher on {dataset}"),
+                          partial(student.normalised_inputs, where=f"student on {dataset}")),
+                         student.class_names, seed)
+    except HarkdError as exc:
+        raise HarkdError(f"dataset {dataset}: {exc}") from None
 
 
 def _with_training_data(how: Adaptation, student: ModelBundle, worker: str) -> Adaptation:
