@@ -424,10 +424,10 @@ def own_data_format(session: Path, model: StreamModel) -> InputFormat:
     model's are converted (g to m/s^2, ...) or, where they cannot be, refused."""
     from dataclasses import replace
 
-    from harkd.data.loaders.generic import SCHEMA_FILE, _read_schema
+    from harkd.data.loaders.generic import SCHEMA_FILE, read_schema
     from harkd.data.units import channel_factors
 
-    schema = _read_schema(Path(session).parent / SCHEMA_FILE)
+    schema = read_schema(Path(session).parent / SCHEMA_FILE)
     by_name = {c.spec.name: c for c in schema.channels}
     missing = [name for name in model.channel_names if name not in by_name]
     if missing:

@@ -275,7 +275,7 @@ def _names(raw: dict, key: str, where: str, what: str) -> tuple[str, ...]:
     return names
 
 
-def _read_schema(yaml_path: Path, problems: Problems | None = None) -> _Schema:
+def read_schema(yaml_path: Path, problems: Problems | None = None) -> _Schema:
     where = str(yaml_path)
     problems = problems or Problems(collect=False)
     raw = check_keys(_load_yaml(yaml_path), where, _TOP_REQUIRED, _TOP_OPTIONAL)
@@ -528,7 +528,7 @@ def _schema_path(path: Path) -> Path:
 
 
 def _read(path: Path, problems: Problems) -> tuple[_Schema, list[Recording]]:
-    schema = _read_schema(_schema_path(Path(path)), problems)
+    schema = read_schema(_schema_path(Path(path)), problems)
     if schema.channels_dropped and not schema.channels:  # no channel left to read the files against
         return schema, []
     tables = []
