@@ -6,11 +6,14 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from harkd.errors import HarkdError
+
+if TYPE_CHECKING:
+    from harkd.data.check import CheckReport
 
 app = typer.Typer(help="Knowledge distillation for wearable human activity recognition.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -47,28 +50,39 @@ def data_check(
     source: str = typer.Argument(..., help="a folder holding dataset.yaml (or its parent), or an archive of one"),
     windowing: Optional[str] = typer.Option(None, help="windows to count, in samples: length=100,stride=50 "
                                             "(default: 2 s windows with 50% overlap)"),
+    strict: bool = typer.Option(False, "--strict", help="treat warnings (numbers that do not fit their unit, files "
+                                "not read, copied sessions, misspelt or tiny classes) as errors"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Read your own dataset where it is, as `data install` would, and print what `data info` would; every problem
-    is one line on stderr naming your file (and row), and any problem exits with status 2."""
-    from collections import Counter
-
+    is one line on stderr naming your file (and row), and any problem exits with status 2. Warnings name what reads
+    without error but is likely not meant, and how to fix it; with --strict they exit with status 2 too."""
     from harkd.data.check import check_dataset, parse_windowing
 
     report = check_dataset(source, parse_windowing(windowing))
     if as_json:
-        typer.echo(json.dumps({"folder": report.folder, "problems": report.problems, "info": report.info}, indent=2))
+        typer.echo(json.dumps({"folder": report.folder, "problems": report.problems, "warnings": report.warnings,
+                               "class_order": report.class_order, "info": report.info}, indent=2))
     elif report.info is not None:
-        _print_info({"name": report.folder, "path": None, "licence": None, **report.info})
-        converted = Counter((given, stored) for _, given, stored in report.info["declared_units"] if given != stored)
-        if converted:
-            typer.echo("  converted at load time: " + ", ".join(f"{given} -> {stored} ({n} channels)"
-                                                                 for (given, stored), n in converted.items()))
+        _print_check_info(report)
     for line in report.problems:
         typer.echo(f"harkd: error: {line}", err=True)
-    if report.problems:
+    for line in report.warnings:
+        typer.echo(f"harkd: {'error' if strict else 'warning'}: {line}", err=True)
+    if report.problems or (strict and report.warnings):
         raise typer.Exit(2)
-    typer.echo(f"{report.folder}: no problems")
+    typer.echo(f"{report.folder}: no problems" + (f", {len(report.warnings)} warnings" if report.warnings else ""))
+
+
+def _print_check_info(report: CheckReport) -> None:
+    from collections import Counter
+
+    _print_info({"name": report.folder, "path": None, "licence": None, **report.info})
+    typer.echo(f"  class order: {report.class_order}")
+    converted = Counter((given, stored) for _, given, stored in report.info["declared_units"] if given != stored)
+    if converted:
+        typer.echo("  converted at load time: " + ", ".join(f"{given} -> {stored} ({n} channels)"
+                                                             for (given, stored), n in converted.items()))
 
 
 @data_app.command("list")

@@ -72,12 +72,21 @@ def _adapter(schema: Any) -> TypeAdapter:
     return TypeAdapter(schema)
 
 
-def validate(schema: Any, values: Any, where: str) -> Any:
-    """`values` (YAML data) checked against `schema` (a type); a bad one is a HarkdError of one line."""
+class ConfigErrors(HarkdError):
+    """A config's every problem: the message is the first with a count of the rest; `lines` holds each, one line."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__(lines[0] + (f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""))
+        self.lines = lines
+
+
+def validate(schema: Any, values: Any, where: str, at: tuple = ()) -> Any:
+    """`values` (YAML data) checked against `schema` (a type); a bad one is a HarkdError of one line. `at` is where
+    `values` sit in a larger document (e.g. ("channels", 2)), for the key path the message names."""
     try:
         return _adapter(schema).validate_python(values)
     except ValidationError as exc:
-        raise config_error(exc, where, schema) from None
+        raise config_error(exc, where, schema, at) from None
 
 
 def resolved_yaml(schema: Any, value: Any) -> str:
@@ -143,19 +152,32 @@ def _message(error: dict) -> str:
     return f"{phrase}, got {_shown(error['input'])}"
 
 
-def config_error(exc: ValidationError, where: str, schema: Any) -> HarkdError:
-    """pydantic's errors as one line: the first, with unknown keys at one place listed together with the valid ones,
-    and a count of the rest."""
+def config_error(exc: ValidationError, where: str, schema: Any, at: tuple = ()) -> ConfigErrors:
+    """pydantic's errors as one line (the first of `error_lines` and a count of the rest), each kept in `lines`."""
+    return ConfigErrors(error_lines(exc, where, schema, at))
+
+
+def error_lines(exc: ValidationError, where: str, schema: Any, at: tuple = ()) -> list[str]:
+    """pydantic's errors, one line each naming `where` and the key path (below `at`); unknown keys at one place are
+    listed together with the valid ones, and come first."""
     lines: dict[str, None] = {}
     unknown: dict[tuple, list[str]] = {}
-    for error in exc.errors():
+    errors = exc.errors()
+    for error in errors:
+        if error["type"] in _UNKNOWN_KEY:
+            unknown.setdefault(error["loc"][:-1], []).append(str(error["loc"][-1]))
+    missing: dict[tuple, list[str]] = {}
+    for error in errors:
         loc = error["loc"]
         if error["type"] in _UNKNOWN_KEY:
-            unknown.setdefault(loc[:-1], []).append(str(loc[-1]))
             continue
-        lines[" ".join(filter(None, (f"{where}:", _dotted(loc) + ":" if loc else "", _message(error))))] = None
+        if error["type"] in ("missing", "missing_argument") and loc[:-1] in unknown:  # a misspelt key: one line
+            missing.setdefault(loc[:-1], []).append(str(loc[-1]))
+            continue
+        place = _dotted(at + loc)
+        lines[" ".join(filter(None, (f"{where}:", place + ":" if place else "", _message(error))))] = None
     for parent, keys in unknown.items():
-        place = f"{where}: {_dotted(parent)}:" if parent else f"{where}:"
-        lines[f"{place} unknown key(s) {sorted(keys)}; valid keys: {_valid_keys(schema, parent)}"] = None
-    first, *rest = sorted(lines, key=lambda line: "unknown key(s)" not in line)
-    return HarkdError(first + (f" (and {len(rest)} more)" if rest else ""))
+        place = f"{where}: {_dotted(at + parent)}:" if at + parent else f"{where}:"
+        absent = f" (and {sorted(missing[parent])} missing)" if parent in missing else ""
+        lines[f"{place} unknown key(s) {sorted(keys)}{absent}; valid keys: {_valid_keys(schema, parent)}"] = None
+    return sorted(lines, key=lambda line: "unknown key(s)" not in line)

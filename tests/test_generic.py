@@ -55,7 +55,8 @@ def test_loads_example(tmp_path):
     recs = load_generic(_write(tmp_path / "ds"))
     assert [(r.subject, r.session) for r in recs] == [("S01", "morning"), ("2", "s02")]
     rec = recs[0]
-    assert rec.class_names == ("pick", "place", "screw", "none") and rec.null_class == 3
+    # in order of first appearance (screw is the first row's label), the null class last
+    assert rec.class_names == ("screw", "pick", "place", "none") and rec.null_class == 3
     assert [rec.class_names[i] for i in rec.labels[:3]] == ["screw", "pick", "none"]
     assert rec.rate_hz == 10 and rec.signals.shape == (12, 3)
     assert [c.name for c in rec.channels] == ["right_wrist/acc/x", "right_wrist/capacitive/1", "belt/thermometer/t"]
@@ -114,14 +115,16 @@ def test_locate(tmp_path):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda s: s.replace("position: right_wrist, modality: capacitive", "positon: right_wrist, modality: capacitive"),
-     "dataset.yaml: channels[1]: unknown key 'positon'; valid keys: axis, column, modality, orientation, placement, "
-     "position, sensor, unit"),
-    (lambda s: s.replace("rate_hz: 10", "rate: 10"), "dataset.yaml: unknown key 'rate'; valid keys: "),
+     "dataset.yaml: channels[1]: unknown key(s) ['positon'] (and ['position'] missing); valid keys: ['axis', "
+     "'column', 'modality', 'orientation', 'placement', 'position', 'sensor', 'unit']"),
+    (lambda s: s.replace("rate_hz: 10", "rate: 10"),
+     "dataset.yaml: unknown key(s) ['rate'] (and ['rate_hz'] missing); valid keys: "),
     (lambda s: s.replace("unit: m/s^2", "unit: furlong/s^2"),
      "dataset.yaml: channels[0].unit: unknown unit 'furlong/s^2' for modality 'acc'; use one of m/s^2, m/s2"),
     (lambda s: s.replace(", unit: m/s^2", ""),
      "dataset.yaml: channels[0].unit: modality 'acc' needs a unit; use one of m/s^2"),
-    (lambda s: s.replace("sessions:\n", "sessions: '{subject}_{label}.csv'\nx:\n"), "dataset.yaml: unknown key 'x'"),
+    (lambda s: s.replace("sessions:\n", "sessions: '{subject}_{label}.csv'\nx:\n"),
+     "dataset.yaml: unknown key(s) ['x']"),
     (lambda s: s.split("sessions:")[0] + "sessions: '{label}_{trial}.csv'\n",
      "dataset.yaml: sessions: pattern '{label}_{trial}.csv' needs a {subject} field"),
     (lambda s: s.split("sessions:")[0] + "sessions: '{subject}_{x-y}.csv'\n",
@@ -130,22 +133,22 @@ def test_locate(tmp_path):
      "dataset.yaml: sessions: '{subject}_{label}.txt' is neither .csv nor .parquet"),
     (lambda s: s.split("sessions:")[0] + "sessions: 'z{subject}.csv'\n",
      "dataset.yaml: sessions: no file under "),
-    (lambda s: s.replace(", axis: t}", "}"), "dataset.yaml: channels[2]: missing required key 'axis'"),
-    (lambda s: s.replace("rate_hz: 10", "rate_hz: fast"), "dataset.yaml: rate_hz: expected a positive number, got str"),
-    (lambda s: s.replace("max_gap_s: 0.3", "max_gap_s: -1"), "dataset.yaml: max_gap_s: expected a non-negative"),
+    (lambda s: s.replace(", axis: t}", "}"), "dataset.yaml: channels[2].axis: required key missing"),
+    (lambda s: s.replace("rate_hz: 10", "rate_hz: fast"), "dataset.yaml: rate_hz: expected a number, got 'fast'"),
+    (lambda s: s.replace("max_gap_s: 0.3", "max_gap_s: -1"), "dataset.yaml: max_gap_s: must be at least 0, got -1"),
     (lambda s: s.replace("subject: 2}", "subject: [2]}"),
-     "dataset.yaml: sessions[1].subject: expected a string, got list"),
-    (lambda s: s + "classes: pick\n", "dataset.yaml: classes: expected a non-empty list, got str 'pick'"),
-    (lambda s: s + "classes: [pick, pick]\n", "dataset.yaml: classes[1]: class 'pick' is listed twice"),
+     "dataset.yaml: sessions[1].subject: expected a string, got [2]"),
+    (lambda s: s + "classes: pick\n", "dataset.yaml: classes: expected a list, got 'pick'"),
+    (lambda s: s + "classes: [pick, pick]\n", "dataset.yaml: classes: class 'pick' is listed twice"),
     (lambda s: s.replace("column: belt_temp", "column: rw_acc_x"),
      "dataset.yaml: channels[2]: column 'rw_acc_x' is listed twice"),
     (lambda s: s.replace("[box]", "[label]"), "dataset.yaml: annotations[0]: column 'label' is already used by "
                                               "label_column"),
     (lambda s: s.replace("s02.csv", "s02.xlsx"), "dataset.yaml: sessions[1].file: 's02.xlsx' is neither .csv nor"),
-    (lambda s: s + "time_unit: hours\n", "dataset.yaml: time_unit: expected one of s, ms, us, ns"),
-    (lambda s: s + "time_unit: [s]\n", "dataset.yaml: time_unit: expected one of s, ms, us, ns, got list"),
+    (lambda s: s + "time_unit: hours\n", "dataset.yaml: time_unit: expected 's', 'ms', 'us' or 'ns', got 'hours'"),
+    (lambda s: s + "time_unit: [s]\n", "dataset.yaml: time_unit: expected 's', 'ms', 'us' or 'ns', got ['s']"),
     (lambda s: s.replace("channels:", "channels: ["), "dataset.yaml: not valid YAML"),
-    (lambda s: "- just a list\n", "dataset.yaml: expected a mapping, got list"),
+    (lambda s: "- just a list\n", "dataset.yaml: expected a mapping, got ['just a list']"),
 ])
 def test_schema_errors_name_file_and_key(tmp_path, edit, message):
     assert message in _error(_write(tmp_path, edit(SCHEMA)))

@@ -37,10 +37,13 @@ COLUMNS = ["ax", "ay", "az", "gx", "gy", "gz"]
 
 
 def _signals(subject, activity, trial, n=160):
+    """A watch's accelerometer in g (gravity along z, plus the motion) and a torso gyroscope in deg/s, as real ones
+    read: `harkd data check` warns about numbers that do not fit their units."""
     rng = np.random.default_rng([SUBJECTS.index(subject), ACTIVITIES.index(activity), trial])
     t = np.arange(n) / 20
     moving = 1.0 if activity == "walk" else 0.1
-    return np.stack([moving * np.sin(2 * np.pi * 2 * t + k) + rng.normal(0, 0.1, n) for k in range(6)], axis=1)
+    motion = np.stack([moving * np.sin(2 * np.pi * 2 * t + k) + rng.normal(0, 0.1, n) for k in range(6)], axis=1)
+    return motion * [0.3, 0.3, 0.3, 90, 90, 90] + [0, 0, 1, 0, 0, 0]
 
 
 def write_folder(folder: Path, with_label_column: bool = False) -> Path:
@@ -155,7 +158,7 @@ def _bad_inputs():
         (replace_in("dataset.yaml", "unit: deg/s}", "unit: degrees}"),
          "{f}/dataset.yaml: channels[3].unit: unknown unit 'degrees' for modality 'gyro'"),
         (replace_in("dataset.yaml", "axis: y, unit: g", "axs: y, unit: g"),
-         "{f}/dataset.yaml: channels[1]: unknown key 'axs'"),
+         "{f}/dataset.yaml: channels[1]: unknown key(s) ['axs'] (and ['axis'] missing)"),
         (append("s02_sit_t1.csv", "1,2,3\n"), "{f}/s02_sit_t1.csv: row 162 has 3 fields, expected 6"),
         (replace_in("s01_walk_t2.csv", "ax,", "acc_x,"), "{f}/s01_walk_t2.csv: column 'ax' named in dataset.yaml is "
                                                          "missing"),
