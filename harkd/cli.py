@@ -337,7 +337,10 @@ def _export_tflm(plan, out: Path, limits: dict) -> None:
 def stream_cmd(
     model: Path = typer.Argument(..., help="a kept model (.pt) or an exported one (.onnx, its .json beside it)"),
     source: str = typer.Option(..., "--input", help="CSV with a time column (seconds) and the model's channels "
-                               "by name, a session file of your own data (dataset.yaml beside it), or - for stdin"),
+                               "by name; a session file of your own data (listed by a dataset.yaml in its folder or "
+                               "up to 8 folders above, or see --dataset-yaml); a pipe; or - for stdin"),
+    dataset_yaml: Optional[Path] = typer.Option(None, "--dataset-yaml", help="read --input with this dataset.yaml's "
+                                                "columns, units and rate, whether it lists the file or not"),
     hop: Optional[int] = typer.Option(None, "--hop", help="samples between predictions (default: the run's stride)"),
     smooth: int = typer.Option(1, "--smooth", help="smooth the class over the last K predictions"),
     smoothing: str = typer.Option("majority", "--smoothing", help="majority (vote) or mean (probabilities)"),
@@ -350,9 +353,10 @@ def stream_cmd(
     realtime: bool = typer.Option(False, "--realtime", help="replay a file at its own rate"),
 ) -> None:
     """Predict activities on a stream of samples: one JSON line per prediction (start and end time, class,
-    probabilities) and per gap, then a summary of activity segments, latency per hop and samples per second (also
-    one line on stderr). MODEL: a kept model (.pt) or an exported one (.onnx, or .tflite run on TFLite Micro)."""
-    from harkd.deploy.stream import own_data_format, open_model, plain_format, stream_csv
+    probabilities) and per gap, then a summary of activity segments, latency per hop and samples per second; on
+    stderr, how the input is read, then the summary. MODEL: a kept model (.pt) or an exported one (.onnx, .tflite)."""
+    from harkd.deploy.stream import open_model, stream_csv
+    from harkd.deploy.stream_input import choose_reading, plain_format
 
     predictor = open_model(model)
     path = None if source == "-" else Path(source)
@@ -360,10 +364,10 @@ def stream_cmd(
         raise HarkdError(f"{path}: input file not found")
     if path is not None and path.is_dir():
         raise HarkdError(f"{path}: a folder; --input takes a CSV file, a pipe or - (standard input)")
-    own_data = path is not None and (path.parent / "dataset.yaml").is_file()
-    spec = own_data_format(path, predictor) if own_data else plain_format(predictor, time_column, rate, max_gap_s)
+    reading = choose_reading(path, predictor, plain_format(predictor, time_column, rate, max_gap_s), dataset_yaml)
+    typer.echo(reading.note, err=True)  # stdout carries JSON lines only
     with (sys.stdin if path is None else path.open(encoding="utf-8-sig")) as lines:
-        for event in stream_csv(predictor, lines, source if path else "stdin", spec, resample, hop, smooth,
+        for event in stream_csv(predictor, lines, source if path else "stdin", reading.spec, resample, hop, smooth,
                                 smoothing, realtime):
             print(json.dumps(event), flush=True)  # each line out as it is known: an error later loses none
     hops = event["latency_ms_per_hop"]

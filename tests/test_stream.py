@@ -17,8 +17,8 @@ from harkd.data.recording import ChannelSpec, Recording, fill_short_gaps
 from harkd.data.splits import Normaliser
 from harkd.deploy.bundle import ModelBundle
 from harkd.deploy.onnx_export import export_onnx
-from harkd.deploy.stream import (Gap, Prediction, Stream, StreamModel, StreamPredictor, open_model, own_data_format,
-                                 plain_format, stream_csv)
+from harkd.deploy.stream import Gap, Prediction, Stream, StreamModel, StreamPredictor, open_model, stream_csv
+from harkd.deploy.stream_input import choose_reading, own_data_format, plain_format
 from harkd.errors import HarkdError
 from harkd.models.base import build_model
 
@@ -224,8 +224,16 @@ def test_cli_bad_line_exits_2_and_keeps_the_printed_lines(models, tmp_path):
     done = subprocess.run([sys.executable, "-m", "harkd", "stream", str(models["onnx"]), "--input", "-", "--hop", "1"],
                           input=with_line(BAD_LINES["a non-number"][0]), capture_output=True, text=True, env=env,
                           timeout=120)
-    assert_one_line_error(done, "stdin: line 32: column 'right_wrist/acc/y' holds 'abc', not a number")
+    assert_one_line_error(after_reading_line(done), "stdin: line 32: column 'right_wrist/acc/y' holds 'abc', "
+                          "not a number")
     assert [json.loads(line)["event"] for line in done.stdout.splitlines()] == ["start"] + ["prediction"] * 11
+
+
+def after_reading_line(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """The run with its first stderr line, the one saying how the input is read, checked and taken off."""
+    first, _, rest = done.stderr.partition("\n")
+    assert first.startswith("reading "), done.stderr
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout, rest)
 
 
 def test_cli_reads_a_pipe_given_by_path_as_a_shell_process_substitution_does(models, tmp_path):
@@ -294,3 +302,105 @@ def test_stream_input_and_model_errors(models, tmp_path):
     _, error = stream_text(model, "t,a,b\n0,1,2\n")
     assert str(error) == ("stdin: no column time, right_wrist/acc/x, right_wrist/acc/y, right_wrist/acc/z in the "
                           "header (t, a, b)")
+
+
+# --- which reading: a session of the user's own dataset (its dataset.yaml in the folder or above) or a plain CSV ---
+
+G = 9.80665
+MINE = "{subject}/{session}/{label}_t{trial}.csv"
+
+
+def own_columns_csv(x: np.ndarray) -> str:
+    """Samples as the user's own files hold them: time in ms, columns named their own way, an extra column."""
+    lines = ["t_ms,ax,ay,az,note"]
+    lines += [f"{1000 * i / RATE:.3f}," + ",".join(repr(float(v)) for v in row) + ",ok" for i, row in enumerate(x)]
+    return "\n".join(lines) + "\n"
+
+
+def pattern_dataset(root, x: np.ndarray):
+    """root/mydata/dataset.yaml finding sessions by the pattern MINE, its channels (the model's) in g; one session,
+    s01/day1/walking_t1.csv, two folders below the YAML."""
+    import yaml
+
+    session = root / "mydata" / "s01" / "day1" / "walking_t1.csv"
+    session.parent.mkdir(parents=True)
+    session.write_text(own_columns_csv(x))
+    channels = [{"column": f"a{c.axis}", "position": c.position, "modality": c.modality, "axis": c.axis, "unit": "g"}
+                for c in CHANNELS]
+    (root / "mydata" / "dataset.yaml").write_text(yaml.safe_dump(
+        {"name": "mydata", "rate_hz": RATE, "time_column": "t_ms", "time_unit": "ms", "channels": channels,
+         "sessions": MINE}, sort_keys=False))
+    return session
+
+
+def cli_stream(models, cwd, *args: str, text: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HARKD_DATA": str(cwd), "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
+    return subprocess.run([sys.executable, "-m", "harkd", "stream", str(models["onnx"]), *args], cwd=cwd, input=text,
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def probabilities_of(events: list[dict]) -> np.ndarray:
+    return np.array([list(e["probabilities"].values()) for e in events if e["event"] == "prediction"])
+
+
+def test_cli_reads_a_session_file_through_a_pattern_dataset_yaml_two_folders_up(models, tmp_path):
+    x = signals(120)
+    pattern_dataset(tmp_path, x)
+    done = cli_stream(models, tmp_path, "--input", "mydata/s01/day1/walking_t1.csv")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[0] == ("reading mydata/s01/day1/walking_t1.csv as a session of mydata/dataset.yaml "
+                                           "(columns, units and rate from it; values converted to the model's units)")
+    assert len(done.stderr.splitlines()) == 2 and "predictions" in done.stderr.splitlines()[1]
+    got = [json.loads(line) for line in done.stdout.splitlines()]  # stdout: JSON lines only
+    plain, error = stream_text(open_model(models["onnx"]), csv_text(x.astype(np.float64) * G))  # the model's units
+    assert error is None and len(probabilities_of(got)) == (120 - WINDOW) // STRIDE + 1
+    np.testing.assert_allclose(probabilities_of(got), probabilities_of(plain), atol=1e-6)
+    assert got[0]["input_rate_hz"] == pytest.approx(RATE)
+
+
+def test_a_plain_csv_beside_or_under_a_dataset_yaml_is_read_as_plain(models, tmp_path):
+    model = open_model(models["pt"])
+    x = signals(60)
+    g_session = own_session(tmp_path / "generic", x, "g")  # header: time and the channels' names, in g
+    plain = _written(tmp_path / "generic" / "today.csv", csv_text(x))  # as `harkd data csv` writes one
+    pattern_dataset(tmp_path / "own", x)
+    matching = _written(tmp_path / "own" / "mydata" / "s01" / "day1" / "running_t1.csv", csv_text(x))
+    for path in (plain, matching, _written(tmp_path / "own" / "mydata" / "s01" / "stream.csv", csv_text(x))):
+        reading = choose_reading(path, model, plain_format(model))
+        assert reading.spec.columns == NAMES and reading.spec.factors is None
+        assert reading.note.startswith(f"reading {path} as a plain CSV (time column 'time', channels by name: "
+                                       f"{', '.join(NAMES)}; values in the model's units)"), reading.note
+    assert "lists it, but its header fits a plain CSV" in choose_reading(matching, model, plain_format(model)).note
+    listed = choose_reading(g_session, model, plain_format(model))  # its header fits both: its dataset.yaml decides
+    assert " as a session of " in listed.note and listed.spec.factors.tolist() == [G] * 3
+    headerless = choose_reading(_written(tmp_path / "generic" / "raw.csv", csv_text(x, header=False)), model,
+                                plain_format(model))
+    assert "as a plain CSV (no header: time, then right_wrist/acc/x" in headerless.note
+
+
+def test_cli_dataset_yaml_option_reads_any_file_or_stdin_as_that_dataset_describes(models, tmp_path):
+    x = signals(80)
+    pattern_dataset(tmp_path, x)
+    (tmp_path / "elsewhere").mkdir()
+    _written(tmp_path / "elsewhere" / "mine.csv", own_columns_csv(x))
+    reference = probabilities_of(stream_text(open_model(models["onnx"]), csv_text(x.astype(np.float64) * G))[0])
+    for args, text in ((["--input", "elsewhere/mine.csv"], None), (["--input", "-"], own_columns_csv(x))):
+        done = cli_stream(models, tmp_path, *args, "--dataset-yaml", "mydata/dataset.yaml", text=text)
+        assert done.returncode == 0, done.stderr
+        shown = "stdin" if text else "elsewhere/mine.csv"
+        assert done.stderr.startswith(f"reading {shown} as a session file as described by mydata/dataset.yaml "
+                                      f"(columns, units and rate from it; values converted to the model's units)\n")
+        got = probabilities_of([json.loads(line) for line in done.stdout.splitlines()])
+        np.testing.assert_allclose(got, reference, atol=1e-6)
+    missing = cli_stream(models, tmp_path, "--input", "elsewhere/mine.csv", "--dataset-yaml", "nowhere.yaml")
+    assert_one_line_error(missing, "nowhere.yaml: --dataset-yaml file not found")
+
+
+def test_cli_a_file_neither_plain_nor_a_session_above_is_a_one_line_error(models, tmp_path):
+    pattern_dataset(tmp_path, signals(60))
+    _written(tmp_path / "mydata" / "s01" / "day1" / "walking.csv", own_columns_csv(signals(60)))  # not MINE's
+    done = cli_stream(models, tmp_path, "--input", "mydata/s01/day1/walking.csv")
+    assert_one_line_error(done, "mydata/s01/day1/walking.csv: neither a plain CSV (no time, right_wrist/acc/x",
+                          "in its header: t_ms, ax, ay, az, note) nor a session of a dataset.yaml in its folder or "
+                          "above (mydata/dataset.yaml does not list it among its sessions)", "--dataset-yaml PATH")
+    assert done.stdout == ""

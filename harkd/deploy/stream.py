@@ -5,7 +5,8 @@ TFLite file with its .json (TensorFlow Lite Micro's own kernels, one window per 
 `StreamPredictor` keeps a ring buffer of one window and scores it every `hop` samples, optionally smoothed over the
 last k predictions; `Stream` puts gap handling (short NaN or missing-row gaps interpolated as in loading, longer ones
 reset the buffer and are reported) and resampling in front of it; `read_rows` parses CSV text line by line for
-`harkd stream`, each bad line a one-line error naming it.
+`harkd stream`, each bad line a one-line error naming it, after `choose_reading` has decided whether a file is a plain
+CSV or a session of the user's own dataset (its dataset.yaml in the file's folder or above).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from harkd.data.recording import ChannelSpec, max_gap_samples
+from harkd.deploy.stream_input import InputFormat, read_rows
 from harkd.errors import HarkdError
 
 RATE_TOLERANCE = 0.05  # as the generic loader: a rate off by more than this is another rate
@@ -41,8 +43,12 @@ class StreamModel:
     source: str
 
     @property
+    def specs(self) -> list[ChannelSpec]:
+        return [ChannelSpec(**{k: v for k, v in c.items() if k != "name"}) for c in self.channels]
+
+    @property
     def channel_names(self) -> list[str]:
-        return [c.name for c in _specs(self)]
+        return [c.name for c in self.specs]
 
 
 def open_model(path: Path, threads: int = 1) -> StreamModel:
@@ -391,109 +397,6 @@ class Stream:
                 self.segments.add(prediction)
                 events.append(prediction)
         return events
-
-
-# --- CSV input -------------------------------------------------------------------------------------------------------
-
-NA_TOKENS = {"", "nan", "NaN", "NA", "N/A", "null", "NULL"}  # as the generic loader: a missing value
-
-
-@dataclass
-class InputFormat:
-    """Where the time and each model channel are in the input's columns."""
-
-    time_column: str | None  # None: no time column, samples are 1 / rate_hz apart
-    time_scale: float  # seconds per time unit
-    columns: list[str]  # one per model channel, in the model's order
-    rate_hz: float | None  # None: measured from the first rows' times
-    max_gap_s: float = 1.0
-    factors: np.ndarray | None = None  # per channel, to the model's units (None: already in them)
-
-
-def plain_format(model: StreamModel, time_column: str = "time", rate_hz: float | None = None,
-                 max_gap_s: float = 1.0) -> InputFormat:
-    """A CSV with a header naming `time_column` (seconds) and the model's channels (e.g. right_arm/acc/x), in any
-    order, other columns ignored; or without a header, time then the channels in the model's order. Values are in
-    the model's units."""
-    return InputFormat(time_column, 1.0, model.channel_names, rate_hz, max_gap_s)
-
-
-def own_data_format(session: Path, model: StreamModel) -> InputFormat:
-    """A session file of a dataset in harkd's own-data format: dataset.yaml beside it names the columns, their units,
-    the time unit, the rate and the gap limit. Each model channel must be there; values in other units than the
-    model's are converted (g to m/s^2, ...) or, where they cannot be, refused."""
-    from dataclasses import replace
-
-    from harkd.data.loaders.generic import SCHEMA_FILE, read_schema
-    from harkd.data.units import channel_factors
-
-    schema = read_schema(Path(session).parent / SCHEMA_FILE)
-    by_name = {c.spec.name: c for c in schema.channels}
-    missing = [name for name in model.channel_names if name not in by_name]
-    if missing:
-        raise HarkdError(f"{schema.where}: no channel {missing[0]} (the model reads {', '.join(model.channel_names)})")
-    mine = [by_name[name] for name in model.channel_names]
-    factors = channel_factors([replace(c.spec, unit=c.declared_unit) for c in mine], _specs(model), schema.where)
-    return InputFormat(schema.time_column, schema.time_scale, [c.column for c in mine], schema.rate_hz,
-                       schema.max_gap_s, None if (factors == 1.0).all() else factors)
-
-
-def _specs(model: StreamModel) -> list[ChannelSpec]:
-    return [ChannelSpec(**{k: v for k, v in c.items() if k != "name"}) for c in model.channels]
-
-
-def read_rows(lines: Iterable[str], source: str, spec: InputFormat) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(line number, time in seconds, values per model channel) for each data line; a line with the wrong number of
-    fields, a non-number or no time is a one-line error naming it. A first line of numbers means no header: then
-    the time (if any) and the channels come in the model's order."""
-    positions, width, row_index = None, 0, 0
-    for number, line in enumerate(lines, start=1):
-        fields = [f.strip() for f in line.rstrip("\r\n").split(",")]
-        if positions is None:
-            header = number == 1 and not all(_is_number(f) for f in fields)
-            names = fields if header else ([spec.time_column] if spec.time_column else []) + spec.columns
-            positions = _column_positions(names, spec, source)
-            width = len(names)
-            if header:
-                continue
-        if fields == [""]:
-            continue
-        if len(fields) != width:
-            raise HarkdError(f"{source}: line {number} has {len(fields)} fields, expected {width}")
-        values = np.array([_value(fields[p], number, spec.columns[i], source) for i, p in enumerate(positions[1:])])
-        values = values if spec.factors is None else values * spec.factors
-        time = row_index / (spec.rate_hz or 1.0) if positions[0] is None else \
-            _value(fields[positions[0]], number, spec.time_column, source) * spec.time_scale
-        if np.isnan(time):
-            raise HarkdError(f"{source}: line {number}: no value in the time column {spec.time_column!r}")
-        row_index += 1
-        yield number, time, values
-
-
-def _column_positions(names: list[str], spec: InputFormat, source: str) -> list[int | None]:
-    wanted = ([spec.time_column] if spec.time_column else []) + spec.columns
-    missing = [w for w in wanted if w not in names]
-    if missing:
-        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-        raise HarkdError(f"{source}: no column {', '.join(missing)} in the header ({shown})")
-    return [names.index(spec.time_column) if spec.time_column else None] + [names.index(c) for c in spec.columns]
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return text in NA_TOKENS
-    return True
-
-
-def _value(text: str, line: int, column: str, source: str) -> float:
-    if text in NA_TOKENS:
-        return np.nan
-    try:
-        return float(text)
-    except ValueError:
-        raise HarkdError(f"{source}: line {line}: column {column!r} holds {text!r}, not a number") from None
 
 
 def measured_rate(times: Sequence[float]) -> float | None:
