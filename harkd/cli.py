@@ -60,16 +60,18 @@ def data_check(
     from harkd.data.check import check_dataset, parse_windowing
 
     report = check_dataset(source, parse_windowing(windowing))
+    failed = bool(report.problems or (strict and report.warnings))
     if as_json:
         typer.echo(json.dumps({"folder": report.folder, "problems": report.problems, "warnings": report.warnings,
                                "class_order": report.class_order, "info": report.info}, indent=2))
-    elif report.info is not None:
+        raise typer.Exit(2 if failed else 0)
+    if report.info is not None:
         _print_check_info(report)
     for line in report.problems:
         typer.echo(f"harkd: error: {line}", err=True)
     for line in report.warnings:
         typer.echo(f"harkd: {'error' if strict else 'warning'}: {line}", err=True)
-    if report.problems or (strict and report.warnings):
+    if failed:
         raise typer.Exit(2)
     typer.echo(f"{report.folder}: no problems" + (f", {len(report.warnings)} warnings" if report.warnings else ""))
 
@@ -370,6 +372,8 @@ def stream_cmd(
         for event in stream_csv(predictor, lines, source if path else "stdin", reading.spec, resample, hop, smooth,
                                 smoothing, realtime):
             print(json.dumps(event), flush=True)  # each line out as it is known: an error later loses none
+            if event["event"] == "warning":
+                typer.echo(f"harkd: warning: {event['message']}", err=True)
     hops = event["latency_ms_per_hop"]
     typer.echo(f"{event['predictions']} predictions, {len(event['segments'])} segments, {event['gaps']} gaps"
                + (f"; latency per hop p50 {hops['p50']:.3f} ms, p99 {hops['p99']:.3f} ms" if hops else "")
@@ -445,6 +449,8 @@ def _print_personalised(out: Path, subject: str, report: dict) -> None:
                f"labelled by the teacher; agreement with the teacher on them "
                f"{before['agreement_with_teacher']:.3f} -> {after['agreement_with_teacher']:.3f}")
     typer.echo(f"guard: {report['guard']['why']}")
+    for line in report["warnings"]:
+        typer.echo(f"harkd: warning: {line}", err=True)
     if after["student_macro_f1"] is not None:
         typer.echo(f"on the other {report['scored_windows']} windows (labelled): student macro-F1 "
                    f"{before['student_macro_f1']:.3f} -> {after['student_macro_f1']:.3f}, teacher "

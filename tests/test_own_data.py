@@ -20,6 +20,7 @@ from harkd.data.loaders.generic import load_generic
 from harkd.data.registry import WindowConfig
 from harkd.data.windowing import make_windows
 
+GUIDE = Path(__file__).parents[1] / "docs" / "own-data.md"
 SUBJECTS, ACTIVITIES, TRIALS = ("s01", "s02", "s03"), ("walk", "sit"), (1, 2)
 PATTERN_YAML = """\
 name: walkdata
@@ -97,10 +98,27 @@ def test_pattern_folder_is_checked_installed_and_run(tmp_path):
     config = tmp_path / "walkdata.yaml"
     config.write_text(RUN_CONFIG)
     out = tmp_path / "out"
-    run_cli("run", str(config), "--out", str(out), data_root=tmp_path / "root", check=True)
+    run = run_cli("run", str(config), "--out", str(out), data_root=tmp_path / "root", check=True)
+    assert "warning" not in run.stdout + run.stderr  # its units fit its numbers
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert sorted({r["fold"] for r in rows}) == ["loso-s01", "loso-s02"]
     assert {r["n_channels"] for r in rows if r["role"] == "student"} == {3}
+
+
+def test_runs_and_searches_warn_before_training_when_numbers_do_not_fit_their_units(tmp_path, monkeypatch):
+    from harkd.experiment.config import load_config
+    from harkd.experiment.runner import load_data
+
+    folder = write_folder(tmp_path / "walkdata")
+    (folder / "dataset.yaml").write_text((folder / "dataset.yaml").read_text().replace("unit: g}", "unit: m/s^2}"))
+    run_cli("data", "install", "--from", str(folder), data_root=tmp_path / "root", check=True)
+    monkeypatch.setenv("HARKD_DATA", str(tmp_path / "root"))
+    (tmp_path / "walkdata.yaml").write_text(RUN_CONFIG)
+    warnings = load_data(load_config(tmp_path / "walkdata.yaml", [])).unit_warnings()
+    acc = ", ".join(f"right_wrist/acc/{axis}" for axis in "xyz")
+    assert len(warnings) == 1 and warnings[0].startswith(f"walkdata: channels: {acc}: right_wrist/acc reads 1"), \
+        warnings
+    assert "the numbers look like g" in warnings[0]
 
 
 def test_pattern_and_explicit_forms_give_identical_windows(tmp_path):
@@ -183,6 +201,78 @@ def test_every_problem_of_check_names_the_users_file(tmp_path, monkeypatch, edit
     edit(folder)
     result = run_cli("data", "check", "walkdata", data_root=tmp_path / "root")
     assert_one_line_error(result, fragment.format(f="walkdata"))
+
+
+def _copy_as(source, target):
+    return lambda folder: (folder / target).write_bytes((folder / source).read_bytes())
+
+
+def _likely_mistakes():
+    """Edits that read without error but are likely not meant, and the warning each gives (walkdata's numbers are in
+    g and deg/s, its pattern "{subject}_{label}_t{trial}.csv")."""
+    def yaml_units(old, new):
+        return lambda folder: (folder / "dataset.yaml").write_text((folder / "dataset.yaml").read_text()
+                                                                   .replace(f"unit: {old}", f"unit: {new}"))
+
+    def short_session(folder):
+        (folder / "s01_jump_t1.csv").write_text("\n".join((folder / "s01_walk_t1.csv").read_text().splitlines()[:61]))
+
+    return [
+        (yaml_units("g", "m/s^2"), ["{f}/dataset.yaml: channels[0], channels[1], channels[2]: right_wrist/acc reads ",
+                                    "the numbers look like g: write unit: g for these channels"]),
+        (yaml_units("deg/s", "rad/s"), ["{f}/dataset.yaml: channels[3], channels[4], channels[5]: torso/gyro reads ",
+                                        "the numbers look like deg/s: write unit: deg/s for these channels"]),
+        (lambda folder: (folder / "s01_walk_t2.csv").rename(folder / "s01_wlk_t2.csv"),
+         ["{f}/s01_wlk_t2.csv: class 'wlk' (160 samples) is a typo away from 'walk' (800); fix the name, or list "
+          "both in classes: of dataset.yaml"]),
+        (_copy_as("s02_sit_t1.csv", "s02_sit_t1 (copy).csv"),
+         ["{f}/s02_sit_t1.csv: the same samples and labels as {f}/s02_sit_t1 (copy).csv, so one recording would "
+          "count as two sessions; delete the copy"]),
+        (lambda folder: (folder / "notes.csv").write_text("who,what\nme,notes\n"),
+         ["{f}/notes.csv: not read: the sessions pattern '{{subject}}_{{label}}_t{{trial}}.csv' does not match its "
+          "path; rename it to match, or move it out of the dataset's folder"]),
+        (short_session, ["{f}: class 'jump' has 2 windows, fewer than 20% of the median class's (42): too few to "
+                         "learn or score it"]),
+    ]
+
+
+@pytest.mark.parametrize("edit, fragments", _likely_mistakes())
+def test_check_warns_about_what_reads_but_is_likely_not_meant(tmp_path, monkeypatch, edit, fragments):
+    monkeypatch.chdir(tmp_path)
+    edit(write_folder(Path("walkdata")))
+    result = run_cli("data", "check", "walkdata", "--windowing", "length=40,stride=20", data_root=tmp_path / "root")
+    assert result.returncode == 0 and result.stdout.rstrip().endswith("walkdata: no problems, 1 warnings"), result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("harkd: warning: "), result.stderr
+    assert all(f.format(f="walkdata") in lines[0] for f in fragments), lines[0]
+    assert lines[0] in GUIDE.read_text(), "docs/own-data.md shows each warning as the check prints it"
+    strict = run_cli("data", "check", "walkdata", "--strict", "--windowing", "length=40,stride=20",
+                     data_root=tmp_path / "root")
+    assert strict.returncode == 2 and strict.stderr.strip() == lines[0].replace("harkd: warning: ", "harkd: error: ")
+
+
+def test_check_says_where_the_class_order_comes_from(tmp_path):
+    folder = write_folder(tmp_path / "walkdata")
+    first = run_cli("data", "check", str(folder), "--json", data_root=tmp_path / "root", check=True)
+    report = json.loads(first.stdout)
+    assert [c["name"] for c in report["info"]["classes"]] == ["sit", "walk"]  # s01_sit_t1.csv is the first file
+    assert report["class_order"].startswith("as the labels first appear in the sessions (s01_sit_t1.csv first)")
+    (folder / "dataset.yaml").write_text((folder / "dataset.yaml").read_text() + "classes: [walk, sit]\n")
+    listed = run_cli("data", "check", str(folder), data_root=tmp_path / "root", check=True)
+    assert "  class order: as listed in classes: of dataset.yaml" in listed.stdout
+    assert "    walk " in listed.stdout.split("class order")[0]  # the class table lists walk first
+
+
+def test_a_pattern_folder_whose_every_unit_is_wrong_names_each_channel_and_nothing_else(tmp_path):
+    """Once every session file also gave a false "no data rows" after the right lines."""
+    folder = write_folder(tmp_path / "walkdata")
+    text = (folder / "dataset.yaml").read_text()
+    (folder / "dataset.yaml").write_text(text.replace("unit: g", "unit: furlongs").replace("unit: deg/s",
+                                                                                           "unit: furlongs"))
+    result = run_cli("data", "check", str(folder), data_root=tmp_path / "root")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 6, result.stderr
+    assert all(f"channels[{i}].unit: unknown unit 'furlongs'" in line for i, line in enumerate(lines)), lines
 
 
 def test_check_reports_every_problem_and_names_archive_members(tmp_path):

@@ -343,8 +343,14 @@ def probabilities_of(events: list[dict]) -> np.ndarray:
     return np.array([list(e["probabilities"].values()) for e in events if e["event"] == "prediction"])
 
 
+def in_g(x: np.ndarray) -> np.ndarray:
+    """A watch's accelerometer in g, as a real one reads (gravity along z): the stream warns about numbers that do
+    not fit their declared unit."""
+    return (0.1 * x + np.array([0, 0, 1], np.float32)).astype(np.float32)
+
+
 def test_cli_reads_a_session_file_through_a_pattern_dataset_yaml_two_folders_up(models, tmp_path):
-    x = signals(120)
+    x = in_g(signals(120))
     pattern_dataset(tmp_path, x)
     done = cli_stream(models, tmp_path, "--input", "mydata/s01/day1/walking_t1.csv")
     assert done.returncode == 0, done.stderr
@@ -404,3 +410,26 @@ def test_cli_a_file_neither_plain_nor_a_session_above_is_a_one_line_error(models
                           "in its header: t_ms, ax, ay, az, note) nor a session of a dataset.yaml in its folder or "
                           "above (mydata/dataset.yaml does not list it among its sessions)", "--dataset-yaml PATH")
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("numbers, yaml", [("m/s^2", True), ("g", False)])
+def test_cli_warns_when_the_numbers_do_not_fit_their_units(models, tmp_path, numbers, yaml):
+    """A dataset.yaml declaring g over numbers in m/s^2, or a plain CSV of g numbers for a model in m/s^2: the
+    stream still runs, and says once which channels, what they read and the fix (a warning event and a stderr line)."""
+    x = in_g(signals(100))
+    if yaml:
+        pattern_dataset(tmp_path, x * G)
+        done = cli_stream(models, tmp_path, "--input", "mydata/s01/day1/walking_t1.csv")
+        where = "mydata/dataset.yaml: channels[0], channels[1], channels[2]"
+        fix = "write unit: m/s^2 for these channels"
+    else:
+        _written(tmp_path / "today.csv", csv_text(x))
+        done = cli_stream(models, tmp_path, "--input", "today.csv")
+        where, fix = "today.csv: column right_wrist/acc/x, column right_wrist/acc/y, column right_wrist/acc/z", \
+            "convert them to m/s^2, or read the file through a dataset.yaml (--dataset-yaml) saying unit: g"
+    assert done.returncode == 0, done.stderr
+    warnings = [json.loads(line)["message"] for line in done.stdout.splitlines() if '"warning"' in line]
+    assert len(warnings) == 1 and f"{where}: right_wrist/acc reads" in warnings[0], warnings
+    assert warnings[0].endswith(fix), warnings
+    assert f"harkd: warning: {warnings[0]}" in done.stderr.splitlines()
+    assert len(probabilities_of([json.loads(line) for line in done.stdout.splitlines()])) > 0

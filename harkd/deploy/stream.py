@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from harkd.data.plausibility import Declared, unit_findings
 from harkd.data.recording import ChannelSpec, max_gap_samples
 from harkd.deploy.stream_input import InputFormat, read_rows
 from harkd.errors import HarkdError
@@ -419,7 +420,9 @@ def stream_csv(model: StreamModel, lines: Iterable[str], source: str, spec: Inpu
     yield {"event": "start", "model": model.source, "classes": model.class_names, "channels": model.channel_names,
            "window": model.window, "hop": stream.predictor.hop, "rate_hz": model.rate_hz, "input_rate_hz": rate}
     started, t0, samples, busy = clock.monotonic(), None, 0, 0.0
+    units = UnitsCheck(model, spec, source, rate)
     for line, time, values in itertools.chain(first, rows):
+        yield from units.push(values)
         if realtime:  # replay at the input's own pace
             t0 = time if t0 is None else t0
             clock.sleep(max(0.0, (time - t0) - (clock.monotonic() - started)))
@@ -432,9 +435,43 @@ def stream_csv(model: StreamModel, lines: Iterable[str], source: str, spec: Inpu
         samples += 1
         yield from (e.to_json(model.class_names) for e in events)
     yield from (e.to_json(model.class_names) for e in stream.finish())
+    yield from units.finish()
     segments = stream.segments.done
     yield {"event": "summary", "predictions": sum(s["predictions"] for s in segments),
            "gaps": stream.segments.gaps, "segments": segments, **_speed(stream.predictor.latencies, samples, busy)}
+
+
+class UnitsCheck:
+    """The plausibility check of `harkd data check` on a stream's first minute: a warning event for each sensor whose
+    numbers do not fit the units the input is declared in (a stream of g read as m/s^2 predicts one class)."""
+
+    SECONDS = 60.0
+
+    def __init__(self, model: StreamModel, spec: InputFormat, source: str, rate_hz: float):
+        self.channels, self.length = model.specs, max(1, round(rate_hz))  # 1 s stretches, as data check cuts them
+        self.declared = spec.declared or tuple(Declared(c.unit, source, f"column {name}", in_yaml=False)
+                                               for c, name in zip(self.channels, spec.columns))
+        self.wanted = max(1, round(self.SECONDS * rate_hz))
+        self.samples: list[np.ndarray] | None = []
+
+    def push(self, values: np.ndarray) -> list[dict]:
+        if self.samples is None:
+            return []
+        if not np.isnan(values).any():
+            self.samples.append(values)
+        return self.finish() if len(self.samples) >= self.wanted else []
+
+    def finish(self) -> list[dict]:
+        """The warnings (once): after the first minute, or at the end of a shorter input."""
+        if self.samples is None:
+            return []
+        n = len(self.samples) // self.length * self.length
+        samples, self.samples = np.array(self.samples[:n]), None
+        if not n:
+            return []
+        stretches = samples.reshape(n // self.length, self.length, -1).transpose(0, 2, 1)
+        return [{"event": "warning", "message": line}
+                for line in unit_findings(stretches, self.channels, self.declared)]
 
 
 def _speed(latencies: list[float], samples: int, busy: float) -> dict:

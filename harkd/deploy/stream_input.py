@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
+from harkd.data.plausibility import Declared
 from harkd.errors import HarkdError
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class InputFormat:
     rate_hz: float | None  # None: measured from the first rows' times
     max_gap_s: float = 1.0
     factors: np.ndarray | None = None  # per channel, to the model's units (None: already in them)
+    declared: tuple[Declared, ...] | None = None  # the input's units and where they are said (None: the model's)
 
 
 def plain_format(model: StreamModel, time_column: str = "time", rate_hz: float | None = None,
@@ -65,8 +67,9 @@ def schema_format(schema: Schema, model: StreamModel) -> InputFormat:
         raise HarkdError(f"{schema.where}: no channel {missing[0]} (the model reads {', '.join(model.channel_names)})")
     mine = [by_name[name] for name in model.channel_names]
     factors = channel_factors([replace(c.spec, unit=c.declared_unit) for c in mine], model.specs, schema.where)
+    declared = tuple(Declared(c.declared_unit, schema.where, c.key) for c in mine)
     return InputFormat(schema.time_column, schema.time_scale, [c.column for c in mine], schema.rate_hz,
-                       schema.max_gap_s, None if (factors == 1.0).all() else factors)
+                       schema.max_gap_s, None if (factors == 1.0).all() else factors, declared)
 
 
 # --- which reading: plain CSV or a session of the user's own dataset ------------------------------------------------

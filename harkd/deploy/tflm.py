@@ -95,7 +95,8 @@ class _Writer:
         depthwise = step.groups > 1
         filt = ints.weight.transpose(1, 2, 0)[None] if depthwise else ints.weight.transpose(0, 2, 1)[:, None]
         out = self._activation(step.output, (1, 1, out_length, len(ints.scales)), self.q.qparams[step.output])
-        inputs_ = [x.handle, self._constant(f"{step.output}/filter", np.ascontiguousarray(filt),  # [1,1,K,C] / [O,1,K,I]
+        # filter [1,1,K,C] (depthwise) or [O,1,K,I]
+        inputs_ = [x.handle, self._constant(f"{step.output}/filter", np.ascontiguousarray(filt),
                                             self.schema.TensorType.INT8, ints.scales, 3 if depthwise else 0),
                    self._constant(f"{step.output}/bias", ints.bias, self.schema.TensorType.INT32, ints.bias_scales, 0)]
         fused = (self.schema.ActivationFunctionType.RELU if step.activation == "relu"

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from harkd.data.catalog import default_windowing, load_recordings, load_windows
+from harkd.data.plausibility import unit_findings
 from harkd.data.protocols import get_protocol
 from harkd.data.recording import ChannelQuery, ChannelSpec, Recording
 from harkd.data.registry import WindowConfig
@@ -155,6 +156,12 @@ class ExperimentData:
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+    def unit_warnings(self) -> list[str]:
+        """Sensors whose numbers do not fit their units (plausibility.unit_findings), checked before training."""
+        lines = [f"{self.dataset}: {line}" for view in (self.teacher_view, self.student_view)
+                 for line in unit_findings(view.x, view.channels)]
+        return list(dict.fromkeys(lines))
 
     def folds(self, split: SplitSettings, seed: int) -> list[Fold]:
         return make_folds(self.teacher_view, split, seed, self.protocol_subjects)

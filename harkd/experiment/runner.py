@@ -232,6 +232,8 @@ class Runner:
         self.log(f"{cfg.dataset}: {len(data.labels)} windows, {data.n_classes} classes; teacher "
                  f"{self.describe_view(data.teacher_view, cfg.teacher_channels)}, student "
                  f"{self.describe_view(data.student_view, cfg.student_channels)}")
+        for line in data.unit_warnings():
+            self.log(f"warning: {line}")
         plan = [(seed, i, fold) for seed in cfg.seeds for i, fold in enumerate(data.folds(cfg.split, seed))]
         store = UnitStore(self.out_dir, cfg.raw)
         store.open()

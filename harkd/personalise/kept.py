@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from harkd.data.catalog import load_recordings, load_windows
+from harkd.data.plausibility import unit_findings
 from harkd.data.registry import WindowConfig
 from harkd.deploy.bundle import ModelBundle
 from harkd.errors import HarkdError
@@ -63,7 +64,8 @@ def personalise(teacher: ModelBundle, student: ModelBundle, dataset: str, subjec
                   "scored_windows": len(worker.y_scored), "epochs": adapted.epochs,
                   "scored": {"from": scored, "protocol": cut.protocol, "windows": len(worker.y_scored)},
                   "guard": {"kept": verdict.kept, "agreement": list(verdict.agreement), "why": verdict.why},
-                  "before": score(model), "adapted": score(adapted.model), "after": score(result)}
+                  "before": score(model), "adapted": score(adapted.model), "after": score(result),
+                  "warnings": _unit_warnings(dataset, subject, student)}
         if bounds:
             report["bounds"] = {source: None if (fitted := tune(source)) is None else score(fitted.model)
                                 for source in ("self", "true")}
@@ -84,6 +86,13 @@ def _worker(teacher: ModelBundle, student: ModelBundle, dataset: str, subject: s
                          student.class_names, seed)
     except HarkdError as exc:
         raise HarkdError(f"dataset {dataset}: {exc}") from None
+
+
+def _unit_warnings(dataset: str, subject: str, student: ModelBundle) -> list[str]:
+    """The worker's sensors whose numbers do not fit their units (as `harkd data check` finds them)."""
+    windows = load_windows(dataset, WindowConfig(length=student.window, stride=student.hop, drop_null=False))
+    mine = windows.subset(np.flatnonzero(windows.subjects == subject))
+    return [f"{dataset} {subject}: {line}" for line in unit_findings(mine.x, mine.channels)]
 
 
 def _with_training_data(how: Adaptation, student: ModelBundle, worker: str) -> Adaptation:

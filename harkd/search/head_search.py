@@ -213,6 +213,8 @@ def _prepare(config: SearchConfig, work: Path, log: Callable[[str], None]) -> _D
     student = fold_views(data.student_view, fold)
     log(f"{config.dataset} {fold.describe()}; searching on the {len(fold.val)} validation windows of training "
         f"subjects, {data.n_classes} classes")
+    for line in data.unit_warnings():
+        log(f"warning: {line}")
     prepared = _Data(fold.name, student.train, y.train, student.val, y.val, data.n_classes, {}, {}, None)
     if config.teacher is None:
         return prepared

@@ -134,7 +134,7 @@ def load_data(config: SensorSearchConfig) -> ExperimentData:
     windows, protocol_subjects, windowing = experiment_windows(config)
     labels, class_names = windows.activity_targets()
     view = windows.select(config.teacher_channels)
-    return ExperimentData(view, view, labels, class_names, protocol_subjects, windowing)
+    return ExperimentData(view, view, labels, class_names, protocol_subjects, windowing, config.dataset)
 
 
 def prepare(config: SensorSearchConfig, data: ExperimentData, work: Path, log: Callable[[str], None]) -> SearchData:
@@ -427,6 +427,8 @@ def search_sensors(config: SensorSearchConfig, out_dir: Path, name: str, trials:
     if target < 1:
         raise HarkdError(f"--trials must be >= 1, got {target}")
     data = load_data(config)
+    for line in data.unit_warnings():
+        log(f"warning: {line}")
     space = space_of(config, data.teacher_view, data.n_classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines are ours; failures are recorded per trial
