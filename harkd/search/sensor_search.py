@@ -427,9 +427,9 @@ def search_sensors(config: SensorSearchConfig, out_dir: Path, name: str, trials:
     if target < 1:
         raise HarkdError(f"--trials must be >= 1, got {target}")
     data = load_data(config)
+    space = space_of(config, data.teacher_view, data.n_classes)
     for line in data.unit_warnings():
         log(f"warning: {line}")
-    space = space_of(config, data.teacher_view, data.n_classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines are ours; failures are recorded per trial
     storage = storage_urls(out_dir, storage)[0]
