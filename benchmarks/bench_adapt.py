@@ -35,7 +35,7 @@ import yaml
 
 from harkd.data.catalog import load_recordings, load_windows
 from harkd.data.registry import WindowConfig
-from harkd.deploy.bundle import load_bundle
+from harkd.models.bundle import load_bundle
 from harkd.files import atomic_output
 from harkd.metrics import macro_f1
 from harkd.personalise.adapt import AdaptSpec, Replay, axis_groups

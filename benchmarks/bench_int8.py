@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from harkd.deploy.bundle import load_bundle
+from harkd.models.bundle import load_bundle
 from harkd.deploy.onnx_export import export_onnx, ort_probabilities, ort_session
 from harkd.deploy.quantise import QAT_BELOW, QAT_MARGIN, plan_int8, quantisation_data
 from harkd.deploy.tflm import run_tflm

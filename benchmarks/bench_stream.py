@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from harkd.data.catalog import load_recordings
-from harkd.deploy.bundle import load_bundle
+from harkd.models.bundle import load_bundle
 from harkd.deploy.onnx_export import export_onnx
 from harkd.deploy.quantise import plan_int8, quantisation_data
-from harkd.deploy.stream import Prediction, Stream, open_model
+from harkd.deploy.stream import Prediction, Stream
+from harkd.deploy.stream_model import open_model
 from harkd.deploy.tflm_export import export_tflm
 from harkd.files import atomic_output
 

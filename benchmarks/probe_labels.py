@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from harkd.data.catalog import load_recordings, load_windows
 from harkd.data.registry import WindowConfig
-from harkd.deploy.bundle import load_bundle
+from harkd.models.bundle import load_bundle
 from harkd.files import atomic_output
 from harkd.metrics import macro_f1
 from harkd.personalise.adapt import AdaptSpec, adapt_steps, reestimate_bn

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import harkd.deploy.int8 as int8
-from harkd.deploy.bundle import load_bundle
+from harkd.models.bundle import load_bundle
 from harkd.deploy.lowering import lower
 from harkd.deploy.quantise import quantisation_data
 from harkd.files import atomic_output

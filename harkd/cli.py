@@ -248,7 +248,7 @@ def export(
     checked on TFLM's own kernels, with a C array, a header and the tensor arena TFLM measured. Prints and records
     what it costs a device."""
     from harkd.deploy.budget import parse_budget
-    from harkd.deploy.bundle import load_bundle
+    from harkd.models.bundle import load_bundle
 
     kind = _export_kind(format, out, int8, calibration, quantisation)
     limits = parse_budget(budget)
@@ -357,7 +357,8 @@ def stream_cmd(
     """Predict activities on a stream of samples: one JSON line per prediction (start and end time, class,
     probabilities) and per gap, then a summary of activity segments, latency per hop and samples per second; on
     stderr, how the input is read, then the summary. MODEL: a kept model (.pt) or an exported one (.onnx, .tflite)."""
-    from harkd.deploy.stream import open_model, stream_csv
+    from harkd.deploy.stream import stream_csv
+    from harkd.deploy.stream_model import open_model
     from harkd.deploy.stream_input import choose_reading, plain_format
 
     predictor = open_model(model)
@@ -421,7 +422,7 @@ def personalise_cmd(
     sensor kit), and the student is distilled on it. The worker's labels are never used for training."""
     import yaml
 
-    from harkd.deploy.bundle import load_bundle
+    from harkd.models.bundle import load_bundle
     from harkd.personalise.adapt import AdaptSpec
     from harkd.personalise.kept import personalise
     from harkd.personalise.session import SessionCut

@@ -88,7 +88,7 @@ def trained(data_root):
     from harkd.data.catalog import load_windows
     from harkd.data.registry import WindowConfig
     from harkd.data.splits import Normaliser
-    from harkd.deploy.bundle import ModelBundle
+    from harkd.models.bundle import ModelBundle
     from harkd.models.base import build_model
 
     os.environ["HARKD_DATA"] = str(data_root)

@@ -12,7 +12,7 @@ import torch
 from conftest import assert_one_line_error, run_cli
 from harkd.data.catalog import load_windows
 from harkd.data.registry import WindowConfig
-from harkd.deploy.bundle import ModelBundle, load_bundle
+from harkd.models.bundle import ModelBundle, load_bundle
 from harkd.deploy.onnx_export import export_onnx
 from harkd.errors import HarkdError
 from harkd.experiment.config import parse_config

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from conftest import run_cli
-from harkd.deploy.bundle import load_bundle
+from harkd.models.bundle import load_bundle
 from test_runner import config
 
 UNIT = "loso-S01-seed0"

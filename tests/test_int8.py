@@ -13,7 +13,7 @@ from conftest import run_cli
 from harkd.data.recording import ChannelSpec
 from harkd.data.splits import Normaliser
 from harkd.deploy.budget import device_budget, parse_budget, peak_activations, weight_bytes
-from harkd.deploy.bundle import ModelBundle
+from harkd.models.bundle import ModelBundle
 from harkd.deploy.onnx_export import export_onnx
 from harkd.deploy.quantise import plan_int8, quantisation_data
 from harkd.errors import HarkdError

@@ -15,7 +15,7 @@ from conftest import MeanTeacher, run_cli
 from harkd.data.install import install_dataset
 from harkd.data.loaders.generic import write_generic
 from harkd.data.synthetic import make_recordings
-from harkd.deploy.bundle import load_bundle
+from harkd.models.bundle import load_bundle
 from harkd.errors import HarkdError
 from harkd.experiment.config import parse_config
 from harkd.experiment.runner import run_experiment

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harkd.deploy.bundle import load_bundle
+from harkd.models.bundle import load_bundle
 from harkd.deploy.lowering import LOWERINGS
 from harkd.deploy.onnx_export import export_onnx
 from harkd.deploy.quantise import plan_int8, quantisation_data

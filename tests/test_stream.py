@@ -15,10 +15,11 @@ from conftest import assert_one_line_error
 from harkd.data.loaders.generic import write_generic
 from harkd.data.recording import ChannelSpec, Recording, fill_short_gaps
 from harkd.data.splits import Normaliser
-from harkd.deploy.bundle import ModelBundle
+from harkd.models.bundle import ModelBundle
 from harkd.deploy.onnx_export import export_onnx
-from harkd.deploy.stream import Gap, Prediction, Stream, StreamModel, StreamPredictor, open_model, stream_csv
+from harkd.deploy.stream import Gap, Prediction, Stream, StreamPredictor, stream_csv
 from harkd.deploy.stream_input import choose_reading, own_data_format, plain_format
+from harkd.deploy.stream_model import StreamModel, open_model
 from harkd.errors import HarkdError
 from harkd.models.base import build_model
 

@@ -212,7 +212,7 @@ def test_tflm_on_real_dsads_windows_picks_pytorchs_classes(installed_root, tmp_p
     from harkd.data.catalog import load_windows
     from harkd.data.registry import WindowConfig
     from harkd.data.splits import Normaliser
-    from harkd.deploy.bundle import ModelBundle
+    from harkd.models.bundle import ModelBundle
     from harkd.deploy.quantise import plan_int8, quantisation_data
     from harkd.deploy.tflm_export import export_tflm
 

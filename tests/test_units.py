@@ -14,8 +14,8 @@ from harkd.data.splits import Normaliser
 from harkd.data.synthetic import make_recordings
 from harkd.data.units import SI_UNITS, channel_factors, conversion_factor, convert_to, known_units, to_si
 from harkd.data.windowing import WindowSet
-from harkd.deploy.bundle import ModelBundle
-from harkd.deploy.bundle import bundle_inputs
+from harkd.models.bundle import ModelBundle
+from harkd.models.bundle import bundle_inputs
 from harkd.errors import HarkdError
 from harkd.models.base import build_model
 

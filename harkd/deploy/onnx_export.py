@@ -22,7 +22,7 @@ from torch import nn
 from harkd import __version__
 from harkd.cost import count_flops
 from harkd.deploy.budget import device_budget
-from harkd.deploy.bundle import ModelBundle
+from harkd.models.bundle import ModelBundle
 from harkd.deploy.onnx_int8 import int8_onnx
 from harkd.deploy.quantise import Int8Plan, compare, latency_ms
 from harkd.errors import HarkdError

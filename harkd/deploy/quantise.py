@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from harkd.deploy.bundle import ModelBundle, bundle_inputs
+from harkd.models.bundle import ModelBundle, bundle_inputs
 from harkd.deploy.int8 import Int8Program, post_training, quantisation_aware
 from harkd.deploy.lowering import lower
 from harkd.errors import HarkdError

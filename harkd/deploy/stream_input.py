@@ -16,7 +16,7 @@ from harkd.errors import HarkdError
 
 if TYPE_CHECKING:
     from harkd.data.loaders.generic import Schema
-    from harkd.deploy.stream import StreamModel
+    from harkd.deploy.stream_model import StreamModel
 
 
 NA_TOKENS = {"", "nan", "NaN", "NA", "N/A", "null", "NULL"}  # as the generic loader: a missing value

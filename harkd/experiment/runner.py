@@ -35,7 +35,7 @@ from harkd.cost import count_flops, count_params, cpu_latency_ms
 from harkd.data.recording import Recording
 from harkd.data.splits import Fold
 from harkd.data.windowing import WindowSet
-from harkd.deploy.bundle import ModelBundle
+from harkd.models.bundle import ModelBundle
 from harkd.distill.compose import build_method
 from harkd.environment import environment
 from harkd.errors import HarkdError

@@ -26,7 +26,7 @@ from torch import nn
 from harkd.data.catalog import load_recordings, load_windows
 from harkd.data.plausibility import unit_findings
 from harkd.data.registry import WindowConfig
-from harkd.deploy.bundle import ModelBundle
+from harkd.models.bundle import ModelBundle
 from harkd.errors import HarkdError
 from harkd.metrics import macro_f1
 from harkd.personalise.session import SessionCut, contiguous_segments

@@ -34,7 +34,7 @@ from harkd import __version__
 from harkd.data.registry import WindowConfig
 from harkd.data.splits import Fold
 from harkd.data.windowing import WindowSet
-from harkd.deploy.bundle import ModelBundle
+from harkd.models.bundle import ModelBundle
 from harkd.errors import HarkdError
 from harkd.experiment.config import MethodSpec, ModelSpec, PersonaliseSpec, SplitSpec, parse_config, read_config
 from harkd.experiment.folds import (ExperimentData, FoldLabels, Views, experiment_windows, fold_views,
