@@ -16,9 +16,10 @@ from torch import nn
 from torch.autograd.gradcheck import GradcheckError
 from torch.func import functional_call
 
+from conftest import KD_CLASSES, KD_STRATEGIES, KD_STRATEGY_IDS, build_strategy, pair_outputs, strategy_labels
 from harkd.cost import count_flops
 from harkd.deploy.onnx_export import INPUT, to_onnx
-from harkd.distill import build_distiller, distiller_defaults, distiller_names
+from harkd.distill import distiller_defaults
 from harkd.models import ModelOutput, build_model, model_names
 
 
@@ -31,56 +32,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-# ---- KD strategies ----
+# ---- KD strategies (every registered one and its variants, on made-up outputs: conftest) ----
 
-CLASSES = 5
-# The rep and map names the registered models give (students: feat; MobileNet: feat, memory, stage maps; the TSAK
-# teacher: attn, causal, combi, its encoder and LSTM maps, per-rep heads and the semantic one): sizes and time
-# lengths differ between the two sides, so connectors and time resampling are exercised.
-STUDENT_REPS = {"feat": 4, "memory": 3}
-STUDENT_MAPS = {"feat": (3, 6), "stage1": (2, 8), "stage2": (3, 4)}  # name: (channels, steps)
-TEACHER_REPS = {"attn": 5, "causal": 3, "combi": 4, "memory": 5}
-TEACHER_MAPS = {"encoder": (4, 5), "causal": (3, 5), "stage1": (3, 8), "stage2": (3, 6)}
-TEACHER_HEADS = ("attn", "causal", "combi", "semantic")
-
-# Options that switch on terms or inputs a strategy's defaults leave out, so every term is checked.
-STRATEGY_VARIANTS = {"smldist": [{"freq_weight": 1.0, "memory_weight": 1.0}], "sp": [{"on": "reps"}]}
-STRATEGIES = [(name, {}) for name in distiller_names()] + [
-    (name, config) for name, configs in STRATEGY_VARIANTS.items() for config in configs]
-STRATEGY_IDS = [name + "".join(f"-{k}={v}" for k, v in config.items()) for name, config in STRATEGIES]
-
-
-def build_strategy(name, config, dtype=torch.float32):
-    torch.manual_seed(0)  # connectors' initial weights
-    distiller = build_distiller(name, STUDENT_REPS, TEACHER_REPS, CLASSES,
-                                {k: c for k, (c, _) in STUDENT_MAPS.items()},
-                                {k: c for k, (c, _) in TEACHER_MAPS.items()}, **config)
-    return distiller.to(dtype)
-
-
-def pair_outputs(batch, dtype=torch.float32, logits=None, fill=None):
-    """Student and teacher outputs of leaf tensors that require gradients (the teacher's too, to catch a missing
-    detach): random normal values, or every value `fill`; `logits` (student, teacher) replace the random logits."""
-    generator = torch.Generator().manual_seed(batch)
-
-    def leaf(*shape):
-        values = torch.randn(batch, *shape, generator=generator, dtype=torch.float64)
-        return (values if fill is None else torch.full_like(values, fill)).to(dtype).requires_grad_()
-
-    def given(values):
-        return values.to(dtype).requires_grad_()
-
-    student_logits, teacher_logits = logits if logits is not None else (leaf(CLASSES), leaf(CLASSES))
-    student = ModelOutput(logits=given(student_logits), reps={k: leaf(d) for k, d in STUDENT_REPS.items()},
-                          maps={k: leaf(c, t) for k, (c, t) in STUDENT_MAPS.items()})
-    teacher = ModelOutput(logits=given(teacher_logits), reps={k: leaf(d) for k, d in TEACHER_REPS.items()},
-                          maps={k: leaf(c, t) for k, (c, t) in TEACHER_MAPS.items()},
-                          head_logits={k: given(teacher_logits.detach().clone()) for k in TEACHER_HEADS})
-    return student, teacher
-
-
-def labels(batch):
-    return torch.arange(batch) % CLASSES
+CLASSES = KD_CLASSES  # the classes of conftest's made-up outputs; the models' below too
 
 
 def tensors(out: ModelOutput) -> dict[str, torch.Tensor]:
@@ -89,7 +43,7 @@ def tensors(out: ModelOutput) -> dict[str, torch.Tensor]:
             **{f"head_logits[{k}]": v for k, v in out.head_logits.items()}}
 
 
-@pytest.mark.parametrize("name,config", STRATEGIES, ids=STRATEGY_IDS)
+@pytest.mark.parametrize("name,config", KD_STRATEGIES, ids=KD_STRATEGY_IDS)
 def test_every_term_has_the_gradient_of_float64_finite_differences(name, config):
     """Autograd against central differences (step 1e-6) of every loss term with respect to every student tensor and
     every connector parameter, along random directions (gradcheck's fast mode; the full Jacobians take minutes):
@@ -98,7 +52,7 @@ def test_every_term_has_the_gradient_of_float64_finite_differences(name, config)
     distiller = build_strategy(name, config, torch.float64)
     student, teacher = pair_outputs(3, torch.float64)
     student_names, param_names = list(tensors(student)), [k for k, _ in distiller.named_parameters()]
-    targets = labels(3)
+    targets = strategy_labels(3)
     terms = distiller(student, teacher, targets)
     # gradcheck skips outputs without a graph: a term detached from every input must fail here
     assert all(v.requires_grad for v in terms.values()), \
@@ -120,13 +74,13 @@ def test_every_term_has_the_gradient_of_float64_finite_differences(name, config)
         pytest.fail(f"{name}: outputs {term_names}, inputs {student_names + param_names}: {error}")
 
 
-@pytest.mark.parametrize("name,config", STRATEGIES, ids=STRATEGY_IDS)
+@pytest.mark.parametrize("name,config", KD_STRATEGIES, ids=KD_STRATEGY_IDS)
 def test_each_term_moves_the_student_and_never_the_teacher(name, config):
     distiller = build_strategy(name, config)
-    terms = list(distiller(*pair_outputs(3), labels(3)))
+    terms = list(distiller(*pair_outputs(3), strategy_labels(3)))
     for term in terms:
         student, teacher = pair_outputs(3)
-        loss = distiller(student, teacher, labels(3))[term]
+        loss = distiller(student, teacher, strategy_labels(3))[term]
         assert loss.requires_grad, f"{term} is detached from the student"
         loss.backward()
         reached = [k for k, t in tensors(student).items() if t.grad is not None and t.grad.abs().sum() > 0]
@@ -134,7 +88,7 @@ def test_each_term_moves_the_student_and_never_the_teacher(name, config):
         touched = [k for k, t in tensors(teacher).items() if t.grad is not None]
         assert not touched, f"{term} sends gradients to the teacher's {touched}"
     distiller.zero_grad()
-    sum(distiller(*pair_outputs(3), labels(3)).values()).backward()
+    sum(distiller(*pair_outputs(3), strategy_labels(3)).values()).backward()
     idle = [k for k, p in distiller.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert not idle, f"connector parameters {idle} get no gradient"
 
@@ -150,7 +104,7 @@ def assert_finite(distiller, student, teacher, targets, case):
 
 def extreme_cases():
     """(name, config, margin, batch) for every strategy, times temperatures 0.5-8 where it has a temperature."""
-    for (name, config), case_id in zip(STRATEGIES, STRATEGY_IDS):
+    for (name, config), case_id in zip(KD_STRATEGIES, KD_STRATEGY_IDS):
         temperatures = [0.5, 1.0, 4.0, 8.0] if "temperature" in distiller_defaults(name) else [None]
         for temperature in temperatures:
             for margin in (0.0, 20.0, 100.0):
@@ -165,7 +119,7 @@ def test_losses_and_gradients_are_finite_at_large_margins(name, config, margin, 
     """float32; one class's logit raised by `margin` on each side: the target on both (confident and right), a
     non-target on the teacher (confident and wrong) or on the student."""
     distiller = build_strategy(name, config)
-    targets = labels(batch)
+    targets = strategy_labels(batch)
     other = (targets + 1) % CLASSES
     generator = torch.Generator().manual_seed(1)
     for student_class, teacher_class in ((targets, targets), (targets, other), (other, targets)):
@@ -178,12 +132,12 @@ def test_losses_and_gradients_are_finite_at_large_margins(name, config, margin, 
 
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("fill", [0.0, 1.0])
-@pytest.mark.parametrize("name,config", STRATEGIES, ids=STRATEGY_IDS)
+@pytest.mark.parametrize("name,config", KD_STRATEGIES, ids=KD_STRATEGY_IDS)
 def test_losses_and_gradients_are_finite_on_constant_inputs(name, config, fill, batch):
     """Every logit, rep and map value equal (all-equal logits; zero or identical samples: norms of 0, distances of
     0, maps without rhythm)."""
     distiller = build_strategy(name, config)
-    assert_finite(distiller, *pair_outputs(batch, fill=fill), labels(batch), f"every value {fill}")
+    assert_finite(distiller, *pair_outputs(batch, fill=fill), strategy_labels(batch), f"every value {fill}")
 
 
 # ---- models ----

@@ -9,7 +9,7 @@ import onnxruntime
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, run_config
 from harkd.data.catalog import load_windows
 from harkd.data.registry import WindowConfig
 from harkd.models.bundle import ModelBundle, load_bundle
@@ -19,7 +19,6 @@ from harkd.experiment.config import parse_config
 from harkd.experiment.folds import ExperimentData
 from harkd.experiment.runner import run_experiment
 from harkd.metrics import macro_f1
-from test_runner import config
 
 UNIT = "loso-S01-seed0"
 
@@ -29,7 +28,7 @@ def kept_run(data_root, tmp_path_factory):
     """One fold, one seed, two methods, models kept; the data root stays set for the module's tests."""
     before = os.environ.get("HARKD_DATA")
     os.environ["HARKD_DATA"] = str(data_root)
-    cfg = parse_config(config(methods=["none", "logit"]))
+    cfg = parse_config(run_config(methods=["none", "logit"]))
     out = tmp_path_factory.mktemp("kept") / "run"
     results = run_experiment(cfg, out, command="test", log=lambda _: None, keep_models=True)
     yield cfg, out, results
@@ -75,7 +74,7 @@ def test_a_fresh_run_in_the_same_folder_removes_the_old_models(kept_run, tmp_pat
     stale = copy / "models" / UNIT / "teacher.pt"
     stale.write_bytes((out / "models" / UNIT / "teacher.pt").read_bytes())
     lines = []
-    run_experiment(parse_config(config(methods=["none"])), copy, command="test", log=lines.append)
+    run_experiment(parse_config(run_config(methods=["none"])), copy, command="test", log=lines.append)
     assert not (copy / "models").exists()
     assert any("removed the models of the previous run" in line for line in lines)
 

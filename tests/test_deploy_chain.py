@@ -11,9 +11,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_cli
+from conftest import run_cli, run_config
 from harkd.models.bundle import load_bundle
-from test_runner import config
 
 UNIT = "loso-S01-seed0"
 QUICK = {"epochs": 2, "batch_size": 32, "patience": 2}
@@ -29,8 +28,8 @@ def has_tflm() -> bool:
 def main_job(data_root, tmp_path_factory):
     """The tiny main job through the CLI: a personalise section and keep_models in the config, no flag."""
     folder = tmp_path_factory.mktemp("chain")
-    raw = config(methods=["none"], keep_models=True,
-                 personalise={"calibration": 0.5, "adapt": {"steps": 20}, "labels": ["teacher"], "train": QUICK})
+    raw = run_config(methods=["none"], keep_models=True,
+                     personalise={"calibration": 0.5, "adapt": {"steps": 20}, "labels": ["teacher"], "train": QUICK})
     (folder / "main.yaml").write_text(yaml.safe_dump(raw))
     done = run_cli("run", str(folder / "main.yaml"), "--out", str(folder / "run"), data_root=data_root, check=True)
     return folder, done

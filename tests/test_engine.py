@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from conftest import learnable_data
 from harkd.distill.compose import build_method
 from harkd.experiment.config import MethodSpec
 from harkd.metrics import macro_f1
@@ -12,16 +13,8 @@ from harkd.models.base import ModelOutput, build_model
 from harkd.train.engine import TrainConfig, fit, predict
 
 
-def _data(n: int = 200, channels: int = 3, classes: int = 4, seed: int = 0):
-    """Classes that differ in their mean, so a student learns something in a few epochs."""
-    generator = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (n,), generator=generator)
-    x = torch.randn(n, channels, 32, generator=generator) + y[:, None, None].float()
-    return x, y
-
-
 def _fit(tmp_path, config: TrainConfig, seed: int = 0, **kwargs):
-    x, y = _data()
+    x, y = learnable_data()
     torch.manual_seed(0)
     model = build_model("cnn_student", 3, 4)
     return fit(model, (x[:150], y[:150]), (x[150:], y[150:]), config, tmp_path, seed=seed, **kwargs), x[150:], y[150:]
@@ -54,7 +47,7 @@ def test_a_seeded_fit_repeats_exactly_and_another_seed_differs(tmp_path):
 
 
 def test_history_holds_each_kd_term_per_epoch(tmp_path):
-    x, y = _data()
+    x, y = learnable_data()
     teacher = build_model("tsak_teacher", 3, 4).eval()
     targets = {"train": predict(teacher, x[:150])}
     torch.manual_seed(0)

@@ -8,21 +8,19 @@ import pytest
 import torch
 import yaml
 
-from conftest import assert_one_line_error, run_cli
+from conftest import (KD_STRATEGIES, KD_STRATEGY_IDS, assert_one_line_error, build_strategy, learnable_data,
+                      pair_outputs, run_cli, run_config, strategy_labels)
 from harkd.errors import HarkdError
 from harkd.experiment.config import parse_config
 from harkd.models.base import build_model
 from harkd.train.engine import TrainConfig, evaluate, fit, predict, training_device
-from test_contracts import STRATEGIES, STRATEGY_IDS, build_strategy, labels, pair_outputs
-from test_engine import _data
-from test_runner import config as run_config
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _fit_recording_dtypes(tmp_path, **options):
     """A tiny seeded fit of a CNN student, with the logits' dtype of every forward pass, in training or not."""
-    x, y = _data()
+    x, y = learnable_data()
     torch.manual_seed(0)
     model = build_model("cnn_student", 3, 4)
     seen: list[tuple[bool, torch.dtype]] = []
@@ -54,7 +52,7 @@ def test_the_default_precision_is_fp32_and_an_unknown_one_names_the_key():
         parse_config(raw)
 
 
-@pytest.mark.parametrize("name,config", STRATEGIES, ids=STRATEGY_IDS)
+@pytest.mark.parametrize("name,config", KD_STRATEGIES, ids=KD_STRATEGY_IDS)
 def test_every_kd_strategy_trains_a_bf16_student_against_fp32_targets(name, config):
     """Under autocast the student's outputs are bf16 while the teacher's precomputed targets are fp32: every term
     must take the mix, stay finite and reach the connectors with finite fp32 gradients."""
@@ -65,7 +63,7 @@ def test_every_kd_strategy_trains_a_bf16_student_against_fp32_targets(name, conf
         for tensor in named.values():
             tensor.data = tensor.data.bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        terms = distiller(student, teacher, labels(8))
+        terms = distiller(student, teacher, strategy_labels(8))
     loss = sum(terms.values())
     assert torch.isfinite(loss), {k: float(v) for k, v in terms.items()}
     loss.backward()
@@ -100,7 +98,7 @@ def test_a_run_asking_for_cuda_without_one_stops_with_one_line(data_root, tmp_pa
 def test_a_seeded_fit_on_cuda_scores_as_on_the_cpu(tmp_path):
     cpu, _ = _fit_recording_dtypes(tmp_path / "cpu", accelerator="cpu")
     cuda, _ = _fit_recording_dtypes(tmp_path / "cuda", accelerator="cuda")
-    x, y = _data()
+    x, y = learnable_data()
     assert next(cuda.model.parameters()).device.type == "cpu"  # fit hands models back on the CPU, as it did
     f1 = [evaluate(result.model, x[150:], y[150:].numpy())[1] for result in (cpu, cuda)]
     assert f1[1] == pytest.approx(f1[0], abs=0.05)
@@ -108,7 +106,7 @@ def test_a_seeded_fit_on_cuda_scores_as_on_the_cpu(tmp_path):
 
 @CUDA
 def test_teacher_outputs_on_cuda_equal_the_cpus(tmp_path):
-    x, _ = _data()
+    x, _ = learnable_data()
     torch.manual_seed(0)
     teacher = build_model("tsak_teacher", 3, 4).eval()
     on_cpu, on_cuda = predict(teacher, x), predict(teacher, x, device=torch.device("cuda"))

@@ -8,7 +8,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, head_search_config, run_cli
 from harkd.cli import app
 from harkd.cost import count_flops, count_params
 from harkd.errors import HarkdError
@@ -36,21 +36,8 @@ def fits(data_root, monkeypatch):
     return trained
 
 
-def raw_config(**search):
-    return {
-        "dataset": "synth",
-        "windowing": {"length": 50, "stride": 25},
-        "split": {"kind": "loso", "val_subjects": 1, "folds": ["S01"]},
-        "seeds": [0],
-        "students": {"channels": {"position": "right_wrist", "modality": "acc"},
-                     "models": [{"model": "mobilenet_v3_1d", "params": {"preset": "tiny"}}],
-                     "train": {"epochs": 1, "batch_size": 64, "patience": 1}},
-        "search": {"heads": ["mlp", "attention"], "trials": 3, **search},
-    }
-
-
 def search(tmp_path, trials, log=None, **changes):
-    return run_head_search(parse_search_config(raw_config(**changes)), tmp_path / "out", "synth", trials,
+    return run_head_search(parse_search_config(head_search_config(**changes)), tmp_path / "out", "synth", trials,
                            log=(lambda _: None) if log is None else log.append)
 
 
@@ -114,7 +101,7 @@ def test_kd_search_trains_the_teacher_once(fits, tmp_path, capfd):
     teacher = {"channels": {"position": "right_wrist"}, "model": "cnn_student", "params": {"width": 8},
                "train": {"epochs": 1, "patience": 1}}
     log = []
-    config = parse_search_config({**raw_config(heads=["linear"], widths=[0.5, 1.0], method="logit"),
+    config = parse_search_config({**head_search_config(heads=["linear"], widths=[0.5, 1.0], method="logit"),
                                   "teacher": teacher})
     results = run_head_search(config, tmp_path / "out", "synth", 3, log=log.append)
     assert results["finished"] == 3 and any(line.startswith("teacher cnn_student: val F1") for line in log)
@@ -122,7 +109,7 @@ def test_kd_search_trains_the_teacher_once(fits, tmp_path, capfd):
     assert type(teacher_model).__name__ == "CNNStudent" and no_distiller is None
     assert students and all(type(m).__name__ == "MobileNetV3_1D" and d is not None for m, d in students)
     # A method whose teacher output the search does not make fails with its own one-line message, no traceback.
-    config = parse_search_config({**raw_config(heads=["linear"], method="sc_logit"), "teacher": teacher})
+    config = parse_search_config({**head_search_config(heads=["linear"], method="sc_logit"), "teacher": teacher})
     capfd.readouterr()
     with pytest.raises(HarkdError, match="semantic classifier"):
         run_head_search(config, tmp_path / "sc", "synth", 1, log=log.append)
@@ -138,28 +125,29 @@ def test_budget_rule_names_each_limit_exceeded():
 
 def test_search_config_is_validated_strictly():
     with pytest.raises(HarkdError, match=r"search: unknown key\(s\) \['budgett'\]; valid keys: \['budget'"):
-        parse_search_config(raw_config(budgett={}))
+        parse_search_config(head_search_config(budgett={}))
     with pytest.raises(HarkdError, match=r"heads: expected a list of distinct heads"):
-        parse_search_config(raw_config(heads=["linear", "knn"]))
+        parse_search_config(head_search_config(heads=["linear", "knn"]))
     with pytest.raises(HarkdError, match=r"sizes: unknown key\(s\) \['hidden'\]"):
-        parse_search_config(raw_config(sizes={"hidden": [8]}))
+        parse_search_config(head_search_config(sizes={"hidden": [8]}))
     with pytest.raises(HarkdError, match="distils from a teacher"):
-        parse_search_config(raw_config(method="smldist"))
+        parse_search_config(head_search_config(method="smldist"))
     with pytest.raises(HarkdError, match="teacher 'self' is for `harkd run`"):
-        parse_search_config(raw_config(method={"name": "s", "teacher": "self", "terms": [{"distiller": "logit"}]}))
+        parse_search_config(head_search_config(method={"name": "s", "teacher": "self",
+                                                       "terms": [{"distiller": "logit"}]}))
     with pytest.raises(HarkdError, match="search.method: mixup is for `harkd run`"):
-        parse_search_config(raw_config(method={"name": "m", "terms": [], "mixup": {"copies": 1}}))
+        parse_search_config(head_search_config(method={"name": "m", "terms": [], "mixup": {"copies": 1}}))
     with pytest.raises(HarkdError, match="exactly one student model"):
-        parse_search_config({**raw_config(), "students": {"models": ["mobilenet_v3_1d", "cnn_student"]}})
+        parse_search_config({**head_search_config(), "students": {"models": ["mobilenet_v3_1d", "cnn_student"]}})
     with pytest.raises(HarkdError, match="has no head option"):
-        parse_search_config({**raw_config(), "students": {"models": ["cnn_student"]}})
+        parse_search_config({**head_search_config(), "students": {"models": ["cnn_student"]}})
     with pytest.raises(HarkdError, match="search.budget.params: must be at least 1, got -1"):
-        parse_search_config(raw_config(budget={"params": -1}))
+        parse_search_config(head_search_config(budget={"params": -1}))
 
 
 def test_cli_unknown_key_is_one_line_error(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({**raw_config(), "methods": ["none"]}))
+    path.write_text(yaml.safe_dump({**head_search_config(), "methods": ["none"]}))
     result = run_cli("search-head", str(path), "--trials", "2", "--out", str(tmp_path / "out"), data_root=tmp_path)
     assert_one_line_error(result, "unknown key(s) ['methods']", "valid keys: ['dataset'")
     assert not (tmp_path / "out").exists()
@@ -168,7 +156,7 @@ def test_cli_unknown_key_is_one_line_error(tmp_path):
 def test_cli_prints_the_best_head(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HARKD_DATA", str(data_root))
     path = tmp_path / "search.yaml"
-    path.write_text(yaml.safe_dump(raw_config(heads=["linear"])))
+    path.write_text(yaml.safe_dump(head_search_config(heads=["linear"])))
     # In process (the subprocess path is the error test's): importing torch and Lightning again costs seconds.
     result = CliRunner().invoke(app, ["search-head", str(path), "--trials", "1", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output

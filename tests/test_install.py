@@ -19,6 +19,7 @@ def leftovers(root):
     return sorted(p.name for p in root.iterdir()) if root.exists() else []
 
 
+@pytest.mark.realdata  # shared_archive()
 def test_corrupted_archive_fails_its_checksum_and_leaves_nothing(tmp_path):
     src = shared_archive("openpack-sample.tar.xz")
     bad = tmp_path / "in" / src.name
@@ -33,6 +34,7 @@ def test_corrupted_archive_fails_its_checksum_and_leaves_nothing(tmp_path):
     assert leftovers(root) == []
 
 
+@pytest.mark.realdata  # shared_archive()
 def test_truncated_archive_with_matching_checksum_is_a_clean_error(tmp_path):
     src = shared_archive("openpack-sample.tar.xz")
     cut = tmp_path / src.name
@@ -44,6 +46,7 @@ def test_truncated_archive_with_matching_checksum_is_a_clean_error(tmp_path):
     assert leftovers(root) == []
 
 
+@pytest.mark.realdata  # shared_archive()
 def test_known_archive_is_verified_without_a_sums_file(tmp_path):
     src = shared_archive("openpack-sample.tar.xz")
     copy = tmp_path / src.name
@@ -66,6 +69,7 @@ def test_known_archive_is_verified_without_a_sums_file(tmp_path):
     assert leftovers(root) == ["openpack"]
 
 
+@pytest.mark.realdata  # shared_archive()
 def test_unknown_archive_needs_a_checksum(tmp_path):
     src = shared_archive("openpack-sample.tar.xz")
     renamed = tmp_path / "mystery.tar.xz"
@@ -74,6 +78,7 @@ def test_unknown_archive_needs_a_checksum(tmp_path):
     assert_one_line_error(result, "no checksum known", "--sha256")
 
 
+@pytest.mark.realdata  # shared_archive()
 def test_wrong_layout_and_unknown_names_are_errors(tmp_path):
     src = shared_archive("openpack-sample.tar.xz")
     root = tmp_path / "root"

@@ -4,13 +4,12 @@ labels for the student alone (the mixup control)."""
 import pytest
 import torch
 
-from conftest import spy_fit
+from conftest import run_config, spy_fit
 from harkd.errors import HarkdError
 from harkd.experiment.config import parse_config
 from harkd.experiment.runner import run_experiment
 from harkd.train.engine import predict
 from harkd.train.mixup import Mixes, MixupSpec
-from test_runner import config
 
 MIX = {"copies": 2, "alpha": 0.5}
 LOGIT_MIX = {"name": "logit+mixup", "terms": [{"distiller": "logit"}], "mixup": MIX}
@@ -42,15 +41,15 @@ def test_mixup_labels_mix_the_one_hot_labels_with_the_window_weights():
 
 
 def test_mixup_config_errors_name_the_method_and_the_key():
-    parsed = parse_config(config(methods=["none", LOGIT_MIX])).methods[1]
+    parsed = parse_config(run_config(methods=["none", LOGIT_MIX])).methods[1]
     assert parsed.mixup == MixupSpec(copies=2, alpha=0.5)
-    assert parse_config(config(methods=["none", "logit"])).methods[1].mixup is None
+    assert parse_config(run_config(methods=["none", "logit"])).methods[1].mixup is None
     for bad, fragment in (({"copies": 0}, "copies: must be at least 1, got 0"),
                           ({"alpha": -1}, "alpha: must be greater than 0"),
                           ({"copy": 2}, r"unknown key\(s\) \['copy'\]; valid keys: \['alpha', 'copies', 'labels'\]"),
                           (3, "expected a mapping")):
         with pytest.raises(HarkdError, match=fragment) as error:
-            parse_config(config(methods=["none", {**LOGIT_MIX, "mixup": bad}]))
+            parse_config(run_config(methods=["none", {**LOGIT_MIX, "mixup": bad}]))
         assert "methods[1].mixup" in str(error.value) and "\n" not in str(error.value)
 
 
@@ -58,7 +57,7 @@ def test_kd_methods_train_on_teacher_labelled_mixes_and_the_alone_control_on_mix
         data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HARKD_DATA", str(data_root))
     calls = spy_fit(monkeypatch)
-    results = run_experiment(parse_config(config(methods=["none", "logit", LOGIT_MIX, SC_MIX, NONE_MIX])),
+    results = run_experiment(parse_config(run_config(methods=["none", "logit", LOGIT_MIX, SC_MIX, NONE_MIX])),
                              tmp_path / "out", command="t", log=lambda _: None)
     assert [r["method"] for r in results["rows"] if r["role"] == "student"] == [
         "none", "logit", "logit+mixup", "sc_logit+mixup", "none+mixup"]
@@ -89,7 +88,7 @@ def test_kd_methods_train_on_teacher_labelled_mixes_and_the_alone_control_on_mix
 
 def test_mixup_methods_leave_the_other_methods_results_unchanged(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HARKD_DATA", str(data_root))
-    run = lambda methods, out: run_experiment(parse_config(config(methods=methods)), tmp_path / out,  # noqa: E731
+    run = lambda methods, out: run_experiment(parse_config(run_config(methods=methods)), tmp_path / out,  # noqa: E731
                                               command="t", log=lambda _: None)["rows"]
     with_mixup = run(["none", NONE_MIX, "logit", LOGIT_MIX], "a")
     without = run(["none", "logit"], "b")
@@ -120,7 +119,7 @@ def test_mixed_labels_option_gives_kd_methods_mixups_labels_beside_the_teachers_
     monkeypatch.setenv("HARKD_DATA", str(data_root))
     calls = spy_fit(monkeypatch)
     both = {"name": "logit+mixup-labels", "terms": [{"distiller": "logit"}], "mixup": {**MIX, "labels": "mixed"}}
-    run_experiment(parse_config(config(methods=["none", LOGIT_MIX, both])), tmp_path / "out", command="t",
+    run_experiment(parse_config(run_config(methods=["none", LOGIT_MIX, both])), tmp_path / "out", command="t",
                    log=lambda _: None)
     fits = {c["name"]: c for c in calls}
     y_train = fits["cnn_student-none"]["train"][1]
@@ -133,4 +132,4 @@ def test_mixed_labels_option_gives_kd_methods_mixups_labels_beside_the_teachers_
     assert torch.equal(fits["cnn_student-logit+mixup-labels"]["targets"]["train"].logits,
                        fits["cnn_student-logit+mixup"]["targets"]["train"].logits)
     with pytest.raises(HarkdError, match="methods\\[1\\].mixup.labels: expected 'teacher' or 'mixed', got 'label'"):
-        parse_config(config(methods=["none", {**LOGIT_MIX, "mixup": {"labels": "label"}}]))
+        parse_config(run_config(methods=["none", {**LOGIT_MIX, "mixup": {"labels": "label"}}]))

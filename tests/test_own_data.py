@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import (WALK_ACTIVITIES, WALK_COLUMNS, WALK_SUBJECTS, WALK_TRIALS, assert_one_line_error, run_cli,
+                      walk_signals)
 from harkd.data.catalog import load_windows
 from harkd.data.loaders.generic import load_generic
 from harkd.data.registry import WindowConfig
 from harkd.data.windowing import make_windows
 
 GUIDE = Path(__file__).parents[1] / "docs" / "own-data.md"
-SUBJECTS, ACTIVITIES, TRIALS = ("s01", "s02", "s03"), ("walk", "sit"), (1, 2)
 PATTERN_YAML = """\
 name: walkdata
 rate_hz: 20
@@ -33,32 +33,21 @@ channels:
   - {column: gx, position: torso, modality: gyro, axis: x, unit: deg/s}
   - {column: gy, position: torso, modality: gyro, axis: y, unit: deg/s}
   - {column: gz, position: torso, modality: gyro, axis: z, unit: deg/s}
-"""
-COLUMNS = ["ax", "ay", "az", "gx", "gy", "gz"]
-
-
-def _signals(subject, activity, trial, n=160):
-    """A watch's accelerometer in g (gravity along z, plus the motion) and a torso gyroscope in deg/s, as real ones
-    read: `harkd data check` warns about numbers that do not fit their units."""
-    rng = np.random.default_rng([SUBJECTS.index(subject), ACTIVITIES.index(activity), trial])
-    t = np.arange(n) / 20
-    moving = 1.0 if activity == "walk" else 0.1
-    motion = np.stack([moving * np.sin(2 * np.pi * 2 * t + k) + rng.normal(0, 0.1, n) for k in range(6)], axis=1)
-    return motion * [0.3, 0.3, 0.3, 90, 90, 90] + [0, 0, 1, 0, 0, 0]
+"""  # WALK_COLUMNS (conftest), 20 Hz
 
 
 def write_folder(folder: Path, with_label_column: bool = False) -> Path:
     """One file per subject, activity and trial; no label column unless asked (then the explicit format)."""
     folder.mkdir(parents=True)
     sessions = []
-    for subject in SUBJECTS:
-        for activity in ACTIVITIES:
-            for trial in TRIALS:
+    for subject in WALK_SUBJECTS:
+        for activity in WALK_ACTIVITIES:
+            for trial in WALK_TRIALS:
                 name = f"{subject}_{activity}_t{trial}.csv"
-                rows = [",".join(f"{v:.5f}" for v in row) for row in _signals(subject, activity, trial)]
+                rows = [",".join(f"{v:.5f}" for v in row) for row in walk_signals(subject, activity, trial)]
                 if with_label_column:
                     rows = [f"{row},{activity}" for row in rows]
-                header = ",".join(COLUMNS + (["activity"] if with_label_column else []))
+                header = ",".join(WALK_COLUMNS + (["activity"] if with_label_column else []))
                 (folder / name).write_text("\n".join([header, *rows]) + "\n")
                 sessions.append(f"  - {{file: {name}, subject: {subject}}}")
     schema = PATTERN_YAML
@@ -107,7 +96,7 @@ def test_pattern_folder_is_checked_installed_and_run(tmp_path):
 
 def test_runs_and_searches_warn_before_training_when_numbers_do_not_fit_their_units(tmp_path, monkeypatch):
     from harkd.experiment.config import load_config
-    from harkd.experiment.runner import load_data
+    from harkd.experiment.fold_unit import load_data
 
     folder = write_folder(tmp_path / "walkdata")
     (folder / "dataset.yaml").write_text((folder / "dataset.yaml").read_text().replace("unit: g}", "unit: m/s^2}"))
@@ -130,10 +119,10 @@ def test_pattern_and_explicit_forms_give_identical_windows(tmp_path):
     for field in ("x", "y", "subjects", "sessions"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     assert a.class_names == b.class_names == ("sit", "walk") and a.channels == b.channels
-    assert [r.session for r in compact] == [f"{s}_{a}_t{t}" for s in SUBJECTS for a in sorted(ACTIVITIES)
-                                           for t in TRIALS]
+    assert [r.session for r in compact] == [f"{s}_{a}_t{t}" for s in WALK_SUBJECTS for a in sorted(WALK_ACTIVITIES)
+                                           for t in WALK_TRIALS]
     np.testing.assert_array_equal(compact[0].signals[:, 0],
-                                  (np.round(_signals("s01", "sit", 1)[:, 0], 5) * 9.80665).astype(np.float32))
+                                  (np.round(walk_signals("s01", "sit", 1)[:, 0], 5) * 9.80665).astype(np.float32))
 
 
 def test_windows_never_span_sessions(tmp_path):
@@ -331,14 +320,13 @@ def _sigint_as_at_a_terminal() -> None:
 
 @pytest.mark.parametrize("jobs, stop", [(1, signal.SIGINT), (2, signal.SIGINT), (1, signal.SIGTERM)],
                          ids=["ctrl-c", "ctrl-c-jobs-2", "kill"])
-def test_an_interrupted_run_leaves_no_temporary_folder(tmp_path, jobs, stop):
+def test_an_interrupted_run_leaves_no_temporary_folder(tmp_path, short_tmp_path, jobs, stop):
     """Ctrl-C (SIGINT to the process group, workers too) or `kill` (SIGTERM to the process group) once a unit has
     finished and the next is training: exit 130, no harkd-run-* folder left in the temp directory, the finished unit
     kept in OUT/.units for a resume."""
     from harkd.data.install import install_dataset
 
-    root, temp, out = tmp_path / "root", tmp_path / "tmp", tmp_path / "out"
-    temp.mkdir()
+    root, temp, out = tmp_path / "root", short_tmp_path, tmp_path / "out"
     install_dataset(None, str(write_folder(tmp_path / "walkdata")), root=root)
     config = tmp_path / "walkdata.yaml"
     config.write_text(RUN_CONFIG.replace("folds: [s01, s02]", "folds: [s01, s02, s03]").replace("[0]", "[0, 1]"))

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import run_cli
-from test_own_data import ACTIVITIES, COLUMNS, SUBJECTS, TRIALS, _signals
+from conftest import WALK_ACTIVITIES, WALK_COLUMNS, WALK_SUBJECTS, WALK_TRIALS, run_cli, walk_signals
 
 GUIDE = Path(__file__).parents[1] / "docs" / "own-data.md"
 QUICK = ["teacher.train.epochs=1", "semantic.train.epochs=1", "students.train.epochs=1", "split.folds=[s01]",
@@ -27,7 +26,7 @@ def _commands() -> list[list[str]]:
 
 def _write_csv(path: Path, signals: np.ndarray) -> None:
     rows = [",".join(f"{v:.5f}" for v in row) for row in signals]
-    path.write_text("\n".join([",".join(COLUMNS), *rows]) + "\n")
+    path.write_text("\n".join([",".join(WALK_COLUMNS), *rows]) + "\n")
 
 
 def test_the_guide_runs_as_written(tmp_path, monkeypatch):
@@ -36,14 +35,14 @@ def test_the_guide_runs_as_written(tmp_path, monkeypatch):
         target = tmp_path / block.splitlines()[0].removeprefix("# ")
         target.parent.mkdir(exist_ok=True)
         target.write_text(block)
-    for subject in SUBJECTS:
-        for activity in ACTIVITIES:
-            for trial in TRIALS:
+    for subject in WALK_SUBJECTS:
+        for activity in WALK_ACTIVITIES:
+            for trial in WALK_TRIALS:
                 _write_csv(tmp_path / "walkdata" / f"{subject}_{activity}_t{trial}.csv",
-                           _signals(subject, activity, trial))
-    for trial in TRIALS:  # the new worker: 40 s per trial, walking then sitting, unlabelled
+                           walk_signals(subject, activity, trial))
+    for trial in WALK_TRIALS:  # the new worker: 40 s per trial, walking then sitting, unlabelled
         _write_csv(tmp_path / "newworker" / f"w01_t{trial}.csv",
-                   np.concatenate([_signals("s01", "walk", trial, 400), _signals("s01", "sit", trial, 400)]))
+                   np.concatenate([walk_signals("s01", "walk", trial, 400), walk_signals("s01", "sit", trial, 400)]))
     commands = _commands()
     assert [c[:2] for c in commands] == [["data", "check"], ["data", "install"], ["data", "info"],
                                          ["run", "walkdata.yaml"], ["data", "install"],

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import MeanTeacher, run_cli
+from conftest import MeanTeacher, run_cli, run_config
 from harkd.data.install import install_dataset
 from harkd.data.loaders.generic import write_generic
 from harkd.data.synthetic import make_recordings
@@ -20,7 +20,6 @@ from harkd.errors import HarkdError
 from harkd.experiment.config import parse_config
 from harkd.experiment.runner import run_experiment
 from harkd.models.tsak import TwoStageTeacher
-from test_runner import config
 
 UNIT = "loso-S01-seed0"
 QUICK = {"epochs": 2, "batch_size": 32, "patience": 2}
@@ -42,7 +41,7 @@ def personalised_run(data_root, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HARKD_DATA", str(data_root))
         patch.setattr(personalise_module, "fit", spy)
-        cfg = parse_config(config(methods=["none", "sc_logit"], personalise=PERSONALISE))
+        cfg = parse_config(run_config(methods=["none", "sc_logit"], personalise=PERSONALISE))
         out = tmp_path_factory.mktemp("personalised") / "run"
         results = run_experiment(cfg, out, command="test", log=lambda _: None, keep_models=True)
         yield out, results, fits
@@ -135,11 +134,12 @@ def test_personalise_config_errors():
                           ({"students": ["logit"]}, "not methods of this run"),
                           ({"labels": ["teacher", "oracle"]}, "personalise.labels[1]")):
         with pytest.raises(HarkdError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
-            parse_config(config(methods=["none"], personalise=bad))
+            parse_config(run_config(methods=["none"], personalise=bad))
     as_yaml = yaml.safe_load("{labels: [teacher, self, true]}")  # YAML 1.1 reads the bare `true` as a boolean
-    assert parse_config(config(methods=["none"], personalise=as_yaml)).personalise.labels == ("teacher", "self", "true")
+    labels = parse_config(run_config(methods=["none"], personalise=as_yaml)).personalise.labels
+    assert labels == ("teacher", "self", "true")
     with pytest.raises(HarkdError, match="personalise and split.calibration"):
-        parse_config(config(methods=["none"], personalise={}, split={"kind": "loso", "calibration": 0.5}))
+        parse_config(run_config(methods=["none"], personalise={}, split={"kind": "loso", "calibration": 0.5}))
 
 
 @pytest.mark.parametrize("channels", [3, 6])

@@ -13,22 +13,19 @@ import time
 import pytest
 import yaml
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, head_search_config, run_cli, run_config, sensor_search_config
 from harkd.experiment.config import parse_config
 from harkd.experiment.runner import Runner, run_experiment
 
-# Set before Ray is imported: this process connects to a cluster on 127.0.0.1 (see harkd.experiment.ray_backend).
+# Set before Ray is imported: this process connects to a cluster on 127.0.0.1 (see harkd.execution.ray_cluster).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from harkd.experiment.ray_backend import KEPT, RayBackend, optimize_on_ray  # noqa: E402
+from harkd.execution.ray_cluster import KEPT, RayBackend, optimize_on_ray  # noqa: E402
 from harkd.search import parse_search_config, run_head_search  # noqa: E402
 from harkd.search.sensor_report import run_sensor_search  # noqa: E402
 from harkd.search.sensor_search import parse_sensor_search  # noqa: E402
-from test_head_search import raw_config as head_search_config  # noqa: E402
-from test_sensor_search import planted_root  # noqa: E402,F401  (the fixture)
-from test_sensor_search import raw_config as sensor_search_config  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -248,10 +245,8 @@ def test_without_ray_installed_asking_for_it_names_the_extra(tmp_path):
 
 
 def test_the_cli_and_a_local_run_never_import_ray(data_root, tmp_path):
-    from test_runner import config
-
     path = tmp_path / "synth.yaml"
-    path.write_text(yaml.safe_dump(config(methods=["none"])))
+    path.write_text(yaml.safe_dump(run_config(methods=["none"])))
     code = ("import sys; from typer.testing import CliRunner; from harkd.cli import app; "
             f"result = CliRunner().invoke(app, ['run', {str(path)!r}, '--out', {str(tmp_path / 'out')!r}, "
             "'--jobs', '1']); print(result.exit_code, 'ray' in sys.modules)")

@@ -9,8 +9,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from conftest import head_search_config
 from harkd.search import head_search, parse_search_config, run_head_search
-from test_head_search import raw_config
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = sorted((REPO / "benchmarks" / "results").rglob("*.json"))
@@ -34,7 +34,7 @@ def test_committed_results_hold_no_path_resolved_into_the_checkout(path):
 
 def test_head_search_records_its_default_storage_as_given_and_writes_atomically(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = parse_search_config(raw_config())
+    config = parse_search_config(head_search_config())
     (tmp_path / "out").mkdir()
     # One finished trial already stored, so the search only writes its outputs (no data, no training).
     study = head_search._open_study(config, f"sqlite:///{tmp_path / 'out' / 'search.db'}", "synth")

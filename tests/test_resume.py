@@ -4,17 +4,18 @@ import json
 
 import pytest
 
-import harkd.experiment.runner as runner
+import harkd.experiment.fold_unit as fold_unit
+from conftest import run_config
 from harkd.errors import HarkdError
 from harkd.experiment.config import parse_config
 from harkd.experiment.runner import run_experiment
-from test_runner import config
+
 
 class Interrupted(Exception):
     """Stands for a killed run (pytest treats a real KeyboardInterrupt as the user stopping the tests)."""
 
 
-TRAIN_UNIT = runner.FoldRunner.run
+TRAIN_UNIT = fold_unit.FoldRunner.run
 TWO_FOLDS = {"kind": "loso", "val_subjects": 1, "folds": ["S01", "S02"]}
 
 
@@ -28,13 +29,13 @@ def _count_units(monkeypatch, fail_at: int | None = None) -> list:
         trained.append((seed, fold.name))
         return TRAIN_UNIT(self, seed, fold)
 
-    monkeypatch.setattr(runner.FoldRunner, "run", run)
+    monkeypatch.setattr(fold_unit.FoldRunner, "run", run)
     return trained
 
 
 def test_an_interrupted_run_resumes_with_the_missing_units_only(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HARKD_DATA", str(data_root))
-    cfg = parse_config(config(split=TWO_FOLDS, methods=["none", "logit"]))
+    cfg = parse_config(run_config(split=TWO_FOLDS, methods=["none", "logit"]))
     out = tmp_path / "out"
     trained = _count_units(monkeypatch, fail_at=1)
     with pytest.raises(Interrupted):
@@ -67,9 +68,10 @@ def test_a_partial_run_of_another_config_is_a_one_line_error(data_root, tmp_path
     out = tmp_path / "out"
     _count_units(monkeypatch, fail_at=1)
     with pytest.raises(Interrupted):
-        run_experiment(parse_config(config(split=TWO_FOLDS, methods=["none"])), out, command="t", log=lambda _: None)
+        run_experiment(parse_config(run_config(split=TWO_FOLDS, methods=["none"])), out, command="t",
+                       log=lambda _: None)
     with pytest.raises(HarkdError) as error:
-        run_experiment(parse_config(config(split=TWO_FOLDS, methods=["none", "logit"])), out, command="t",
+        run_experiment(parse_config(run_config(split=TWO_FOLDS, methods=["none", "logit"])), out, command="t",
                        log=lambda _: None)
     message = str(error.value)
     assert ".units holds the finished units of a run with another config" in message and "\n" not in message

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import assert_one_line_error, run_cli, spy_fit
+from conftest import assert_one_line_error, run_cli, run_config, spy_fit
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
 from harkd.experiment.config import MethodSpec, load_config, parse_config
@@ -15,31 +15,11 @@ from harkd.experiment.runner import Runner, run_experiment
 from harkd.models.base import build_model
 from harkd.train.engine import TrainConfig, fit, predict
 
-QUICK = {"epochs": 2, "batch_size": 32, "patience": 2}
-
-
-def config(**changes):
-    raw = {
-        "dataset": "synth",
-        "windowing": {"length": 50, "stride": 25},
-        "split": {"kind": "loso", "val_subjects": 1, "folds": ["S01"]},
-        "seeds": [0],
-        "teacher": {"model": "tsak_teacher", "train": QUICK},
-        "semantic": {"train": QUICK},
-        "students": {"channels": {"position": "right_wrist", "modality": "acc"}, "models": ["cnn_student"],
-                     "train": QUICK},
-        "methods": ["none", "logit", "sc_logit", "combi_rep"],
-        "latency_runs": 5,
-    }
-    raw.update(changes)
-    return raw
-
-
 def test_run_writes_one_row_per_fold_seed_role_model_method(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HARKD_DATA", str(data_root))
     monkeypatch.setattr(Runner, "heartbeat_s", 0.01)  # a line whenever the run was silent this long
     lines, threads = [], torch.get_num_threads()
-    results = run_experiment(parse_config(config()), tmp_path / "out", command="test", log=lines.append)
+    results = run_experiment(parse_config(run_config()), tmp_path / "out", command="test", log=lines.append)
     assert torch.get_num_threads() == threads  # the run's one thread was this process's only while it trained
     # What the process trains at that moment: the unit, the fit (teacher, semantic, <student>-<method>), its epoch.
     fits = {"teacher", "semantic"} | {f"cnn_student-{m}" for m in ("none", "logit", "sc_logit", "combi_rep")}
@@ -69,15 +49,15 @@ def test_run_writes_one_row_per_fold_seed_role_model_method(data_root, tmp_path,
 
 def test_unknown_names_and_keys_are_one_line_errors(tmp_path):
     with pytest.raises(HarkdError, match=r"unknown key\(s\) \['epoch'\]; valid keys"):
-        parse_config(config(teacher={"model": "tsak_teacher", "train": {"epoch": 3}}))
+        parse_config(run_config(teacher={"model": "tsak_teacher", "train": {"epoch": 3}}))
     with pytest.raises(HarkdError, match=r"unknown key\(s\) \['studnets'\]"):
-        parse_config({**config(), "studnets": {}})
+        parse_config({**run_config(), "studnets": {}})
     with pytest.raises(HarkdError, match="unknown model 'resnet'; known models:"):
         build_model("resnet", 3, 2)
     with pytest.raises(HarkdError, match="unknown KD strategy 'fitnet'"):
         build_method(MethodSpec.parse("fitnet", "methods[0]"), {"feat": 8}, {"attn": 8}, 3)
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config()))
+    path.write_text(yaml.safe_dump(run_config()))
     with pytest.raises(HarkdError, match=r"split.kind: expected 'loso', 'fixed', 'protocol' or 'groups', got 'kfold'"):
         load_config(path, ["split.kind=kfold"])
 
@@ -102,7 +82,7 @@ def test_teacher_gets_no_gradient_and_stays_in_eval_mode(tmp_path):
 
 def test_cli_run_rejects_an_unknown_method_before_training(data_root, tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config()))
+    path.write_text(yaml.safe_dump(run_config()))
     result = run_cli("run", str(path), "methods=[none,fitnet]", "--out", str(tmp_path / "out"), data_root=data_root)
     assert_one_line_error(result, "unknown KD strategy 'fitnet'", "known strategies: at, attn_rep")
     assert not (tmp_path / "out").exists()
@@ -111,15 +91,16 @@ def test_cli_run_rejects_an_unknown_method_before_training(data_root, tmp_path):
 
 
 def test_two_sizes_of_one_student_are_reported_apart():
-    cfg = parse_config(config(students={"models": [{"model": "cnn_student", "params": {"width": 64}}, "cnn_student"]}))
+    cfg = parse_config(run_config(students={"models": [{"model": "cnn_student", "params": {"width": 64}},
+                                                       "cnn_student"]}))
     assert [s.label for s in cfg.students] == ["cnn_student(width=64)", "cnn_student"]
     with pytest.raises(HarkdError, match="share the label"):
-        parse_config(config(students={"models": ["cnn_student", {"model": "cnn_student", "label": "cnn_student"}]}))
+        parse_config(run_config(students={"models": ["cnn_student", {"model": "cnn_student", "label": "cnn_student"}]}))
 
 
 def test_parallel_units_give_the_serial_rows_in_plan_order(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HARKD_DATA", str(data_root))
-    cfg = parse_config(config(split={"kind": "loso", "val_subjects": 1}, methods=["none", "logit"]))
+    cfg = parse_config(run_config(split={"kind": "loso", "val_subjects": 1}, methods=["none", "logit"]))
     serial = run_experiment(cfg, tmp_path / "serial", command="test", log=lambda _: None)
     parallel = run_experiment(cfg, tmp_path / "parallel", command="test", log=lambda _: None, jobs=2,
                               keep_models=True)
@@ -146,12 +127,12 @@ def test_parallel_units_give_the_serial_rows_in_plan_order(data_root, tmp_path, 
 def test_calibration_windows_train_only_kd_students_and_are_never_scored(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HARKD_DATA", str(data_root))
     calls = spy_fit(monkeypatch)
-    plain = run_experiment(parse_config(config(methods=["none", "sc_logit"])), tmp_path / "plain", command="t",
+    plain = run_experiment(parse_config(run_config(methods=["none", "sc_logit"])), tmp_path / "plain", command="t",
                            log=lambda _: None)
     n_train_plain = len(calls[0]["train"][1])
     calls.clear()
     split = {"kind": "loso", "val_subjects": 1, "folds": ["S01"], "calibration": 0.5}
-    calibrated = run_experiment(parse_config(config(split=split, methods=["none", "sc_logit"])), tmp_path / "cal",
+    calibrated = run_experiment(parse_config(run_config(split=split, methods=["none", "sc_logit"])), tmp_path / "cal",
                                 command="t", log=lambda _: None)
     seen = [(type(c["model"]).__name__, c["targets"] is not None, len(c["train"][1]), int((c["train"][1] < 0).sum()))
             for c in calls]
@@ -171,11 +152,11 @@ def test_a_finished_run_is_replaced_only_with_overwrite(data_root, tmp_path, mon
     out.mkdir()
     (out / "results.json").write_text('{"earlier": "run"}')
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config(methods=["none"])))
+    path.write_text(yaml.safe_dump(run_config(methods=["none"])))
     refused = run_cli("run", str(path), "--out", str(out), data_root=data_root)
     assert_one_line_error(refused, f"{out} holds a finished run (results.json)", "--overwrite")
     assert (out / "results.json").read_text() == '{"earlier": "run"}'
     quick = {"epochs": 1, "batch_size": 32, "patience": 1}
-    cfg = parse_config(config(methods=["none"], teacher={"model": "cnn_student", "train": quick}))
+    cfg = parse_config(run_config(methods=["none"], teacher={"model": "cnn_student", "train": quick}))
     run_experiment(cfg, out, command="t", log=lambda _: None, overwrite=True)
     assert json.loads((out / "results.json").read_text())["rows"]

@@ -1,17 +1,14 @@
 """`harkd search-sensors` on synthetic data: the planted informative sensor group is found at the front's lowest
 cost, the search resumes after a kill, the kit space and its errors, and the front's ready configs."""
 
-import hashlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +16,8 @@ import optuna
 import pytest
 import yaml
 
-from conftest import assert_one_line_error, run_cli
-from harkd.data.install import install_dataset
-from harkd.data.loaders.generic import write_generic
+from conftest import PLANTED_GROUP, PLANTED_POSITIONS, assert_one_line_error, run_cli, sensor_search_config
 from harkd.data.recording import ChannelKit, ChannelQuery, sensor_channels
-from harkd.data.synthetic import make_recordings
 from harkd.errors import HarkdError
 from harkd.experiment.config import ModelSpec, parse_config
 from harkd.search import sensor_search
@@ -32,50 +26,7 @@ from harkd.search.sensor_search import load_data, load_sensor_search, parse_sens
 from harkd.search.sensor_space import SensorSearchSection, SensorSpace, kit_key, run_config
 
 CONFIGS = Path(__file__).parent.parent / "configs"
-POSITIONS = ("right_wrist", "left_wrist", "hip")
-PLANTED = ("left_wrist", "gyro")  # the only sensor group whose signals depend on the activity
-QUICK = {"epochs": 8, "batch_size": 32, "lr": 0.005, "patience": 4}
-
-
-def _planted_recordings():
-    """Three positions with acc and gyro; every group but PLANTED replaced by noise that knows no activity."""
-    recordings = make_recordings(n_subjects=4, duration_s=120, rate_hz=25, positions=POSITIONS,
-                                 modalities=("acc", "gyro"), null_fraction=0.0, seed=3)
-    rng = np.random.default_rng(0)
-    keep = [i for i, c in enumerate(recordings[0].channels) if (c.position, c.modality) == PLANTED]
-    planted = []
-    # gravity on each noise accelerometer's z, as a worn one reads it (else every run warns about their units)
-    gravity = np.array([9.81 * (c.modality == "acc" and c.axis == "z") for c in recordings[0].channels], np.float32)
-    for recording in recordings:
-        signals = rng.normal(size=recording.signals.shape).astype(np.float32) + gravity
-        signals[:, keep] = recording.signals[:, keep]
-        planted.append(replace(recording, signals=signals))
-    return planted
-
-
-@pytest.fixture(scope="module")
-def planted_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("root")
-    folder = tmp_path_factory.mktemp("src") / "planted"
-    write_generic(_planted_recordings(), folder)
-    archive = folder.parent / "planted.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(folder, arcname="planted")
-    install_dataset("planted", str(archive), sha256=hashlib.sha256(archive.read_bytes()).hexdigest(), root=root)
-    return root
-
-
-def raw_config(**search):
-    return {
-        "dataset": "planted",
-        "windowing": {"length": 50, "stride": 25},
-        "split": {"kind": "loso", "val_subjects": 1},
-        "seeds": [0],
-        "teacher": {"model": "tsak_teacher", "train": QUICK},
-        "semantic": {"train": QUICK},
-        "students": {"models": ["cnn_student"], "train": QUICK},
-        "search": {"method": "logit", "trials": 8, "folds": 1, "budget": {"positions": 2}, **search},
-    }
+# The planted data (planted_root), its positions and group, and the search config on it: conftest.
 
 
 @pytest.fixture()
@@ -85,7 +36,7 @@ def planted_env(planted_root, monkeypatch):
 
 
 def search(tmp_path, trials=None, log=None, **changes):
-    return run_sensor_search(parse_sensor_search(raw_config(**changes)), tmp_path / "out", "planted", trials,
+    return run_sensor_search(parse_sensor_search(sensor_search_config(**changes)), tmp_path / "out", "planted", trials,
                              log=(lambda _: None) if log is None else log.append)
 
 
@@ -117,12 +68,12 @@ def test_the_planted_group_is_the_fronts_cheapest_member_within_a_small_budget(p
 
 
 def _wears_planted(kit):
-    return any(part.split(":")[0] == PLANTED[0] and PLANTED[1] in part.split(":")[1].split("+")
+    return any(part.split(":")[0] == PLANTED_GROUP[0] and PLANTED_GROUP[1] in part.split(":")[1].split("+")
                for part in kit.split(","))
 
 
 def test_confirm_runs_each_member_on_the_split_and_reports_its_test_scores(planted_env, tmp_path):
-    raw = raw_config(trials=3, budget={"positions": 1}, modalities=["gyro"])
+    raw = sensor_search_config(trials=3, budget={"positions": 1}, modalities=["gyro"])
     raw["split"]["folds"] = ["S01", "S02"]
     config = parse_sensor_search(raw)
     log = []
@@ -193,7 +144,7 @@ def _counted(storage):
 def test_killing_the_search_and_rerunning_the_command_resumes_it(planted_env, tmp_path):
     TRIALS = 12  # a trial takes well under a second: with 5, a loaded machine once saw all done before the kill
     path = tmp_path / "planted.yaml"
-    path.write_text(yaml.safe_dump(raw_config(trials=TRIALS)))
+    path.write_text(yaml.safe_dump(sensor_search_config(trials=TRIALS)))
     out = tmp_path / "out"
     command = [sys.executable, "-m", "harkd", "search-sensors", str(path), "--out", str(out)]
     env = {**os.environ, "HARKD_DATA": str(planted_env)}
@@ -234,19 +185,19 @@ def _safe_counted(storage):
 ])
 def test_bad_search_input_is_one_line_with_exit_2_and_writes_nothing(planted_env, tmp_path, change, message):
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(raw_config(**change)))
+    path.write_text(yaml.safe_dump(sensor_search_config(**change)))
     result = run_cli("search-sensors", str(path), "--out", str(tmp_path / "out"), data_root=planted_env)
     assert_one_line_error(result, message)
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({**raw_config(), "students": {"channels": {"position": "hip"}, "models": ["cnn_student"]}},
+    ({**sensor_search_config(), "students": {"channels": {"position": "hip"}, "models": ["cnn_student"]}},
      "students.channels: the search chooses the student's channels"),
-    ({**raw_config(), "seeds": [0, 1]}, "seeds: a sensor search uses one seed"),
-    ({**raw_config(), "students": {"models": ["cnn_student", "tiny_cnn"]}},
+    ({**sensor_search_config(), "seeds": [0, 1]}, "seeds: a sensor search uses one seed"),
+    ({**sensor_search_config(), "students": {"models": ["cnn_student", "tiny_cnn"]}},
      "students.models: a sensor search trains one student"),
-    (raw_config(cost=["weight"]), "search.cost"),
+    (sensor_search_config(cost=["weight"]), "search.cost"),
 ])
 def test_bad_search_configs_fail_before_any_data_loads(raw, message):
     with pytest.raises(HarkdError, match="^config: " + re.escape(message)):
@@ -254,7 +205,7 @@ def test_bad_search_configs_fail_before_any_data_loads(raw, message):
 
 
 def test_the_space_counts_kits_within_the_budget_and_requires_what_it_is_told():
-    channels = [c for p in POSITIONS for m in ("acc", "gyro") for c in sensor_channels(p, m, "m/s^2")]
+    channels = [c for p in PLANTED_POSITIONS for m in ("acc", "gyro") for c in sensor_channels(p, m, "m/s^2")]
     student = ModelSpec("cnn_student")
     space = SensorSpace.build(channels, SensorSearchSection(), student, 4, 50)
     assert len(space.candidates) == 3 * 3 + 3 * 9 + 27  # 1, 2 and 3 positions, each with 3 modality sets
@@ -262,18 +213,18 @@ def test_the_space_counts_kits_within_the_budget_and_requires_what_it_is_told():
                               50)
     assert all("hip" in kit_key(c.kit) for c in space.candidates) and len(space.candidates) == 3 + 2 * 9
     space = SensorSpace.build(channels, SensorSearchSection(budget={"positions": 1, "channels": 3}), student, 4, 50)
-    assert sorted(kit_key(c.kit) for c in space.candidates) == sorted(f"{p}:{m}" for p in POSITIONS
+    assert sorted(kit_key(c.kit) for c in space.candidates) == sorted(f"{p}:{m}" for p in PLANTED_POSITIONS
                                                                        for m in ("acc", "gyro"))
 
 
 def test_a_kit_selects_its_channels_in_column_order():
-    channels = [c for p in POSITIONS for m in ("acc", "gyro") for c in sensor_channels(p, m, "m/s^2")]
+    channels = [c for p in PLANTED_POSITIONS for m in ("acc", "gyro") for c in sensor_channels(p, m, "m/s^2")]
     kit = ChannelQuery.parse([{"position": "hip", "modality": "acc"}, {"position": "right_wrist",
                                                                        "modality": ["acc", "gyro"]}])
     assert isinstance(kit, ChannelKit)
     assert kit.indices(channels) == [0, 1, 2, 3, 4, 5, 12, 13, 14]
     assert kit.describe() == "position=hip;modality=acc + position=right_wrist;modality=acc,gyro"
-    config = parse_config(run_config(raw_config(), (("hip", ("acc",)),)))
+    config = parse_config(run_config(sensor_search_config(), (("hip", ("acc",)),)))
     assert config.student_channels.indices(channels) == [12, 13, 14]
 
 
@@ -323,12 +274,11 @@ def test_a_trial_that_fails_is_recorded_with_its_error_and_the_search_goes_on(pl
 
 
 def test_two_processes_share_the_study_and_train_exactly_the_budget_of_distinct_kits(planted_env, tmp_path,
-                                                                                      monkeypatch):
-    temporary = tmp_path / "tmp"
-    temporary.mkdir()
+                                                                                      short_tmp_path, monkeypatch):
+    temporary = short_tmp_path
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # where the search trains,
     monkeypatch.setenv("TMPDIR", str(temporary))  # and its spawned processes would make their own folders
-    results = run_sensor_search(parse_sensor_search(raw_config()), tmp_path / "out", "planted", 6, jobs=2,
+    results = run_sensor_search(parse_sensor_search(sensor_search_config()), tmp_path / "out", "planted", 6, jobs=2,
                                 log=lambda _: None)
     trained = [t["kit"] for t in results["trials"] if t["state"] == "COMPLETE"]
     assert results["trials_counted"] == 6 and len(trained) == len(set(trained)) == 6

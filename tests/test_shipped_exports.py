@@ -19,7 +19,7 @@ from harkd.deploy.tflm_export import export_tflm
 from harkd.errors import HarkdError
 from harkd.experiment.config import load_config, read_config
 from harkd.experiment.folds import FoldLabels, fold_views
-from harkd.experiment.runner import FoldRunner, load_data
+from harkd.experiment.fold_unit import FoldRunner, load_data
 from harkd.models.base import build_model
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))

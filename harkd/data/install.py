@@ -325,31 +325,11 @@ def install_dataset(name: str | None, source: str, *, sha256: str | None = None,
         archive = local or _download(source, staging)
         with _as_given(source, unpacked, *([] if local else [archive])):
             log(f"verifying the sha256 of {source}")
-            expected, actual = expected_sha256(archive, name or "", sha256), sha256_of(archive)
-            if actual != expected:
-                raise HarkdError(f"{source}: sha256 mismatch (expected {expected}, got {actual}): "
-                                 f"corrupted or wrong archive")
-            owner = _dataset_of_archive(actual)
-            name = name or owner or _name_in_archive(archive, kind, source)
-            if owner not in (None, name):  # a registry checksum names the archive: no need to read it to refuse it
-                raise HarkdError(f"{source}: this is the {owner} archive, not {name}'s; to install it: "
-                                 f"harkd data install {owner} --from {source}")
+            name, actual = _verified(archive, kind, name, source, sha256)
             final = root / name
             if not force and _same_install(final, name, actual):
                 return final, False
-            log(f"checking that {source} holds {name}'s layout ({_layout(name).marker})")
-            with _reading(source):
-                found = _layout(name).in_members(_member_names(archive, kind))
-            if not found:
-                raise _no_layout(name, source)
-            log(f"unpacking {source}")
-            unpacked.mkdir()
-            with _reading(source):
-                _unpack(archive, kind, unpacked)
-            folder = _locator(name)(unpacked)
-            if folder is None:
-                raise _no_layout(name, source)
-            _check_schema_name(name, folder)
+            folder = _unpacked(archive, kind, name, source, unpacked, log)
             log(f"reading every file of {name} once, so that bad files are refused now, not at the first experiment")
             read_dataset(name, folder)
         _put_in_place(folder, final, staging, {"name": name, "source": str(source), "archive": archive.name,
@@ -357,6 +337,37 @@ def install_dataset(name: str | None, source: str, *, sha256: str | None = None,
         return final, True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _verified(archive: Path, kind: str, name: str | None, source: str, sha256: str | None) -> tuple[str, str]:
+    """The install name and the archive's sha256, once it matches what is expected of it."""
+    expected, actual = expected_sha256(archive, name or "", sha256), sha256_of(archive)
+    if actual != expected:
+        raise HarkdError(f"{source}: sha256 mismatch (expected {expected}, got {actual}): corrupted or wrong archive")
+    owner = _dataset_of_archive(actual)
+    name = name or owner or _name_in_archive(archive, kind, source)
+    if owner not in (None, name):  # a registry checksum names the archive: no need to read it to refuse it
+        raise HarkdError(f"{source}: this is the {owner} archive, not {name}'s; to install it: "
+                         f"harkd data install {owner} --from {source}")
+    return name, actual
+
+
+def _unpacked(archive: Path, kind: str, name: str, source: str, unpacked: Path, log: Callable[[str], None]) -> Path:
+    """The dataset's folder in the archive, unpacked into `unpacked` after its listing showed the layout."""
+    log(f"checking that {source} holds {name}'s layout ({_layout(name).marker})")
+    with _reading(source):
+        found = _layout(name).in_members(_member_names(archive, kind))
+    if not found:
+        raise _no_layout(name, source)
+    log(f"unpacking {source}")
+    unpacked.mkdir()
+    with _reading(source):
+        _unpack(archive, kind, unpacked)
+    folder = _locator(name)(unpacked)
+    if folder is None:
+        raise _no_layout(name, source)
+    _check_schema_name(name, folder)
+    return folder
 
 
 def _format(name: str) -> str:

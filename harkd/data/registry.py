@@ -96,7 +96,7 @@ class DatasetSpec:
 # Every module of harkd.data.loaders is imported on first lookup: a new dataset is one new loader file there that
 # calls register_dataset (generic.py, the format of the user's own data, registers nothing).
 _DATASETS: Registry[DatasetSpec] = Registry(
-    "dataset", "datasets", package="harkd.data.loaders",
+    "dataset", "datasets", package="harkd.data.loaders", group="harkd.datasets",
     hint=" (or your own data with a dataset.yaml, see docs/generic-format.md)")
 
 

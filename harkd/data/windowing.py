@@ -78,17 +78,23 @@ def window_labels(labels: np.ndarray, starts: np.ndarray, length: int, n_classes
     return np.argmax(cumulative[starts + length] - cumulative[starts], axis=1)
 
 
-def make_windows(recordings: Sequence[Recording], config: WindowConfig) -> WindowSet:
-    """Cut every recording into windows; recordings shorter than one window contribute none."""
-    if not recordings:
-        raise HarkdError("no recordings to window")
-    class_names = check_same_classes(recordings)
+def _check_alike(recordings: Sequence[Recording]) -> None:
+    """One window set holds one channel layout at one rate."""
     first = recordings[0]
     for rec in recordings:
         if rec.channels != first.channels:
             raise HarkdError(f"{rec.source or rec.session}: channels differ from {first.source or first.session}")
         if rec.rate_hz != first.rate_hz:
             raise HarkdError(f"{rec.source or rec.session}: rate {rec.rate_hz} Hz differs from {first.rate_hz} Hz")
+
+
+def make_windows(recordings: Sequence[Recording], config: WindowConfig) -> WindowSet:
+    """Cut every recording into windows; recordings shorter than one window contribute none."""
+    if not recordings:
+        raise HarkdError("no recordings to window")
+    class_names = check_same_classes(recordings)
+    first = recordings[0]
+    _check_alike(recordings)
     xs, ys, subjects, sessions = [], [], [], []
     tracks: dict[str, list[np.ndarray]] = {k: [] for k in first.annotations}
     for rec in recordings:

@@ -1,8 +1,9 @@
 """A student on a live stream: samples in (the model's channels, in its units), one prediction per hop out.
 
-A model is opened by stream_model.open_model (PyTorch, ONNX Runtime or TFLite Micro); `StreamPredictor` keeps a ring buffer of one window and scores it every `hop` samples, optionally smoothed over the
-last k predictions; `Stream` puts gap handling (short NaN or missing-row gaps interpolated as in loading, longer ones
-reset the buffer and are reported) and resampling in front of it; `read_rows` parses CSV text line by line for
+A model is opened by stream_model.open_model (PyTorch, ONNX Runtime or TFLite Micro); `StreamPredictor` keeps a
+ring buffer of one window and scores it every `hop` samples, optionally smoothed over the last k predictions;
+`Stream` puts gap handling (short NaN or missing-row gaps interpolated as in loading, longer ones reset the buffer
+and are reported) and resampling in front of it; `read_rows` parses CSV text line by line for
 `harkd stream`, each bad line a one-line error naming it, after `choose_reading` has decided whether a file is a plain
 CSV or a session of the user's own dataset (its dataset.yaml in the file's folder or above).
 """

@@ -97,7 +97,8 @@ class Strategy:
     family: str
 
 
-_STRATEGIES: Registry[Strategy] = Registry("KD strategy", "strategies", package="harkd.distill")
+_STRATEGIES: Registry[Strategy] = Registry("KD strategy", "strategies", package="harkd.distill",
+                                           group="harkd.strategies")
 
 
 def register_distiller(name: str, *, family: str = "", **bound: Any) -> Callable[[type[Distiller]], type[Distiller]]:

@@ -12,16 +12,13 @@ interruption trains only the missing units (harkd.experiment.checkpoints).
 
 from __future__ import annotations
 
-import multiprocessing
+import json
 import os
 import shutil
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -32,31 +29,27 @@ from tqdm import tqdm
 
 from harkd import __version__
 from harkd.cost import count_flops, count_params, cpu_latency_ms
-from harkd.data.recording import Recording
 from harkd.data.splits import Fold
 from harkd.data.windowing import WindowSet
-from harkd.models.bundle import ModelBundle
 from harkd.distill.compose import build_method
 from harkd.environment import environment
 from harkd.errors import HarkdError
+from harkd.execution.processes import Processes
 from harkd.experiment.checkpoints import UnitStore
-from harkd.experiment.config import ExperimentConfig, ModelSpec, parse_config
+from harkd.experiment.config import ExperimentConfig
 from harkd.experiment.families import best_per_family
-from harkd.experiment.folds import (ExperimentData, FoldLabels, Views, experiment_recordings, fold_views,
-                                    sensor_groups)
+from harkd.experiment.fold_unit import FoldResult, FoldUnits, load_data
+from harkd.experiment.folds import ExperimentData, sensor_groups
 from harkd.experiment.report import format_summary_table, write_results
-from harkd.experiment.personalised import KeptStudent, Personaliser
-from harkd.experiment.progress import Heartbeat, status_hook
-from harkd.experiment.scoring import Scorer
-from harkd.experiment.students import Sources, train_student
+from harkd.experiment.progress import Heartbeat
 from harkd.experiment.summary import summarise
-from harkd.experiment.teacher import TeacherSettings, TrainedTeacher, semantic_inputs, train_teacher
+from harkd.experiment.teacher_cache import TeacherStore
 from harkd.models.base import build_model
 from harkd.models.tsak import TwoStageTeacher, semantic_input_dims
 from harkd.train.engine import set_epoch_hook
 
 if TYPE_CHECKING:
-    from harkd.experiment.ray_backend import RayBackend
+    from harkd.execution.ray_cluster import RayBackend
 
 
 def check_names(config: ExperimentConfig) -> None:
@@ -72,142 +65,19 @@ def check_names(config: ExperimentConfig) -> None:
             build_method(method, student.rep_dims, source.rep_dims, 2, student.map_dims, source.map_dims)
 
 
-def load_data(cfg: ExperimentConfig) -> ExperimentData:
-    return ExperimentData.load(cfg, cfg.teacher_channels, cfg.student_channels)
-
-
-def teacher_settings(cfg: ExperimentConfig) -> TeacherSettings:
-    return TeacherSettings(cfg.teacher, cfg.teacher_train, cfg.semantic, cfg.semantic_train)
-
-
-@dataclass
-class FoldResult:
-    """One (seed, fold) unit's rows (without costs: the parent measures those once) and confusion matrices."""
-
-    rows: list[dict]
-    confusion: dict[str, np.ndarray]
-
-
-class FoldRunner:
-    """Trains one (seed, fold) unit: the teacher stage, then every student with every method; with `models` set,
-    each trained teacher and student is kept there as a bundle (harkd.deploy)."""
-
-    def __init__(self, cfg: ExperimentConfig, data: ExperimentData, work: Path, models: Path | None = None):
-        self.cfg, self.data, self.work, self.models = cfg, data, work, models
-        self.teacher_view = (cfg.teacher_channels.describe(), len(data.teacher_view.channels))
-        self.student_view = (cfg.student_channels.describe(), len(data.student_view.channels))
-        self._cut_from: list[Recording] | None = None
-
-    def run(self, seed: int, fold: Fold) -> FoldResult:
-        cfg, data = self.cfg, self.data
-        y = FoldLabels.of(data.labels, fold)
-        xt, xs = fold_views(data.teacher_view, fold), fold_views(data.student_view, fold)
-        score = Scorer(cfg.dataset, fold, seed, y.test.numpy(), data.n_classes)
-        work = self.work / f"{fold.name}-seed{seed}"
-        groups = sensor_groups(data.teacher_view.channels)
-        teacher = train_teacher(teacher_settings(cfg), xt, y, groups, data.n_classes, work, seed)
-        rows = self._teacher_rows(teacher, xt, score, groups)
-        sources = Sources(teacher, xt, xs)  # its self teacher is each student's own: `none` runs first (config rule)
-        kept, kept_bundles = [], {}
-        for spec in cfg.students:
-            for method in cfg.methods:
-                result = train_student(spec, method, sources, y, data.n_classes, cfg.student_train,
-                                       work / f"{spec.label}-{method.name}", seed)
-                rows.append(score.row("student", spec.label, method.name, self.student_view, result.model, xs.test,
-                                      result))
-                kept_bundles[(spec.label, method.name)] = self._keep(result.model, spec, data.student_view, xs, fold,
-                                                                     rows[-1])
-                kept.append(KeptStudent(spec.label, method.name, result.model))
-        if cfg.personalise is not None:
-            personaliser = Personaliser(cfg.personalise, data, self._recordings(), (xt, xs), y.train, teacher,
-                                        cfg.teacher.name, (self.teacher_view, self.student_view), seed,
-                                        work / "personalise", None if self.models is None else
-                                        partial(self._keep_personalised, kept_bundles, fold, seed))
-            chosen = cfg.personalise.students
-            rows += personaliser.rows(fold, [k for k in kept if chosen is None or k.method in chosen], score)
-        return FoldResult(rows, score.confusions)
-
-    def _recordings(self) -> list[Recording]:
-        """What the run's windows were cut from, read once per process (calibration sessions are cut from them)."""
-        if self._cut_from is None:
-            self._cut_from = experiment_recordings(self.cfg)
-        return self._cut_from
-
-    def _teacher_rows(self, teacher: TrainedTeacher, xt: Views, score: Scorer,
-                      groups: list[list[int]]) -> list[dict[str, Any]]:
-        cfg = self.cfg
-        rows = [score.row("teacher", cfg.teacher.name, "-", self.teacher_view, teacher.model, xt.test, teacher.fit)]
-        self._keep(teacher.model, cfg.teacher, self.data.teacher_view, xt, score.fold, rows[0], groups,
-                   None if teacher.semantic is None else teacher.semantic.semantic)
-        if teacher.semantic is not None:
-            rows.append(score.row("semantic", cfg.semantic.name, "-", self.teacher_view, teacher.semantic,
-                                  semantic_inputs(teacher, "test"), teacher.semantic_fit))
-        return rows
-
-    def _keep(self, model: nn.Module, spec: ModelSpec, view: WindowSet, views: Views, fold: Fold,
-              row: dict[str, Any], channel_groups: list[list[int]] | None = None,
-              semantic: nn.Module | None = None) -> ModelBundle | None:
-        """The model as a bundle in OUT/models/<fold>-seed<seed>/ (returned); a TSAK teacher's carries its semantic
-        classifier."""
-        if self.models is None:
-            return None
-        name = row["role"] if row["role"] == "teacher" else f"{row['role']}-{row['model']}-{row['method']}"
-        bundle = ModelBundle.of(model, spec.name, spec.params, view.channels, self.data.class_names, view.x.shape[2],
-                                view.rate_hz, views.normaliser, channel_groups, dataset=self.cfg.dataset,
-                                fold=fold.name, test_subjects=list(fold.test_subjects), seed=row["seed"],
-                                data=self._data_sections(),
-                                role=row["role"], method=row["method"], macro_f1=row["macro_f1"],
-                                accuracy=row["accuracy"], harkd_version=__version__)
-        bundle.stride = self.data.windowing.stride if self.data.windowing else None
-        if semantic is not None:
-            bundle = bundle.with_semantic(semantic, self.cfg.semantic.name, self.cfg.semantic.params)
-        bundle.save(self.models / f"{fold.name}-seed{row['seed']}" / f"{name.replace('/', '_')}.pt")
-        return bundle
-
-    def _data_sections(self) -> dict[str, Any]:
-        """What rebuilds the run's windows and folds for a kept model (its int8 export scores the fold's test)."""
-        return {key: self.cfg.raw[key] for key in ("dataset", "dataset_options", "windowing", "split")
-                if key in self.cfg.raw}
-
-    def _keep_personalised(self, bundles: dict[tuple[str, str], ModelBundle], fold: Fold, seed: int,
-                           student: KeptStudent, subject: str, model: nn.Module, report: dict[str, Any]) -> None:
-        """A worker's shipped student as OUT/models/<fold>-seed<seed>/personalised-<model>-<method>-<worker>.pt: the
-        kept student's bundle with the personalised weights and the session's report in its provenance."""
-        name = f"personalised-{student.label}-{student.method}-{subject}".replace("/", "_")
-        bundles[(student.label, student.method)].personalised(model, report).save(
-            self.models / f"{fold.name}-seed{seed}" / f"{name}.pt")
-
-
-# One FoldRunner per worker process, built once by the pool's initializer (the windows load from the cache).
-_WORKER: FoldRunner | None = None
-
-
-def _init_worker(raw: dict, work: Path, threads: int, models: Path | None) -> None:
-    global _WORKER
-    torch.set_num_threads(threads)
-    set_epoch_hook(status_hook(work))
-    cfg = parse_config(raw)
-    _WORKER = FoldRunner(cfg, load_data(cfg), work, models)
-
-
-def _run_unit(seed: int, fold_index: int) -> FoldResult:
-    assert _WORKER is not None
-    return _WORKER.run(seed, _WORKER.data.folds(_WORKER.cfg.split, seed)[fold_index])
-
-
 Plan = list[tuple[int, int, Fold]]  # (seed, the fold's index among the seed's folds, fold) per unit, in run order
 
 
 class Runner:
     """A whole run: every (seed, fold) unit, in this process, in `jobs` worker processes or, with `ray`, as tasks on
-    a Ray cluster (harkd.experiment.ray_backend); then costs (measured once per model, in this process, after
+    a Ray cluster (harkd.execution.ray_cluster); then costs (measured once per model, in this process, after
     training so the latency timings have the machine to themselves), results.json and the report."""
 
     heartbeat_s = 30.0  # the longest silence while units train
 
     def __init__(self, config: ExperimentConfig, out_dir: Path, command: str, log: Callable[[str], None] = print,
                  jobs: int | None = 1, keep_models: bool = False, threads: int | None = None,
-                 overwrite: bool = False, ray: RayBackend | None = None):
+                 overwrite: bool = False, ray: RayBackend | None = None, teachers: TeacherStore | None = None):
         if jobs is not None and jobs < 1:
             raise HarkdError(f"--jobs must be at least 1, got {jobs}")
         if ray is not None and jobs not in (None, 1):
@@ -222,6 +92,7 @@ class Runner:
         self.threads = threads or (1 if ray is None else ray.threads)  # a Ray task's threads: the CPUs it holds
         self.overwrite = overwrite
         self.ray = ray
+        self.teachers = teachers  # None: every teacher trained (--no-teacher-cache)
 
     def run(self) -> dict[str, Any]:
         cfg = self.config
@@ -305,8 +176,9 @@ class Runner:
     @staticmethod
     def _unit_line(seed: int, fold: Fold, unit: FoldResult, progress: str) -> str:
         best = max((r for r in unit.rows if r["role"] == "student"), key=lambda r: r["macro_f1"])
-        return (f"[{progress}] seed {seed} {fold.describe()}: teacher {unit.rows[0]['macro_f1']:.3f}, best student "
-                f"{best['model']}/{best['method']} {best['macro_f1']:.3f}")
+        return (f"[{progress}] seed {seed} {fold.describe()}: teacher {unit.rows[0]['macro_f1']:.3f}"
+                + (" (from the teacher store)" if unit.teacher_from_store else "")
+                + f", best student {best['model']}/{best['method']} {best['macro_f1']:.3f}")
 
     def _train(self, plan: Plan, data: ExperimentData, work: Path, finished: dict[int, FoldResult],
                store: UnitStore, clock: float) -> list[FoldResult]:
@@ -328,35 +200,20 @@ class Runner:
 
     def _units(self, plan: Plan, todo: list[int], data: ExperimentData, work: Path) -> Iterator[tuple[int, FoldResult]]:
         """(plan index, result) of each unit in `todo` as it finishes: here, in spawned worker processes, or on Ray."""
+        units = {k: (plan[k][0], plan[k][2]) for k in todo}
+        spec = FoldUnits(json.dumps(self.config.raw), work, self.models,
+                         None if self.teachers is None else self.teachers.root)
         if self.ray is not None:
-            from harkd.experiment.ray_backend import train_units_on_ray
+            from harkd.execution.ray_cluster import map_on_ray
 
-            if todo:  # nothing to start Ray for when every unit is resumed
-                units = {k: (plan[k][0], plan[k][2]) for k in todo}
-                yield from train_units_on_ray(self.ray, self.config.raw, data, units, self.threads, self.models,
-                                              work / "status")
+            if units:  # nothing to start Ray for when every unit is resumed
+                yield from map_on_ray(self.ray, spec, units, data, work / "status", self.threads,
+                                      lambda unit: f"{unit[1].name}-seed{unit[0]}")
             return
-        if self.jobs == 1:
-            runner, threads = FoldRunner(self.config, data, work, self.models), torch.get_num_threads()
-            set_epoch_hook(status_hook(work))
-            torch.set_num_threads(self.threads)
-            try:
-                yield from ((k, runner.run(plan[k][0], plan[k][2])) for k in todo)
-            finally:
-                set_epoch_hook(None)
-                torch.set_num_threads(threads)
-            return
-        if not todo:
-            return
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(self.jobs, mp_context=spawn, initializer=_init_worker,
-                                 initargs=(self.config.raw, work, self.threads, self.models)) as pool:
-            futures = {pool.submit(_run_unit, plan[k][0], plan[k][1]): k for k in todo}
-            try:
-                yield from ((futures[future], future.result()) for future in as_completed(futures))
-            except BaseException:
-                pool.shutdown(cancel_futures=True)
-                raise
+        try:  # in this process, the windows loaded already; a spawned process loads them from the cache
+            yield from Processes(self.jobs, self.threads).map(spec, units, data if self.jobs == 1 else None)
+        finally:
+            set_epoch_hook(None)
 
     def _costs(self, data: ExperimentData) -> dict[tuple[str, str], dict[str, float]]:
         """Params, FLOPs and batch-1 CPU latency per window for each model of the run (the same in every fold)."""
@@ -402,8 +259,9 @@ def _summed_confusions(units: list[FoldResult]) -> dict[str, list]:
 
 def run_experiment(config: ExperimentConfig, out_dir: Path, command: str = "", log: Callable[[str], None] = print,
                    jobs: int | None = 1, keep_models: bool = False, threads: int | None = None,
-                   overwrite: bool = False, ray: RayBackend | None = None) -> dict[str, Any]:
-    return Runner(config, out_dir, command, log, jobs, keep_models, threads, overwrite, ray).run()
+                   overwrite: bool = False, ray: RayBackend | None = None,
+                   teachers: TeacherStore | None = None) -> dict[str, Any]:
+    return Runner(config, out_dir, command, log, jobs, keep_models, threads, overwrite, ray, teachers).run()
 
 
-__all__ = ["run_experiment", "check_names", "cost_models", "load_data", "FoldRunner", "Runner"]
+__all__ = ["run_experiment", "check_names", "cost_models", "Runner"]

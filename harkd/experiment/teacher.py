@@ -11,6 +11,7 @@ from torch import nn
 
 from harkd.experiment.config import ModelSpec
 from harkd.experiment.folds import FoldLabels, Views
+from harkd.experiment.teacher_cache import TeacherStore, teacher_key
 from harkd.models.base import build_model
 from harkd.models.tsak import OnStackedReps, TwoStageTeacher, semantic_input_dims, stack_reps
 from harkd.train.engine import FitResult, TeacherTargets, TrainConfig, fit, predict, training_device
@@ -37,6 +38,7 @@ class TrainedTeacher:
     semantic: nn.Module | None = None  # on stacked reps (OnStackedReps)
     semantic_fit: FitResult | None = None
     device: torch.device = torch.device("cpu")  # where its outputs are computed: where it trained
+    from_store: bool = False  # read from the teacher store (trained before on the same inputs), not trained now
 
     def label(self, x: torch.Tensor) -> TeacherTargets:
         """The teacher's targets on other windows of its channels (e.g. mixes)."""
@@ -54,35 +56,51 @@ class TrainedTeacher:
 
 
 def train_teacher(settings: TeacherSettings, inputs: Views, y: FoldLabels, groups: list[list[int]], n_classes: int,
-                  workdir: Path, seed: int) -> TrainedTeacher:
-    """Train and freeze the teacher, then its semantic classifier on its reps when both exist."""
+                  workdir: Path, seed: int, store: TeacherStore | None = None) -> TrainedTeacher:
+    """Train and freeze the teacher, then its semantic classifier on its reps when both exist; with `store`, a
+    teacher trained before on the same inputs, settings, seed and code is read from it instead (and a new one kept
+    there)."""
+    key = None if store is None else teacher_key(settings, [inputs.train, inputs.val, y.train, y.val], groups,
+                                                 n_classes, seed)
+    kept = None if store is None else store.load(key)
     torch.manual_seed(seed)
     teacher = build_model(settings.model.name, inputs.train.shape[1], n_classes, groups, **settings.model.params)
-    result = fit(teacher, (inputs.train, y.train), (inputs.val, y.val), settings.train, workdir / "teacher", seed=seed)
+    if kept is None:
+        result = fit(teacher, (inputs.train, y.train), (inputs.val, y.val), settings.train, workdir / "teacher",
+                     seed=seed)
+    else:
+        teacher.load_state_dict(kept["teacher"])
+        result = kept["fit"].with_model(teacher)
     teacher.eval().requires_grad_(False)
     splits = ("train", "val", "test") + (("calibration",) if len(inputs.calibration) else ())
     device = training_device(settings.train)
     trained = TrainedTeacher(teacher, result, {s: predict(teacher, getattr(inputs, s), device=device) for s in splits},
-                             device=device)
+                             device=device, from_store=kept is not None)
     if settings.semantic is not None and semantic_input_dims(teacher.rep_dims) is not None:
         trained.semantic, trained.semantic_fit = _train_semantic(settings, trained.outputs, y, n_classes,
-                                                                 workdir / "semantic", seed)
+                                                                 workdir / "semantic", seed, kept)
         for targets in trained.outputs.values():
             trained._with_semantic(targets)
+    if store is not None and kept is None:
+        store.save(key, teacher, result, trained.semantic, trained.semantic_fit)
     return trained
 
 
 def _train_semantic(settings: TeacherSettings, outputs: dict[str, TeacherTargets], y: FoldLabels, n_classes: int,
-                    workdir: Path, seed: int) -> tuple[nn.Module, FitResult]:
-    """TSAK stage 2 on the frozen teacher's reps; returned frozen like the teacher."""
+                    workdir: Path, seed: int, kept: dict | None) -> tuple[nn.Module, FitResult]:
+    """TSAK stage 2 on the frozen teacher's reps (or its weights as `kept`); returned frozen like the teacher."""
     stacked = {s: stack_reps(outputs[s].reps) for s in ("train", "val")}
     dims = semantic_input_dims({name: rep.shape[1] for name, rep in outputs["train"].reps.items()})
     torch.manual_seed(seed)
     semantic = build_model(settings.semantic.name, sum(dims), n_classes, **settings.semantic.params)
     adapter = OnStackedReps(semantic, dims)
-    result = fit(adapter, (stacked["train"], y.train), (stacked["val"], y.val), settings.semantic_train, workdir,
-                 seed=seed)
-    return adapter.requires_grad_(False), result
+    if kept is None or kept["semantic"] is None:
+        result = fit(adapter, (stacked["train"], y.train), (stacked["val"], y.val), settings.semantic_train, workdir,
+                     seed=seed)
+    else:
+        adapter.load_state_dict(kept["semantic"])
+        result = kept["semantic_fit"].with_model(adapter)
+    return adapter.eval().requires_grad_(False), result
 
 
 def semantic_inputs(trained: TrainedTeacher, split: str) -> torch.Tensor:

@@ -41,7 +41,8 @@ class HarModel(nn.Module):
 
 # The arguments every constructor receives from build_model; everything else is a model's own config.
 _COMMON_ARGS = ("in_channels", "n_classes", "channel_groups")
-_MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "models", package="harkd.models")
+_MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "models", package="harkd.models",
+                                                      group="harkd.models")
 
 
 def register_model(name: str) -> Callable:

@@ -36,6 +36,7 @@ from harkd.experiment.config import (DataSections, MethodEntry, MethodSpec, Mode
                                     StudentsSection, TeacherSection, read_config)
 from harkd.experiment.folds import ExperimentData, FoldLabels, fold_views, sensor_groups
 from harkd.experiment.teacher import TeacherSettings, train_teacher
+from harkd.experiment.teacher_cache import TeacherStore
 from harkd.files import atomic_output
 from harkd.models.base import build_model, model_defaults
 from harkd.models.heads import HEAD_OPTIONS, HEADS
@@ -44,7 +45,7 @@ from harkd.search.studies import config_identity, open_study, storage_urls
 from harkd.train.engine import TeacherTargets, TrainConfig, fit
 
 if TYPE_CHECKING:
-    from harkd.experiment.ray_backend import RayBackend
+    from harkd.execution.ray_cluster import RayBackend
 
 # Choices per size option unless `search.sizes` replaces them: small enough for a few-thousand-parameter student.
 class Sizes(Section):
@@ -206,7 +207,7 @@ class _Data:
     targets: dict[str, TeacherTargets] | None
 
 
-def _prepare(config: SearchConfig, work: Path, log: Callable[[str], None]) -> _Data:
+def _prepare(config: SearchConfig, work: Path, log: Callable[[str], None], teachers: TeacherStore | None) -> _Data:
     data = ExperimentData.load(config, config.teacher_channels, config.student_channels)
     fold = data.folds(config.split, config.seed)[0]
     y = FoldLabels.of(data.labels, fold)
@@ -220,8 +221,9 @@ def _prepare(config: SearchConfig, work: Path, log: Callable[[str], None]) -> _D
         return prepared
     # KD during the search: the teacher is trained once per run and its outputs computed once for every trial.
     teacher = train_teacher(TeacherSettings(config.teacher, config.teacher_train), fold_views(data.teacher_view, fold),
-                            y, sensor_groups(data.teacher_view.channels), data.n_classes, work, config.seed)
-    log(f"teacher {config.teacher.name}: val F1 {teacher.fit.best_val_f1:.3f}")
+                            y, sensor_groups(data.teacher_view.channels), data.n_classes, work, config.seed, teachers)
+    log(f"teacher {config.teacher.name}: val F1 {teacher.fit.best_val_f1:.3f}"
+        + (" (from the teacher store)" if teacher.from_store else ""))
     prepared.teacher_rep_dims, prepared.teacher_map_dims = teacher.model.rep_dims, teacher.model.map_dims
     prepared.targets = {"train": teacher.outputs["train"]}
     return prepared
@@ -319,9 +321,33 @@ def _plot(rows: list[dict], best: dict | None, budget: Budget, title: str, path:
         tmp.write_bytes(buffer.getvalue())
 
 
+def _run_trials(config: SearchConfig, study: optuna.Study, storage: str, trials: int, log: Callable[[str], None],
+                ray: RayBackend | None, teachers: TeacherStore | None) -> None:
+    """The trials the study misses towards `trials`, here or as Ray tasks, after the teacher stage."""
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    # Reseeded by the trials already stored, so a resumed run does not redraw the first run's points.
+    study.sampler = _sampler(config.seed, study, 0)
+    with tempfile.TemporaryDirectory(prefix="harkd-search-") as work:
+        data = _prepare(config, Path(work), log, teachers)
+        study.set_user_attr("fold", data.fold)
+        with tqdm(total=trials, initial=done, desc="head search", unit="trial", disable=None) as bar:
+            def report(_, trial):
+                log(_describe(trial))
+                bar.update()
+
+            if ray is None:
+                study.optimize(_Objective(config, data, Path(work)), n_trials=trials - done, callbacks=[report])
+            else:
+                from harkd.execution.ray_cluster import optimize_on_ray
+
+                optimize_on_ray(partial(_Objective, config), data, storage, study.study_name, trials - done, ray,
+                                sampler=partial(_sampler, config.seed), on_trial=partial(report, study))
+
+
 def run_head_search(config: SearchConfig, out_dir: Path, study_name: str, trials: int | None = None,
                     storage: str | None = None, command: str = "",
-                    log: Callable[[str], None] = print, ray: RayBackend | None = None) -> dict[str, Any]:
+                    log: Callable[[str], None] = print, ray: RayBackend | None = None,
+                    teachers: TeacherStore | None = None) -> dict[str, Any]:
     """Run the trials the study misses towards `trials` finished ones, here or with `ray` as tasks on a Ray cluster
     sharing the storage; write OUT/search.json and search.png."""
     out_dir = Path(out_dir)
@@ -336,23 +362,7 @@ def run_head_search(config: SearchConfig, out_dir: Path, study_name: str, trials
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     if done < trials:
         log(f"study {study_name!r}: {done} of {trials} trials finished; running {trials - done}")
-        # Reseeded by the trials already stored, so a resumed run does not redraw the first run's points.
-        study.sampler = _sampler(config.seed, study, 0)
-        with tempfile.TemporaryDirectory(prefix="harkd-search-") as work:
-            data = _prepare(config, Path(work), log)
-            study.set_user_attr("fold", data.fold)
-            with tqdm(total=trials, initial=done, desc="head search", unit="trial", disable=None) as bar:
-                def report(_, trial):
-                    log(_describe(trial))
-                    bar.update()
-
-                if ray is None:
-                    study.optimize(_Objective(config, data, Path(work)), n_trials=trials - done, callbacks=[report])
-                else:
-                    from harkd.experiment.ray_backend import optimize_on_ray
-
-                    optimize_on_ray(partial(_Objective, config), data, storage, study_name, trials - done, ray,
-                                    sampler=partial(_sampler, config.seed), on_trial=partial(report, study))
+        _run_trials(config, study, storage, trials, log, ray, teachers)
     rows = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
     complete = [r for r in rows if r["val_f1"] is not None]
     best = min(complete, key=lambda r: (-r["val_f1"], r["flops"], r["params"], r["number"]), default=None)

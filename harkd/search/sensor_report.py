@@ -20,13 +20,14 @@ from harkd.experiment.compare import read_results
 from harkd.experiment.config import parse_config
 from harkd.experiment.figures import save
 from harkd.experiment.runner import run_experiment
+from harkd.experiment.teacher_cache import TeacherStore
 from harkd.files import atomic_output
 from harkd.search.sensor_search import SensorSearchConfig, best_by_positions, front, is_counted, search_sensors
 from harkd.search.sensor_space import SensorSpace, kit_key, run_config
 from harkd.search.studies import storage_urls
 
 if TYPE_CHECKING:
-    from harkd.experiment.ray_backend import RayBackend
+    from harkd.execution.ray_cluster import RayBackend
 
 
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:
@@ -59,7 +60,7 @@ def write_configs(config: SensorSearchConfig, members: Sequence[dict], space: Se
 
 
 def confirm(members: Sequence[dict], out_dir: Path, jobs: int | None, log: Callable[[str], None],
-            ray: RayBackend | None = None) -> None:
+            ray: RayBackend | None = None, teachers: TeacherStore | None = None) -> None:
     """Each member's config run on the config's split, scored on its test windows (resumable: a finished run is read
     back, an interrupted one resumes); its test scores go into the member's row."""
     for member in members:
@@ -68,7 +69,8 @@ def confirm(members: Sequence[dict], out_dir: Path, jobs: int | None, log: Calla
             log(f"confirm {member['kit']}: harkd run {member['config']} --out {run_dir}")
             raw = yaml.safe_load(Path(member["config"]).read_text())
             run_experiment(parse_config(raw, where=member["config"]), run_dir,
-                           f"harkd run {member['config']} --out {run_dir}", log=log, jobs=jobs, ray=ray)
+                           f"harkd run {member['config']} --out {run_dir}", log=log, jobs=jobs, ray=ray,
+                           teachers=teachers)
         rows = read_results(run_dir)["rows"]
         member["confirm"] = confirmed_scores(rows, member["method"])
         member["confirm"]["run"] = str(run_dir)
@@ -218,16 +220,18 @@ def _wall_time(study: optuna.Study, clock: float) -> float:
 
 def run_sensor_search(config: SensorSearchConfig, out_dir: Path, name: str, trials: int | None = None,
                       storage: str | None = None, jobs: int = 1, confirm_front: bool = False, command: str = "",
-                      log: Callable[[str], None] = print, ray: RayBackend | None = None) -> dict[str, Any]:
+                      log: Callable[[str], None] = print, ray: RayBackend | None = None,
+                      teachers: TeacherStore | None = None) -> dict[str, Any]:
     """The search (resumed where a study exists), the front's configs and, with `confirm_front`, their confirmation
-    runs; OUT/search.json, search.png and report.md. The wall time sums every invocation."""
+    runs; OUT/search.json, search.png and report.md. The wall time sums every invocation. `teachers`: the store of
+    trained teachers the search and the confirmations read and fill (None: train every one)."""
     out_dir, clock = Path(out_dir), time.perf_counter()
-    study, space = search_sensors(config, out_dir, name, trials, storage, jobs, log, ray)
+    study, space = search_sensors(config, out_dir, name, trials, storage, jobs, log, ray, teachers)
     results = results_of(config, study, space, name, command, storage_urls(out_dir, storage)[1])
     write_configs(config, results["members"], space, out_dir)
     write_outputs({**results, "wall_time_s": round(_wall_time(study, clock), 1)}, out_dir)  # kept if --confirm fails
     if confirm_front:
-        confirm(results["members"], out_dir, jobs, log, ray)
+        confirm(results["members"], out_dir, jobs, log, ray, teachers)
     wall_time_s = _wall_time(study, clock)
     study.set_user_attr("wall_time_s", wall_time_s)
     results["wall_time_s"] = round(wall_time_s, 1)

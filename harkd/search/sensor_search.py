@@ -13,12 +13,9 @@ counted; a trial that fails is recorded with its error and the search goes on.
 from __future__ import annotations
 
 import copy
-import multiprocessing
-import os
 import sys
 import tempfile
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -36,19 +33,21 @@ from harkd.data.splits import Fold
 from harkd.data.windowing import WindowSet
 from harkd.models.bundle import ModelBundle
 from harkd.errors import HarkdError
+from harkd.execution.processes import Processes
 from harkd.experiment.config import MethodSpec, ModelSpec, PersonaliseSpec, SplitSpec, parse_config, read_config
 from harkd.experiment.folds import (ExperimentData, FoldLabels, Views, experiment_windows, fold_views,
                                     sensor_groups)
 from harkd.experiment.students import Sources, train_student
 from harkd.experiment.runner import check_names
 from harkd.experiment.teacher import TeacherSettings, TrainedTeacher, train_teacher
+from harkd.experiment.teacher_cache import TeacherStore
 from harkd.search.sensor_space import (Kit, SensorSearchSection, SensorSpace, check_sensor_search,
                                        kit_channels, kit_key, run_config)
 from harkd.search.studies import config_identity, open_study, storage_urls
 from harkd.train.engine import TrainConfig
 
 if TYPE_CHECKING:
-    from harkd.experiment.ray_backend import RayBackend
+    from harkd.execution.ray_cluster import RayBackend
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 DRAWS_PER_TRIAL = 20  # the most kits drawn per counted trial before the search stops (repeats are free but finite)
@@ -137,17 +136,19 @@ def load_data(config: SensorSearchConfig) -> ExperimentData:
     return ExperimentData(view, view, labels, class_names, protocol_subjects, windowing, config.dataset)
 
 
-def prepare(config: SensorSearchConfig, data: ExperimentData, work: Path, log: Callable[[str], None]) -> SearchData:
-    """Train the teacher of each search fold (once per invocation; seeded, so a resumed search trains the same
-    teachers)."""
+def prepare(config: SensorSearchConfig, data: ExperimentData, work: Path, log: Callable[[str], None],
+            teachers: TeacherStore | None = None) -> SearchData:
+    """Train the teacher of each search fold (once per invocation, or read from `teachers`; seeded, so a resumed
+    search trains the same teachers)."""
     view = data.teacher_view
     prepared = []
     for fold in search_folds(data, config, log):
         y, inputs = FoldLabels.of(data.labels, fold), fold_views(view, fold)
         log(f"teacher {config.teacher.model.name} on {fold.describe()}")
         teacher = train_teacher(config.teacher, inputs, y, sensor_groups(view.channels), data.n_classes,
-                                work / fold.name, config.seed)
-        log(f"teacher {fold.name}: val F1 {teacher.fit.best_val_f1:.3f}")
+                                work / fold.name, config.seed, teachers)
+        log(f"teacher {fold.name}: val F1 {teacher.fit.best_val_f1:.3f}" + (" (from the teacher store)"
+                                                                           if teacher.from_store else ""))
         prepared.append(SearchFold(fold, y, inputs, teacher))
     return SearchData(view, data.class_names, data.windowing.stride if data.windowing else None, prepared)
 
@@ -321,25 +322,31 @@ def optimize(study: optuna.Study, objective: KitObjective, rule: StopRule, seed:
     study.optimize(objective, callbacks=[rule], catch=(Exception,), gc_after_trial=False)
 
 
-# Worker processes of a local --jobs N search: each opens the study from the storage and optimises until the rule
-# stops it; the data arrive once per process through the pool's initializer.
-_WORKER: dict[str, Any] = {}
+@dataclass(frozen=True)
+class TrialProcesses:
+    """The spec of a local --jobs N search's processes: each opens the study from the storage and optimises until
+    the rule stops it (the study's storage is what they share); the search's windows arrive as `shared`."""
 
+    config: SensorSearchConfig
+    space: SensorSpace
+    work: Path
+    keep: Path | None
+    storage: str
+    name: str
+    target: int
 
-def _init_worker(config: SensorSearchConfig, space: SensorSpace, data: SearchData, work: Path, keep: Path | None,
-                 threads: int) -> None:
-    torch.set_num_threads(threads)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    # In the driver's temporary folder, which goes when the search ends.
-    _WORKER.update(config=config, space=space, data=data, work=work / f"process{os.getpid()}", keep=keep)
+    def build(self, data: SearchData) -> Callable[[int], None]:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines are ours
 
+        def optimise(worker: int) -> None:
+            study = optuna.load_study(study_name=self.name, storage=self.storage)
+            objective = KitObjective(self.config, self.space, data, self.work / f"process{worker}", self.keep,
+                                     self.target)
+            rule = StopRule(self.target, len(self.space.candidates),
+                            lambda trial: print(describe(trial), file=sys.stderr, flush=True))
+            optimize(study, objective, rule, self.config.seed, worker)
 
-def _worker_optimize(storage: str, name: str, target: int, worker: int) -> None:
-    study = optuna.load_study(study_name=name, storage=storage)
-    w = _WORKER
-    optimize(study, KitObjective(w["config"], w["space"], w["data"], w["work"], w["keep"], target),
-             StopRule(target, len(w["space"].candidates), lambda trial: print(describe(trial), file=sys.stderr,
-                                                                               flush=True)), w["config"].seed, worker)
+        return optimise
 
 
 def run_trials(config: SensorSearchConfig, space: SensorSpace, data: SearchData, study: optuna.Study,
@@ -370,19 +377,16 @@ def _trials_here(config: SensorSearchConfig, space: SensorSpace, data: SearchDat
 
 def _trials_in_processes(config: SensorSearchConfig, space: SensorSpace, data: SearchData, study: optuna.Study,
                          storage: str, target: int, work: Path, keep: Path | None, jobs: int) -> None:
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker,
-                             initargs=(config, space, data, work, keep, 1)) as pool:
-        futures = [pool.submit(_worker_optimize, storage, study.study_name, target, w) for w in range(jobs)]
-        for future in futures:
-            future.result()
+    spec = TrialProcesses(config, space, work, keep, storage, study.study_name, target)
+    for _ in Processes(jobs, threads=1).map(spec, {worker: worker for worker in range(jobs)}, shared=data):
+        pass
 
 
 def _kit_objective(config: SensorSearchConfig, space: SensorSpace, keep: bool, target: int, data: SearchData,
                    work: Path) -> KitObjective:
     """A Ray task's objective (`data` arrives through the object store, `work` is the task's folder): the students it
     keeps go to the driver, which writes them in OUT."""
-    from harkd.experiment.ray_backend import KEPT
+    from harkd.execution.ray_cluster import KEPT
 
     return KitObjective(config, space, data, work, work / KEPT if keep else None, target)
 
@@ -392,7 +396,7 @@ def _trials_on_ray(config: SensorSearchConfig, space: SensorSpace, data: SearchD
                    log: Callable[[str], None]) -> None:
     """Rounds of one Ray task per missing trial until the rule stops the study (repeated kits are not counted, so a
     round may leave some missing). Each trial's students come back to this process and are kept under `keep`."""
-    from harkd.experiment.ray_backend import optimize_on_ray
+    from harkd.execution.ray_cluster import optimize_on_ray
 
     rule = StopRule(target, len(space.candidates))
     while not rule.done(study):
@@ -419,7 +423,8 @@ def space_of(config: SensorSearchConfig, view: WindowSet, n_classes: int) -> Sen
 
 def search_sensors(config: SensorSearchConfig, out_dir: Path, name: str, trials: int | None = None,
                    storage: str | None = None, jobs: int = 1, log: Callable[[str], None] = print,
-                   ray: RayBackend | None = None) -> tuple[optuna.Study, SensorSpace]:
+                   ray: RayBackend | None = None, teachers: TeacherStore | None = None
+                   ) -> tuple[optuna.Study, SensorSpace]:
     """Run the trials the study misses; return the study and the space."""
     check_method(config)
     out_dir = Path(out_dir)
@@ -447,7 +452,7 @@ def search_sensors(config: SensorSearchConfig, out_dir: Path, name: str, trials:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread per process, as `harkd run` and the worker processes train
     try:
-        _train_missing(config, data, space, study, storage, target, out_dir, jobs, log, ray)
+        _train_missing(config, data, space, study, storage, target, out_dir, jobs, log, ray, teachers)
     finally:
         torch.set_num_threads(threads)
     return study, space
@@ -455,9 +460,9 @@ def search_sensors(config: SensorSearchConfig, out_dir: Path, name: str, trials:
 
 def _train_missing(config: SensorSearchConfig, data: ExperimentData, space: SensorSpace, study: optuna.Study,
                    storage: str, target: int, out_dir: Path, jobs: int, log: Callable[[str], None],
-                   ray: RayBackend | None) -> None:
+                   ray: RayBackend | None, teachers: TeacherStore | None) -> None:
     with tempfile.TemporaryDirectory(prefix="harkd-sensors-", ignore_cleanup_errors=True) as work:
-        prepared = prepare(config, data, Path(work), log)
+        prepared = prepare(config, data, Path(work), log, teachers)
         log(f"trials score on the validation windows of {', '.join(prepared.guiding_subjects)}")
         study.set_user_attr("guiding_subjects", prepared.guiding_subjects)
         study.set_user_attr("folds", [f.fold.name for f in prepared.folds])

@@ -245,15 +245,8 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
     start = time.perf_counter()
     bar = tqdm(range(config.epochs), desc="epochs", unit="epoch", disable=not config.progress, leave=False)
     for epoch in bar:
-        model.train()
-        if distiller is not None:
-            distiller.start_epoch(epoch, config.epochs)
-            distiller.train()
-        mean_terms = _train_epoch(step, optimiser, x, y, config)
-        schedule.step()
-        _draw_seed()  # the validation DataLoader's base seed, see _shuffled
-        val_f1 = macro_f1(y_val_np, _predicted_labels(model, x_val, config.batch_size))
-        history.append({**mean_terms, "val_f1": val_f1})
+        history.append(_epoch(step, optimiser, schedule, (x, y), (x_val, y_val_np), config, epoch))
+        val_f1 = history[-1]["val_f1"]
         bar.set_postfix(val_f1=f"{val_f1:.3f}")
         if _epoch_hook is not None:
             _epoch_hook(workdir, epoch + 1, config.epochs)
@@ -269,6 +262,21 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
     model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
     model.cpu().eval()
     return FitResult(model, len(history), best, elapsed, history)
+
+
+def _epoch(step: "_Step", optimiser: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
+           train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, np.ndarray], config: TrainConfig,
+           epoch: int) -> dict[str, float]:
+    """One epoch: the training steps, the schedule's step, then the validation macro-F1 (with each loss term's mean,
+    the epoch's history entry)."""
+    step.model.train()
+    if step.distiller is not None:
+        step.distiller.start_epoch(epoch, config.epochs)
+        step.distiller.train()
+    mean_terms = _train_epoch(step, optimiser, *train, config)
+    schedule.step()
+    _draw_seed()  # the validation DataLoader's base seed, see _shuffled
+    return {**mean_terms, "val_f1": macro_f1(val[1], _predicted_labels(step.model, val[0], config.batch_size))}
 
 
 def _optimiser(model: nn.Module, distiller: Distiller | None, config: TrainConfig) -> torch.optim.AdamW:

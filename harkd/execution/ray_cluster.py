@@ -22,19 +22,14 @@ import threading
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 
 from harkd.errors import HarkdError
-from harkd.experiment.config import parse_config
-from harkd.experiment.runner import FoldResult, FoldRunner
 
 if TYPE_CHECKING:
     import optuna
-
-    from harkd.data.splits import Fold
-    from harkd.experiment.folds import ExperimentData
 
 KEPT = "kept"  # what a search trial's objective writes under its work folder's KEPT goes back to the driver
 MAX_RETRIES = 3  # attempts after a task's node or worker process dies; an error in harkd's code is not retried
@@ -48,12 +43,13 @@ class RayBackend:
     address: str | None = None
     cpus: float = 1.0
     gpus: float = 0.0
+    per: str = "unit"  # what a task is, as the caller's options name it (--cpus-per-unit, --cpus-per-trial)
 
     def __post_init__(self) -> None:
         if self.cpus <= 0:
-            raise HarkdError(f"--cpus-per-unit must be more than 0, got {self.cpus:g}")
+            raise HarkdError(f"--cpus-per-{self.per} must be more than 0, got {self.cpus:g}")
         if self.gpus < 0:
-            raise HarkdError(f"--gpus-per-unit must be at least 0, got {self.gpus:g}")
+            raise HarkdError(f"--gpus-per-{self.per} must be at least 0, got {self.gpus:g}")
         if self.address is not None:
             _host_port(self.address)
 
@@ -70,17 +66,17 @@ class RayBackend:
             return None
         if backend != "ray":
             raise HarkdError(f"--backend: local or ray, got {backend!r}")
-        ray = cls(address, 1.0 if cpus is None else cpus, 0.0 if gpus is None else gpus)
+        ray = cls(address, 1.0 if cpus is None else cpus, 0.0 if gpus is None else gpus, per)
         _import_ray(address)  # a missing extra or a dead address fails now, before any data loads
         if address is not None:
             _check_reachable(address)
         return ray
 
-    def cli_options(self, per: str = "unit") -> list[str]:
+    def cli_options(self) -> list[str]:
         """The options that ask for this backend, as the recorded command line spells them."""
         return (["--backend", "ray"] + (["--address", self.address] if self.address else [])
-                + [f"--cpus-per-{per}", f"{self.cpus:g}"]
-                + ([f"--gpus-per-{per}", f"{self.gpus:g}"] if self.gpus else []))
+                + [f"--cpus-per-{self.per}", f"{self.cpus:g}"]
+                + ([f"--gpus-per-{self.per}", f"{self.gpus:g}"] if self.gpus else []))
 
     @property
     def threads(self) -> int:
@@ -172,17 +168,27 @@ def _finished(ray: Any, pending: dict[Any, Any]) -> Iterator[tuple[Any, Any]]:
             ray.cancel(ref, force=True)
 
 
-# ---------------------------------------------------------------------------------------------- run units
+# ---------------------------------------------------------------------------------------------- map units
 
-def _train_unit(raw_config: dict, data: ExperimentData, seed: int, fold: Fold, threads: int,
-                 keep_models: bool) -> tuple[FoldResult, dict[str, bytes]]:
-    """One (seed, fold) unit in a Ray worker, as a local worker process trains it; with `keep_models`, the kept
-    bundles' bytes by their path under OUT/models."""
+class NodeSpec(Protocol):
+    """A worker spec (harkd.execution.processes.WorkerSpec) that can move to a Ray node: `on_node(work)` is the same
+    spec with its folders under the task's temporary `work`, and `kept_folder` the folder whose files travel back to
+    the driver (on the driver's spec: where they are written)."""
+
+    kept_folder: Path | None
+
+    def build(self, shared: Any = None) -> Callable[[Any], Any]: ...
+
+    def on_node(self, work: Path) -> "NodeSpec": ...
+
+
+def _remote_unit(spec: NodeSpec, shared: Any, unit: Any, threads: int) -> tuple[Any, dict[str, bytes]]:
+    """One unit in a Ray worker, as a local worker process runs it; and the bytes of the files it kept."""
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="harkd-ray-") as work:
-        models = Path(work) / "models" if keep_models else None
-        result = FoldRunner(parse_config(raw_config), data, Path(work), models).run(seed, fold)
-        kept = {} if models is None else _files_under(models)
+        here = spec.on_node(Path(work))
+        result = here.build(shared)(unit)
+        kept = {} if here.kept_folder is None else _files_under(here.kept_folder)
     return result, kept
 
 
@@ -197,24 +203,25 @@ def _write_files(folder: Path, files: dict[str, bytes]) -> None:
         (folder / name).write_bytes(content)
 
 
-def train_units_on_ray(backend: RayBackend, raw_config: dict, data: ExperimentData,
-                       units: dict[int, tuple[int, Fold]], threads: int, models: Path | None,
-                       status: Path) -> Iterator[tuple[int, FoldResult]]:
-    """(key, result) of each unit in `units` ({key: (seed, fold)}) as its Ray task finishes. Kept models are written
-    under `models`. While a unit is out, status/ray-unit<key> says so, for the run's heartbeat (the tasks' own
-    epochs are on other machines)."""
+def map_on_ray(backend: RayBackend, spec: NodeSpec, units: Mapping[Hashable, Any], shared: Any, status: Path,
+               threads: int | None = None, describe: Callable[[Any], str] = str) -> Iterator[tuple[Hashable, Any]]:
+    """(key, result) of each unit as its Ray task finishes, each on `threads` torch threads (default: the CPUs a
+    task holds); `shared` (e.g. the windows) goes through the object store once. Kept files are written under
+    `spec.kept_folder`. While a unit is out, status/ray-unit<key> says so,
+    for the caller's heartbeat (the tasks' own epochs are on other machines)."""
     status.mkdir(parents=True, exist_ok=True)
     with ray_session(backend) as ray:
-        task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_train_unit).options(
+        task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_remote_unit).options(
             num_cpus=backend.cpus, num_gpus=backend.gpus)
-        shared = ray.put(data)  # once, whatever the number of units
+        shared_ref = ray.put(shared)  # once, whatever the number of units
         refs = {}
-        for key, (seed, fold) in units.items():
-            refs[task.remote(raw_config, shared, seed, fold, threads, models is not None)] = key
-            (status / f"ray-unit{key}").write_text(f"{fold.name}-seed{seed}: queued or training on Ray")
+        for key, unit in units.items():
+            refs[task.remote(spec, shared_ref, unit, threads or backend.threads)] = key
+            (status / f"ray-unit{key}").write_text(f"{describe(unit)}: queued or training on Ray")
         with closing(_finished(ray, refs)) as finished:
             for key, (result, kept) in finished:
-                _write_files(models, kept)
+                if spec.kept_folder is not None:
+                    _write_files(spec.kept_folder, kept)
                 (status / f"ray-unit{key}").unlink()
                 yield key, result
 

@@ -1,0 +1,72 @@
+"""What the store of trained teachers saves: the main config run with an empty store, then again with one more
+student method (a user's loop: the teachers are the same, the students vary), side by side in one invocation.
+
+    python benchmarks/bench_teacher_cache.py [--config configs/dsads-personalise.yaml] [--method at]
+        [--jobs 2] [OVERRIDES ...]
+
+Both runs use a fresh store in a temporary folder and go through `harkd run` as a user runs it. Reports each run's
+wall time, how many teachers each trained (from the runs' logs), the second's share of the first's time, and whether
+the cells the runs share are identical (benchmarks/rerun_diff.py's comparison). Writes
+benchmarks/results/teacher-cache.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rerun_diff import compare, read_rows  # noqa: E402
+
+from harkd.environment import environment  # noqa: E402
+from harkd.files import atomic_output  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def _run(config: str, out: Path, overrides: list[str], jobs: int, env: dict) -> dict:
+    command = [sys.executable, "-m", "harkd", "run", config, *overrides, "--out", str(out), "--jobs", str(jobs)]
+    began = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    units = [line for line in done.stderr.splitlines() if line.startswith("[") and "seed" in line]
+    return {"command": " ".join(["harkd", "run", config, *overrides, "--jobs", str(jobs)]),
+            "wall_time_s": round(time.perf_counter() - began, 1), "units": len(units),
+            "teachers_from_store": sum("(from the teacher store)" in line for line in units)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/dsads-personalise.yaml")
+    parser.add_argument("--method", default="at", help="the method the second run adds")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for both runs, e.g. seeds=[0]")
+    args = parser.parse_args()
+    import yaml
+
+    methods = yaml.safe_load(Path(args.config).read_text())["methods"]
+    more = [*args.overrides, f"methods={json.dumps([*methods, args.method])}"]
+    with tempfile.TemporaryDirectory(prefix="harkd-bench-teachers-") as tmp:
+        env = {**os.environ, "HARKD_TEACHERS": str(Path(tmp) / "teachers")}
+        first = _run(args.config, Path(tmp) / "first", args.overrides, args.jobs, env)
+        second = _run(args.config, Path(tmp) / "second", more, args.jobs, env)
+        same = compare(read_rows(Path(tmp) / "first"), read_rows(Path(tmp) / "second"))
+    result = {"command": " ".join(["python", "benchmarks/bench_teacher_cache.py", *sys.argv[1:]]),
+              "machine": environment(threads=1)["cpu"], "first": first, "second_with_one_more_method": second,
+              "second_share_of_first": round(second["wall_time_s"] / first["wall_time_s"], 3),
+              "shared_cells": same["cells"], "identical_cells": same["identical_cells"]}
+    with atomic_output(HERE / "results" / "teacher-cache.json") as out:
+        out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

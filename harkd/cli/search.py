@@ -1,0 +1,126 @@
+"""`harkd search-head` and `harkd search-sensors`: Optuna studies over heads and sensor kits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from harkd.cli.app import NO_TEACHER_CACHE, _teachers, app
+
+
+SEARCH_STORAGE = typer.Option(None, "--storage", help="Optuna storage URL shared by every process and machine "
+                              "(default: sqlite:///OUT/search.db)")
+SEARCH_PRINT_CONFIG = typer.Option(False, "--print-config", help="print the config with every default filled in, as "
+                                   "YAML, and exit without searching")
+TRIALS_BACKEND = typer.Option("local", "--backend", help="local (this machine) or ray: each trial a task on a Ray "
+                              "cluster, sharing the study's storage (pip install 'harkd\\[ray]')")
+TRIALS_ADDRESS = typer.Option(None, "--address", help="with --backend ray: HOST:PORT of the cluster's head (default: "
+                              "a Ray instance on this machine, 127.0.0.1 only); on several machines, give --storage a "
+                              "database every node reaches")
+CPUS_PER_TRIAL = typer.Option(None, "--cpus-per-trial", help="with --backend ray: CPUs each trial holds (default 1; "
+                              "fractions allowed)")
+GPUS_PER_TRIAL = typer.Option(None, "--gpus-per-trial", help="with --backend ray: GPUs each trial holds (default 0; "
+                              "fractions allowed)")
+
+
+def _search_command(name: str, config: Path, overrides: Optional[list[str]], out: Path, trials: Optional[int],
+                    storage: Optional[str], options: list[str]) -> str:
+    """A search's command line as results record it."""
+    return " ".join(["harkd", name, str(config), *(overrides or []), "--out", str(out)]
+                    + (["--trials", str(trials)] if trials is not None else [])
+                    + (["--storage", storage] if storage else []) + options)
+
+
+@app.command("search-head", rich_help_panel="Search", context_settings={"allow_extra_args": False})
+def search_head(
+    config: Path = typer.Argument(..., help="search YAML: a run config's data and student sections plus `search` "
+                                            "(see configs/dsads-head-search.yaml)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. students.train.epochs=2"),
+    trials: Optional[int] = typer.Option(None, "--trials", help="finished trials in total, resumed ones included "
+                                                                "(default: search.trials)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for search.json, search.png and search.db "
+                                                           "(default: runs/<config name>)"),
+    storage: Optional[str] = SEARCH_STORAGE,
+    print_config: bool = SEARCH_PRINT_CONFIG,
+    backend: str = TRIALS_BACKEND,
+    address: Optional[str] = TRIALS_ADDRESS,
+    cpus_per_trial: Optional[float] = CPUS_PER_TRIAL,
+    gpus_per_trial: Optional[float] = GPUS_PER_TRIAL,
+    no_teacher_cache: bool = NO_TEACHER_CACHE,
+) -> None:
+    """SMLDist's classifier-head search: the best head for the student under the config's cost budget."""
+    from harkd.experiment.config import read_config
+    from harkd.execution.ray_cluster import RayBackend
+    from harkd.search import load_search_config, run_head_search
+    from harkd.search.head_search import search_yaml
+
+    if print_config:
+        typer.echo(search_yaml(read_config(config, overrides or []), str(config)), nl=False)
+        return
+    ray = RayBackend.from_options(backend, address, cpus_per_trial, gpus_per_trial, per="trial")
+    cfg = load_search_config(config, overrides or [])
+    out = out or Path("runs") / config.stem
+    command = _search_command("search-head", config, overrides, out, trials, storage,
+                              ray.cli_options() if ray else [])
+    results = run_head_search(cfg, out, config.stem, trials, storage, command,
+                              log=lambda line: typer.echo(line, err=True), ray=ray,
+                              teachers=_teachers(no_teacher_cache))
+    best = results["best"]
+    if best is None:
+        typer.echo(f"no head within the budget among {results['finished']} trials; wrote {out / 'search.json'}")
+        return
+    options = " ".join(f"{k}={v}" for k, v in best["options"].items() if k != "head")
+    typer.echo(f"best head: {best['head']} ({options}): {best['params']:,} params, {best['flops'] / 1e6:.3f} "
+               f"MFLOPs, val F1 {best['val_f1']:.3f} (trial {best['number']} of {results['finished']})")
+    typer.echo(f"wrote {out / 'search.json'} and {out / 'search.png'}")
+
+
+@app.command("search-sensors", rich_help_panel="Search", context_settings={"allow_extra_args": False})
+def search_sensors_cmd(
+    config: Path = typer.Argument(..., help="search YAML: a run config (teacher, one student model, optional "
+                                            "personalise) with `search` in place of `methods` (see "
+                                            "configs/dsads-sensors.yaml)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. search.budget.positions=2"),
+    trials: Optional[int] = typer.Option(None, "--trials", help="distinct kits to train in total, resumed ones "
+                                                                "included (default: search.trials)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for report.md, search.json, search.png, configs/ "
+                                                           "and search.db (default: runs/<config name>)"),
+    storage: Optional[str] = SEARCH_STORAGE,
+    confirm: bool = typer.Option(False, "--confirm", help="run each member's config on the config's split and add "
+                                 "its test macro-F1 to the report"),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="processes sharing the study, and for --confirm the runs' "
+                                                      "worker processes"),
+    print_config: bool = SEARCH_PRINT_CONFIG,
+    backend: str = TRIALS_BACKEND,
+    address: Optional[str] = TRIALS_ADDRESS,
+    cpus_per_trial: Optional[float] = CPUS_PER_TRIAL,
+    gpus_per_trial: Optional[float] = GPUS_PER_TRIAL,
+    no_teacher_cache: bool = NO_TEACHER_CACHE,
+) -> None:
+    """Which sensors to wear: the Pareto front of validation macro-F1 against cost over kits of sensor groups, each
+    student distilled from the full teacher."""
+    from harkd.experiment.config import read_config
+    from harkd.execution.ray_cluster import RayBackend
+    from harkd.search.sensor_report import run_sensor_search
+    from harkd.search.sensor_search import load_sensor_search
+    from harkd.search.sensor_space import sensor_search_yaml
+
+    if print_config:
+        typer.echo(sensor_search_yaml(read_config(config, overrides or []), str(config)), nl=False)
+        return
+    ray = RayBackend.from_options(backend, address, cpus_per_trial, gpus_per_trial, per="trial")
+    cfg = load_sensor_search(config, overrides or [])
+    out = out or Path("runs") / config.stem
+    command = _search_command("search-sensors", config, overrides, out, trials, storage,
+                              (["--confirm"] if confirm else []) + (["--jobs", str(jobs)] if jobs != 1 else [])
+                              + (ray.cli_options() if ray else []))
+    results = run_sensor_search(cfg, out, config.stem, trials, storage, jobs, confirm, command,
+                                log=lambda line: typer.echo(line, err=True), ray=ray,
+                                teachers=_teachers(no_teacher_cache))
+    for member in results["members"]:
+        typer.echo(f"{'front' if member['on_front'] else 'best at its positions'}: {member['kit']}: "
+                   f"{member['positions']} position(s), {member['channels']} channels, val F1 "
+                   f"{member['val_f1']:.3f} -> {member['config']}")
+    typer.echo(f"wrote {out / 'report.md'}, {out / 'search.json'} and {out / 'search.png'}")

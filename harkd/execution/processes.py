@@ -1,0 +1,74 @@
+"""Units in this process or in spawned worker processes (`--jobs N`): one torch thread per process by default, since
+on two threads a process ran 2.7x slower than on one when another job took a core (benchmarks/bench_threads.py)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Iterator, Mapping, Protocol
+
+import torch
+
+from harkd.errors import HarkdError
+
+
+class WorkerSpec(Protocol):
+    """What a worker process needs, as plain picklable data; `build(shared)` makes the function that does one unit,
+    from `shared` when the caller hands data over (else it loads its own: what is costly to load is memoised by the
+    loader, not kept in a module global here)."""
+
+    def build(self, shared: Any = None) -> Callable[[Any], Any]: ...
+
+
+def _one(spec: WorkerSpec, threads: int, shared: Any, unit: Any) -> Any:
+    torch.set_num_threads(threads)
+    return spec.build(shared)(unit)
+
+
+@dataclass(frozen=True)
+class Processes:
+    """`jobs` processes (1: this one), each with `threads` torch threads; `flag` names the option that sets `jobs`
+    in messages (the caller's)."""
+
+    jobs: int = 1
+    threads: int = 1
+    flag: str = "--jobs"
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise HarkdError(f"{self.flag} must be at least 1, got {self.jobs}")
+        if self.threads < 1:
+            raise HarkdError(f"--threads must be at least 1, got {self.threads}")
+
+    def map(self, spec: WorkerSpec, units: Mapping[Hashable, Any], shared: Any = None
+            ) -> Iterator[tuple[Hashable, Any]]:
+        """(key, result) of each unit as it finishes; with one job, in order and in this process (its torch threads
+        restored afterwards). `shared` goes to every worker's build (pickled once per unit to a process: hand over
+        only what is cheaper to send than to load). Stopping early (an error, Ctrl-C) cancels the units not
+        started."""
+        if not units:
+            return
+        if self.jobs == 1:
+            yield from self._here(spec, units, shared)
+            return
+        spawn = multiprocessing.get_context("spawn")  # no fork: torch and Ray threads do not survive one
+        with ProcessPoolExecutor(min(self.jobs, len(units)), mp_context=spawn) as pool:
+            futures = {pool.submit(_one, spec, self.threads, shared, unit): key for key, unit in units.items()}
+            try:
+                yield from ((futures[future], future.result()) for future in as_completed(futures))
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
+
+    def _here(self, spec: WorkerSpec, units: Mapping[Hashable, Any], shared: Any) -> Iterator[tuple[Hashable, Any]]:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            worker = spec.build(shared)
+            yield from ((key, worker(unit)) for key, unit in units.items())
+        finally:
+            torch.set_num_threads(threads)
+
+
+__all__ = ["Processes", "WorkerSpec"]
