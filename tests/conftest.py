@@ -14,6 +14,13 @@ from harkd.models import ModelOutput
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
 
+@pytest.fixture(autouse=True)
+def own_teacher_store(tmp_path, monkeypatch):
+    """Each test its own store of trained teachers: none reads another test's teachers (a kill-and-resume test must
+    train what it times), and none writes to the user's cache folder."""
+    monkeypatch.setenv("HARKD_TEACHERS", str(tmp_path / "teachers"))
+
+
 def shared_archive(name: str) -> Path:
     """A publisher archive from ../shared/datasets; the test is skipped where the folder is absent."""
     path = SHARED_DATASETS / name
