@@ -160,10 +160,18 @@ class FoldUnits:
 
     def build(self, data: ExperimentData | None = None) -> Callable[[tuple[int, Fold]], FoldResult]:
         cfg = parse_config(json.loads(self.config_json))
-        set_epoch_hook(status_hook(self.work))  # the run's heartbeat reads each epoch's line
         runner = FoldRunner(cfg, data or _data_of(self.config_json), self.work, self.models,
                             None if self.teachers is None else TeacherStore(self.teachers))
-        return lambda unit: runner.run(*unit)
+
+        def unit(seed_and_fold: tuple[int, Fold]) -> FoldResult:
+            # The run's heartbeat reads each epoch's line; unset after, as a Ray worker process runs other tasks next.
+            set_epoch_hook(status_hook(self.work))
+            try:
+                return runner.run(*seed_and_fold)
+            finally:
+                set_epoch_hook(None)
+
+        return unit
 
     def on_node(self, work: Path) -> "FoldUnits":
         """The same units on a Ray node: its own work folder, kept models under it (they travel back)."""
