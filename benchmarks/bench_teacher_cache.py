@@ -39,7 +39,7 @@ def _run(config: str, out: Path, overrides: list[str], jobs: int, env: dict) -> 
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    units = [line for line in done.stderr.splitlines() if line.startswith("[") and "seed" in line]
+    units = [line for line in done.stderr.splitlines() if line.startswith("[") and "] seed " in line]  # not heartbeats
     return {"command": " ".join(["harkd", "run", config, *overrides, "--jobs", str(jobs)]),
             "wall_time_s": round(time.perf_counter() - began, 1), "units": len(units),
             "teachers_from_store": sum("(from the teacher store)" in line for line in units)}

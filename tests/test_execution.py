@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harkd.errors import HarkdError
-from harkd.execution.processes import Processes
+from harkd.execution.processes import Processes, StudyTrials, optimize_in_processes
 
 
 @dataclass(frozen=True)
@@ -69,3 +69,48 @@ def test_no_module_keeps_a_worker_in_a_global():
     """The worker processes of run and sensor search once read module globals (_WORKER) set by an initializer."""
     for path in (Path(__file__).resolve().parents[1] / "harkd").rglob("*.py"):
         assert "_WORKER" not in path.read_text(), path
+
+
+def _quadratic(shared, work):
+    """An objective factory as a search hands one over: `shared` the prepared data, `work` the process's folder."""
+    def objective(trial):
+        work.mkdir(parents=True, exist_ok=True)
+        return (trial.suggest_float("x", -1.0, 1.0) - shared) ** 2
+    return objective
+
+
+@dataclass(frozen=True)
+class _StopAt:
+    """Stops the study once it holds `n` complete trials (every process's, read from the storage)."""
+
+    n: int
+
+    def done(self, study):
+        import optuna
+
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) >= self.n
+
+    def __call__(self, study, trial):
+        if self.done(study):
+            study.stop()
+
+
+def _seeded(study, index):
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=index)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_study_trials_run_in_each_process_on_the_shared_storage_until_the_stop_rule_holds(jobs, tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="s", storage=storage)
+    trials = StudyTrials(_quadratic, storage, "s", tmp_path / "work", _seeded, _StopAt(6))
+    optimize_in_processes(Processes(jobs), trials, shared=0.5)
+    done = optuna.load_study(study_name="s", storage=storage).trials
+    # Each process checks the count after its own trial: another's running trial may finish after the stop.
+    assert 6 <= len(done) < 6 + jobs and all(t.state.name == "COMPLETE" for t in done)
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [f"process{i}" for i in range(jobs)]
+    assert all(t.value == pytest.approx((t.params["x"] - 0.5) ** 2) for t in done)  # each objective saw `shared`

@@ -76,6 +76,17 @@ def test_search_writes_every_trial_and_a_resumed_run_adds_only_the_missing_ones(
         search(tmp_path, 5, heads=["mlp"])
 
 
+def test_jobs_processes_share_the_study_and_each_writes_its_trials_lines(data_root, tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("HARKD_DATA", str(data_root))
+    results = run_head_search(parse_search_config(head_search_config(trials=4)), tmp_path / "out", "synth",
+                              log=lambda _: None, jobs=2)
+    # A process stops when the finished and running trials fill the budget; two may both start the last one.
+    assert 4 <= results["finished"] <= 5 and all(r["state"] == "COMPLETE" for r in results["trials"])
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("trial ")]
+    assert sorted(int(line.split(":")[0].split()[1]) for line in lines) == [r["number"] for r in results["trials"]]
+    assert results["best"]["val_f1"] == max(r["val_f1"] for r in results["trials"])
+
+
 def test_over_budget_heads_are_pruned_before_training(fits, tmp_path):
     in_channels = 3
     linear = count_params(build_model("mobilenet_v3_1d", in_channels, CLASSES, preset="tiny"))

@@ -59,50 +59,50 @@ def make_results(rows=None):
 
 def test_summary_statistics_match_hand_computed_values():
     summary = summarise(make_rows())
-    assert [(s["role"], s["model"], s["method"]) for s in summary] == list(F1)
+    assert [(s.role, s.model, s.name) for s in summary] == list(F1)
     teacher, semantic, alone, logit = summary
     # teacher: mean of .9 .8 .7 .6; deviations ±.15, ±.05 -> sample variance .05 / 3
-    assert teacher["n"] == 4
-    assert teacher["macro_f1_mean"] == pytest.approx(0.75)
-    assert teacher["macro_f1_std"] == pytest.approx(math.sqrt(0.05 / 3))
-    assert teacher["accuracy_mean"] == pytest.approx(0.80)
-    assert teacher["accuracy_std"] == pytest.approx(math.sqrt(0.05 / 3))
-    assert (teacher["params"], teacher["flops"], teacher["latency_ms_cpu"]) == (1_000_000, 40_000_000, 5.5)
-    assert teacher["delta_vs_none_mean"] is None and teacher["folds_won"] is None
-    assert semantic["macro_f1_mean"] == pytest.approx(0.80) and semantic["macro_f1_std"] == 0.0
-    assert alone["macro_f1_mean"] == pytest.approx(0.55)
-    assert alone["macro_f1_std"] == pytest.approx(math.sqrt(0.05 / 3))
-    assert alone["latency_ms_cpu"] == 1.5 and alone["folds_total"] is None
+    assert teacher.n == 4
+    assert teacher.macro_f1_mean == pytest.approx(0.75)
+    assert teacher.macro_f1_std == pytest.approx(math.sqrt(0.05 / 3))
+    assert teacher.accuracy_mean == pytest.approx(0.80)
+    assert teacher.accuracy_std == pytest.approx(math.sqrt(0.05 / 3))
+    assert (teacher.params, teacher.flops, teacher.latency_ms_cpu) == (1_000_000, 40_000_000, 5.5)
+    assert teacher.delta_vs_none_mean is None and teacher.folds_won is None
+    assert semantic.macro_f1_mean == pytest.approx(0.80) and semantic.macro_f1_std == 0.0
+    assert alone.macro_f1_mean == pytest.approx(0.55)
+    assert alone.macro_f1_std == pytest.approx(math.sqrt(0.05 / 3))
+    assert alone.latency_ms_cpu == 1.5 and alone.folds_total is None
     # logit: deviations .025 .125 .025 -.175 from .575 -> squares sum to .0475
-    assert logit["macro_f1_mean"] == pytest.approx(0.575)
-    assert logit["macro_f1_std"] == pytest.approx(math.sqrt(0.0475 / 3))
+    assert logit.macro_f1_mean == pytest.approx(0.575)
+    assert logit.macro_f1_std == pytest.approx(math.sqrt(0.0475 / 3))
     # paired differences +.1 +.1 -.1 0; fold means p1 .65 vs .55 (won), p2 .50 vs .55 (lost)
-    assert logit["delta_vs_none_mean"] == pytest.approx(0.025)
-    assert (logit["folds_won"], logit["folds_total"]) == (1, 2)
-    assert logit["latency_ms_cpu"] == 2.0
+    assert logit.delta_vs_none_mean == pytest.approx(0.025)
+    assert (logit.folds_won, logit.folds_total) == (1, 2)
+    assert logit.latency_ms_cpu == 2.0
 
 
 def test_summary_does_not_depend_on_row_order():
     rows = make_rows()
     random.Random(0).shuffle(rows)
-    assert summarise(rows) == [pytest.approx(s) for s in summarise(make_rows())]  # only summation order differs
+    assert [s.to_json() for s in summarise(rows)] == [pytest.approx(s.to_json()) for s in summarise(make_rows())]  # sums
 
 
 def test_a_single_run_has_zero_std_and_repeated_runs_are_rejected():
     rows = make_rows()
     single = summarise(rows[:1])[0]
-    assert single["n"] == 1 and single["macro_f1_std"] == 0.0 and single["accuracy_std"] == 0.0
+    assert single.n == 1 and single.macro_f1_std == 0.0 and single.accuracy_std == 0.0
     with pytest.raises(HarkdError, match="repeat a run"):
         summarise(rows + rows[:1])
 
 
 def test_ratios_pool_all_methods_of_a_student():
     [ratio] = ratios(make_rows())
-    assert ratio["model"] == "cnn_student" and ratio["teacher"] == "tsak_teacher"
-    assert ratio["params_reduction"] == pytest.approx(0.9)
-    assert ratio["flops_reduction"] == pytest.approx(0.975)
+    assert ratio.model == "cnn_student" and ratio.teacher == "tsak_teacher"
+    assert ratio.params_reduction == pytest.approx(0.9)
+    assert ratio.flops_reduction == pytest.approx(0.975)
     # teacher median 5.5 ms; student median over none and logit runs (1 1 1 2 2 2 2 3) is 2.0 ms
-    assert ratio["speedup"] == pytest.approx(2.75)
+    assert ratio.speedup == pytest.approx(2.75)
 
 
 def test_format_summary_table_is_aligned():
@@ -159,7 +159,7 @@ def test_fold_deltas_are_paired_gains_per_fold_mean_over_seeds():
 
 
 def test_personalised_rows_are_compared_with_the_untouched_student_and_the_teacher_on_the_same_windows():
-    summary = {(s["role"], s["model"], s["method"]): s for s in summarise(make_rows() + personalised_rows())}
+    summary = {(s.role, s.model, s.name): s for s in summarise(make_rows() + personalised_rows())}
     assert list(summary)[len(F1):] == [("personalised", "cnn_student", "none+untouched"),
                                        ("personalised", "cnn_student", "none+self"),
                                        ("personalised", "cnn_student", "none+teacher"),
@@ -167,17 +167,17 @@ def test_personalised_rows_are_compared_with_the_untouched_student_and_the_teach
                                        ("personalised", "tsak_teacher", "-")]
     untouched = summary[("personalised", "cnn_student", "none+untouched")]
     teacher = summary[("personalised", "tsak_teacher", "-")]
-    assert untouched["delta_vs_none_mean"] is None and untouched["of_teacher"] == pytest.approx(0.5)
-    assert teacher["delta_vs_none_mean"] is None and teacher["of_teacher"] is None
+    assert untouched.delta_vs_none_mean is None and untouched.of_teacher == pytest.approx(0.5)
+    assert teacher.delta_vs_none_mean is None and teacher.of_teacher is None
     # self - untouched: 0 -.04 +.05 -.05; fold means p1 .38 < .40, p2 .25 = .25 (a tie is not a win)
     self_ = summary[("personalised", "cnn_student", "none+self")]
-    assert (self_["delta_vs_none_mean"], self_["folds_won"], self_["folds_total"]) == (pytest.approx(-0.01), 0, 2)
+    assert (self_.delta_vs_none_mean, self_.folds_won, self_.folds_total) == (pytest.approx(-0.01), 0, 2)
     # teacher labels: +.20 +.24 +.20 +.15; of the teacher .60/.80 .64/.80 .45/.50 .40/.50
     ours = summary[("personalised", "cnn_student", "none+teacher")]
-    assert (ours["delta_vs_none_mean"], ours["folds_won"]) == (pytest.approx(0.1975), 2)
-    assert ours["of_teacher"] == pytest.approx((0.75 + 0.8 + 0.9 + 0.8) / 4)
-    assert summary[("personalised", "cnn_student", "none+true")]["of_teacher"] == pytest.approx(0.9)
-    assert summary[("student", "cnn_student", "logit")]["of_teacher"] is None  # plain rows: no such share
+    assert (ours.delta_vs_none_mean, ours.folds_won) == (pytest.approx(0.1975), 2)
+    assert ours.of_teacher == pytest.approx((0.75 + 0.8 + 0.9 + 0.8) / 4)
+    assert summary[("personalised", "cnn_student", "none+true")].of_teacher == pytest.approx(0.9)
+    assert summary[("student", "cnn_student", "logit")].of_teacher is None  # plain rows: no such share
 
 
 def test_the_report_has_a_personalised_section_with_bounds_and_the_share_of_the_teacher(tmp_path):

@@ -224,7 +224,7 @@ def test_a_kit_selects_its_channels_in_column_order():
     assert isinstance(kit, ChannelKit)
     assert kit.indices(channels) == [0, 1, 2, 3, 4, 5, 12, 13, 14]
     assert kit.describe() == "position=hip;modality=acc + position=right_wrist;modality=acc,gyro"
-    config = parse_config(run_config(sensor_search_config(), (("hip", ("acc",)),)))
+    config = parse_config(run_config(parse_sensor_search(sensor_search_config()).resolved, (("hip", ("acc",)),)))
     assert config.student_channels.indices(channels) == [12, 13, 14]
 
 

@@ -10,8 +10,7 @@ from harkd.errors import HarkdError
 from harkd.experiment.config import experiment_yaml, load_config, parse_config, read_config
 from harkd.experiment.runner import check_names
 from harkd.search.head_search import parse_search_config, search_yaml
-from harkd.search.sensor_search import check_method, parse_sensor_search
-from harkd.search.sensor_space import sensor_search_yaml
+from harkd.search.sensor_search import check_method, parse_sensor_search, sensor_search_yaml
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 

@@ -19,6 +19,7 @@ from harkd.deploy.tflm_export import export_tflm
 from harkd.errors import HarkdError
 from harkd.experiment.config import load_config, read_config
 from harkd.experiment.folds import FoldLabels, fold_views
+from harkd.experiment.rows import ResultRow
 from harkd.experiment.fold_unit import FoldRunner, load_data
 from harkd.models.base import build_model
 
@@ -58,7 +59,8 @@ def kept_students(path: Path, folder: Path) -> list[Path]:
             optimiser.zero_grad()
             torch.nn.functional.cross_entropy(model(xs.train[pick]).logits, y.train[pick]).backward()
             optimiser.step()
-        row = {"role": "student", "model": spec.label, "method": "none", "seed": 0, "macro_f1": 0.0, "accuracy": 0.0}
+        row = ResultRow(cfg.dataset, fold.name, tuple(fold.test_subjects), 0, "student", spec.label, "none", "", 0, 0.0,
+                        0.0, 0, 0.0)
         runner._keep(model.eval(), spec, data.student_view, xs, fold, row)
         kept.append(next((folder / "models").glob(f"*/student-{spec.label}-none.pt")))
     return kept

@@ -86,9 +86,10 @@ def compare(
     """Merge runs (e.g. the KD zoo, TSAK and SMLDist, each with its own teacher) into one comparison table."""
     from harkd.experiment.compare import merge_results, read_results
     from harkd.experiment.report import format_summary_table, write_results
+    from harkd.experiment.summary import summarise
 
     command = " ".join(["harkd", "compare", *map(str, runs), "--out", str(out)])
     merged = merge_results([read_results(run) for run in runs], command)
     write_results(merged, out)
-    typer.echo(format_summary_table(merged["summary"]))
+    typer.echo(format_summary_table(summarise(merged["rows"])))
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.md'}")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from harkd.cli.app import NO_TEACHER_CACHE, _teachers, app
+
+if TYPE_CHECKING:
+    from harkd.execution.ray_cluster import RayBackend
 
 
 SEARCH_STORAGE = typer.Option(None, "--storage", help="Optuna storage URL shared by every process and machine "
@@ -25,12 +29,30 @@ GPUS_PER_TRIAL = typer.Option(None, "--gpus-per-trial", help="with --backend ray
                               "fractions allowed)")
 
 
-def _search_command(name: str, config: Path, overrides: Optional[list[str]], out: Path, trials: Optional[int],
-                    storage: Optional[str], options: list[str]) -> str:
-    """A search's command line as results record it."""
-    return " ".join(["harkd", name, str(config), *(overrides or []), "--out", str(out)]
-                    + (["--trials", str(trials)] if trials is not None else [])
-                    + (["--storage", storage] if storage else []) + options)
+SEARCH_JOBS = typer.Option(1, "--jobs", min=1, help="processes sharing the study on this machine (one torch thread "
+                          "each)")
+
+
+@dataclass(frozen=True)
+class _Start:
+    """What both searches take from their command line: the output folder, the command as results record it, and
+    the Ray backend (None: this machine)."""
+
+    out: Path
+    command: str
+    ray: Optional["RayBackend"]
+
+
+def _start(name: str, config: Path, overrides: Optional[list[str]], out: Optional[Path], trials: Optional[int],
+           storage: Optional[str], options: list[str], ray_options: tuple) -> _Start:
+    from harkd.execution.ray_cluster import RayBackend
+
+    ray = RayBackend.from_options(*ray_options, per="trial")
+    out = out or Path("runs") / config.stem
+    command = " ".join(["harkd", name, str(config), *(overrides or []), "--out", str(out)]
+                       + (["--trials", str(trials)] if trials is not None else [])
+                       + (["--storage", storage] if storage else []) + options + (ray.cli_options() if ray else []))
+    return _Start(out, command, ray)
 
 
 @app.command("search-head", rich_help_panel="Search", context_settings={"allow_extra_args": False})
@@ -49,24 +71,22 @@ def search_head(
     cpus_per_trial: Optional[float] = CPUS_PER_TRIAL,
     gpus_per_trial: Optional[float] = GPUS_PER_TRIAL,
     no_teacher_cache: bool = NO_TEACHER_CACHE,
+    jobs: int = SEARCH_JOBS,
 ) -> None:
     """SMLDist's classifier-head search: the best head for the student under the config's cost budget."""
     from harkd.experiment.config import read_config
-    from harkd.execution.ray_cluster import RayBackend
     from harkd.search import load_search_config, run_head_search
     from harkd.search.head_search import search_yaml
 
     if print_config:
         typer.echo(search_yaml(read_config(config, overrides or []), str(config)), nl=False)
         return
-    ray = RayBackend.from_options(backend, address, cpus_per_trial, gpus_per_trial, per="trial")
-    cfg = load_search_config(config, overrides or [])
-    out = out or Path("runs") / config.stem
-    command = _search_command("search-head", config, overrides, out, trials, storage,
-                              ray.cli_options() if ray else [])
-    results = run_head_search(cfg, out, config.stem, trials, storage, command,
-                              log=lambda line: typer.echo(line, err=True), ray=ray,
-                              teachers=_teachers(no_teacher_cache))
+    start = _start("search-head", config, overrides, out, trials, storage, ["--jobs", str(jobs)] if jobs != 1 else [],
+                   (backend, address, cpus_per_trial, gpus_per_trial))
+    cfg, out = load_search_config(config, overrides or []), start.out
+    results = run_head_search(cfg, out, config.stem, trials, storage, start.command,
+                              log=lambda line: typer.echo(line, err=True), ray=start.ray,
+                              teachers=_teachers(no_teacher_cache), jobs=jobs)
     best = results["best"]
     if best is None:
         typer.echo(f"no head within the budget among {results['finished']} trials; wrote {out / 'search.json'}")
@@ -90,8 +110,8 @@ def search_sensors_cmd(
     storage: Optional[str] = SEARCH_STORAGE,
     confirm: bool = typer.Option(False, "--confirm", help="run each member's config on the config's split and add "
                                  "its test macro-F1 to the report"),
-    jobs: int = typer.Option(1, "--jobs", min=1, help="processes sharing the study, and for --confirm the runs' "
-                                                      "worker processes"),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="processes sharing the study (one torch thread each), and for "
+                                                      "--confirm the runs' worker processes"),
     print_config: bool = SEARCH_PRINT_CONFIG,
     backend: str = TRIALS_BACKEND,
     address: Optional[str] = TRIALS_ADDRESS,
@@ -102,22 +122,18 @@ def search_sensors_cmd(
     """Which sensors to wear: the Pareto front of validation macro-F1 against cost over kits of sensor groups, each
     student distilled from the full teacher."""
     from harkd.experiment.config import read_config
-    from harkd.execution.ray_cluster import RayBackend
     from harkd.search.sensor_report import run_sensor_search
-    from harkd.search.sensor_search import load_sensor_search
-    from harkd.search.sensor_space import sensor_search_yaml
+    from harkd.search.sensor_search import load_sensor_search, sensor_search_yaml
 
     if print_config:
         typer.echo(sensor_search_yaml(read_config(config, overrides or []), str(config)), nl=False)
         return
-    ray = RayBackend.from_options(backend, address, cpus_per_trial, gpus_per_trial, per="trial")
-    cfg = load_sensor_search(config, overrides or [])
-    out = out or Path("runs") / config.stem
-    command = _search_command("search-sensors", config, overrides, out, trials, storage,
-                              (["--confirm"] if confirm else []) + (["--jobs", str(jobs)] if jobs != 1 else [])
-                              + (ray.cli_options() if ray else []))
-    results = run_sensor_search(cfg, out, config.stem, trials, storage, jobs, confirm, command,
-                                log=lambda line: typer.echo(line, err=True), ray=ray,
+    start = _start("search-sensors", config, overrides, out, trials, storage,
+                   (["--confirm"] if confirm else []) + (["--jobs", str(jobs)] if jobs != 1 else []),
+                   (backend, address, cpus_per_trial, gpus_per_trial))
+    cfg, out = load_sensor_search(config, overrides or []), start.out
+    results = run_sensor_search(cfg, out, config.stem, trials, storage, jobs, confirm, start.command,
+                                log=lambda line: typer.echo(line, err=True), ray=start.ray,
                                 teachers=_teachers(no_teacher_cache))
     for member in results["members"]:
         typer.echo(f"{'front' if member['on_front'] else 'best at its positions'}: {member['kit']}: "

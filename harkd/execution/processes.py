@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Hashable, Iterator, Mapping, Protocol
 
 import torch
@@ -71,4 +72,51 @@ class Processes:
             torch.set_num_threads(threads)
 
 
-__all__ = ["Processes", "WorkerSpec"]
+class StudyStop(Protocol):
+    """When a search's study has its trials: `done` before a process starts one, and as optuna's callback after each
+    trial (which it may also report), stopping the study."""
+
+    def done(self, study: Any) -> bool: ...
+
+    def __call__(self, study: Any, trial: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class StudyTrials:
+    """What each process of a local search runs, as picklable data: it opens the study `study_name` from `storage`
+    (what the processes share; SQLite on this machine), seeds its sampler with `sampler(study, process index)`, and
+    runs trials of `make_objective(shared, work/process<i>)` until `stop` says the study has its trials (every
+    process's, read from the storage). `catch` as for study.optimize."""
+
+    make_objective: Callable[[Any, Path], Callable[[Any], Any]]
+    storage: str
+    study_name: str
+    work: Path
+    sampler: Callable[[Any, int], Any]
+    stop: StudyStop
+    catch: tuple[type[Exception], ...] = ()
+
+    def build(self, shared: Any = None) -> Callable[[int], None]:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # the search writes its own trial lines
+
+        def optimise(index: int) -> None:
+            study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+            if self.stop.done(study):  # the other processes have filled the budget already
+                return
+            study.sampler = self.sampler(study, index)
+            study.optimize(self.make_objective(shared, self.work / f"process{index}"), callbacks=[self.stop],
+                           catch=self.catch, gc_after_trial=False)
+
+        return optimise
+
+
+def optimize_in_processes(processes: Processes, trials: StudyTrials, shared: Any = None) -> None:
+    """Each of `processes.jobs` processes (one: this one) runs the study's trials until its stop rule holds;
+    `shared` (the search's prepared windows) goes to each."""
+    for _ in processes.map(trials, {index: index for index in range(processes.jobs)}, shared):
+        pass
+
+
+__all__ = ["Processes", "StudyStop", "StudyTrials", "WorkerSpec", "optimize_in_processes"]

@@ -9,6 +9,7 @@ the first input that has it; how far the copies differ is reported, so a non-det
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,9 +17,8 @@ import numpy as np
 
 from harkd.errors import HarkdError
 from harkd.experiment.families import best_per_family
-from harkd.experiment.summary import KEY, RUN, summarise
-
-_RUN_KEY = tuple(KEY + RUN)
+from harkd.experiment.rows import ResultRow, rows_of
+from harkd.experiment.summary import summarise
 
 
 def read_results(path: Path) -> dict[str, Any]:
@@ -39,9 +39,9 @@ def read_results(path: Path) -> dict[str, Any]:
 
 
 def _plan(results: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
-    rows = results["rows"]
-    return (tuple(sorted({r["dataset"] for r in rows})), tuple(sorted({r["fold"] for r in rows})),
-            tuple(sorted({r["seed"] for r in rows})))
+    rows = rows_of(results["rows"])
+    return (tuple(sorted({r.dataset for r in rows})), tuple(sorted({r.fold for r in rows})),
+            tuple(sorted({r.seed for r in rows})))
 
 
 def merge_results(runs: Sequence[dict[str, Any]], command: str) -> dict[str, Any]:
@@ -57,16 +57,16 @@ def merge_results(runs: Sequence[dict[str, Any]], command: str) -> dict[str, Any
                              f"folds and seeds")
         if run["class_names"] != first["class_names"]:
             raise HarkdError(f"compare: {run['source']} and {first['source']} have different classes")
-    rows: dict[tuple, dict] = {}
+    rows: dict[tuple, ResultRow] = {}
     confusion: dict[str, Any] = {}
     differences: list[float] = []
     for run in runs:
-        for row in run["rows"]:
-            key = tuple(row[k] for k in _RUN_KEY)
+        for row in rows_of(run["rows"]):
+            key = (*row.key, row.fold, row.seed)
             if key in rows:
-                differences.append(abs(row["macro_f1"] - rows[key]["macro_f1"]))
+                differences.append(abs(row.macro_f1 - rows[key].macro_f1))
             else:
-                rows[key] = {**row, "source": run["source"]}
+                rows[key] = replace(row, source=run["source"])
         for name, matrix in run["confusion"].items():
             confusion.setdefault(name, matrix)
     merged = {
@@ -74,12 +74,14 @@ def merge_results(runs: Sequence[dict[str, Any]], command: str) -> dict[str, Any
         "wall_time_s": sum(run["wall_time_s"] for run in runs), "machine": first.get("machine", ""),
         "config": {"runs": [{"source": run["source"], "command": run["command"], "config": run.get("config")}
                             for run in runs]},
-        "class_names": first["class_names"], "rows": list(rows.values()), "confusion": confusion,
+        "class_names": first["class_names"], "rows": [row.to_json() for row in rows.values()],
+        "confusion": confusion,
         "shared_runs": {"count": len(differences),
                         "max_abs_macro_f1_difference": float(np.max(differences)) if differences else 0.0},
     }
-    merged["summary"] = summarise(merged["rows"])
-    merged["best_per_family"] = best_per_family(merged["config"], merged["summary"])
+    summary = summarise(list(rows.values()))
+    merged["summary"] = [entry.to_json() for entry in summary]
+    merged["best_per_family"] = best_per_family(merged["config"], summary)
     return merged
 
 

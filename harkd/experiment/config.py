@@ -4,9 +4,9 @@ one line naming where, the key, the value and what is allowed."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping, Self
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer, PlainValidator
@@ -189,24 +189,73 @@ class ExperimentSchema(DataSections):
     keep_models: bool = False
 
 
-@dataclass(frozen=True)
-class ExperimentConfig:
+@dataclass(frozen=True, kw_only=True)
+class SharedConfig:
+    """What a run config and both search configs share, resolved: the data, split and seeds, the teacher (None: a head
+    search without one), its semantic classifier (None: the head search trains none) and the students (channels None:
+    the sensor search chooses them). Built from a validated schema by `resolve` alone.
+
+    `resolved` is that schema's JSON data, every default filled in (what --print-config prints): what a worker process
+    is sent and parses once. `raw` is the config as given to the parse (the user's, as written), kept only to record
+    it (results.json) and to identify a run or study that resumes (UnitStore, config_identity); never parsed again."""
+
     dataset: str
     dataset_options: dict
     windowing: WindowConfig | None
     split: SplitSpec
     seeds: tuple[int, ...]
-    teacher_channels: ChannelQuery
-    teacher: ModelSpec
+    teacher_channels: ChannelQuery | ChannelKit
+    teacher: ModelSpec | None
     teacher_train: TrainConfig
-    semantic: ModelSpec
-    semantic_train: TrainConfig
-    student_channels: ChannelQuery
+    semantic: ModelSpec | None
+    semantic_train: TrainConfig | None
+    student_channels: ChannelQuery | ChannelKit | None
     students: tuple[ModelSpec, ...]
     student_train: TrainConfig
+    resolved: dict = field(repr=False)
+    raw: dict = field(repr=False, compare=False)
+
+    @classmethod
+    def resolve(cls, schema: DataSections, raw: Mapping[str, Any], **own: Any) -> Self:
+        """`cls` from a validated schema (DataSections with teacher, semantic and students sections, as each command
+        declares them) and the command's `own` fields."""
+        teacher, semantic, students = schema.teacher, schema.semantic, schema.students
+        return cls(dataset=schema.dataset, dataset_options=schema.dataset_options, windowing=schema.windowing,
+                   split=schema.split, seeds=tuple(schema.seeds), teacher_channels=teacher.channels,
+                   teacher=None if teacher.model is None else teacher.spec(), teacher_train=teacher.train,
+                   semantic=None if semantic is None else ModelSpec(semantic.model, semantic.params),
+                   semantic_train=None if semantic is None else semantic.train,
+                   student_channels=students.channels, students=tuple(students.models), student_train=students.train,
+                   resolved=resolved_data(schema), raw=copy.deepcopy(dict(raw)), **own)
+
+
+def resolved_data(schema: BaseModel) -> dict:
+    """A validated config as JSON data, every default filled in: what --print-config prints (resolved_yaml)."""
+    return schema.model_dump(mode="json", by_alias=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OneStudentSearch(SharedConfig):
+    """A search's shared sections: its checks allow one seed and one student model."""
+
+    @property
+    def seed(self) -> int:
+        return self.seeds[0]
+
+    @property
+    def student(self) -> ModelSpec:
+        return self.students[0]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentConfig(SharedConfig):
+    # a run always has a teacher, its semantic classifier and the students' channels
+    teacher: ModelSpec
+    semantic: ModelSpec
+    semantic_train: TrainConfig
+    student_channels: ChannelQuery | ChannelKit
     methods: tuple[MethodSpec, ...]
     latency_runs: int
-    raw: dict
     personalise: PersonaliseSpec | None = None
     keep_models: bool = False
 
@@ -261,26 +310,9 @@ def _labels_by_name(raw: Mapping[str, Any], personalise: PersonaliseSpec | None)
 
 def parse_config(raw: Mapping[str, Any], where: str = "config") -> ExperimentConfig:
     schema = check_experiment(raw, where)
-    return ExperimentConfig(
-        dataset=schema.dataset,
-        dataset_options=schema.dataset_options,
-        windowing=schema.windowing,
-        split=schema.split,
-        seeds=tuple(schema.seeds),
-        teacher_channels=schema.teacher.channels,
-        teacher=schema.teacher.spec(),
-        teacher_train=schema.teacher.train,
-        semantic=ModelSpec(schema.semantic.model, schema.semantic.params),
-        semantic_train=schema.semantic.train,
-        student_channels=schema.students.channels,
-        students=tuple(schema.students.models),
-        student_train=schema.students.train,
-        methods=tuple(schema.methods),
-        latency_runs=schema.latency_runs,
-        raw=_labels_by_name(raw, schema.personalise),
-        personalise=schema.personalise,
-        keep_models=schema.keep_models,
-    )
+    return ExperimentConfig.resolve(schema, _labels_by_name(raw, schema.personalise), methods=tuple(schema.methods),
+                                    latency_runs=schema.latency_runs, personalise=schema.personalise,
+                                    keep_models=schema.keep_models)
 
 
 def experiment_yaml(raw: Mapping[str, Any], where: str = "config") -> str:

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from harkd.distill import distiller_family
 from harkd.errors import HarkdError
 from harkd.experiment.config import MethodSpec, ModelSpec
-from harkd.experiment.summary import BASELINE
+from harkd.experiment.summary import BASELINE, MethodSummary
 
 MIXED, SELF, UNKNOWN = "mixed", "self", "unknown"
 # Report order: TSAK against its baselines first; families not listed here follow alphabetically.
@@ -77,7 +77,7 @@ def _family_key(family: str) -> tuple:
     return (FAMILY_ORDER.index(family), "") if family in FAMILY_ORDER else (len(FAMILY_ORDER), family)
 
 
-def best_per_family(config: Any, summary: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def best_per_family(config: Any, summary: Sequence[MethodSummary]) -> dict[str, Any]:
     """The JSON-ready `best_per_family` of results.json, from results' `config` and `summarise(rows)`:
 
     - families: student model -> method -> family, for every student method in the summary ("unknown" when the
@@ -89,19 +89,18 @@ def best_per_family(config: Any, summary: Sequence[Mapping[str, Any]]) -> dict[s
       one's mean macro-F1 minus the zoo one's (a fraction, like the scores).
     """
     defined = method_families(config)
-    students = [s for s in summary if s["role"] == "student"]
+    students = [s for s in summary if s.role == "student"]
     families = {}
     for s in students:
-        families.setdefault(s["model"], {})[s["method"]] = defined.get(s["model"], {}).get(s["method"], UNKNOWN)
+        families.setdefault(s.model, {})[s.name] = defined.get(s.model, {}).get(s.name, UNKNOWN)
     best = []
     for model, methods in families.items():
-        candidates = [s for s in students if s["model"] == model and s["method"] != BASELINE
-                      and methods[s["method"]] != UNKNOWN]
-        for family in sorted({methods[s["method"]] for s in candidates}, key=_family_key):
-            top = max((s for s in candidates if methods[s["method"]] == family), key=lambda s: s["macro_f1_mean"])
-            best.append({"model": model, "family": family, "method": top["method"], "n": top["n"],
-                         **{k: top[k] for k in ("macro_f1_mean", "macro_f1_std", "delta_vs_none_mean", "folds_won",
-                                                "folds_total")}})
+        candidates = [s for s in students if s.model == model and s.name != BASELINE and methods[s.name] != UNKNOWN]
+        for family in sorted({methods[s.name] for s in candidates}, key=_family_key):
+            top = max((s for s in candidates if methods[s.name] == family), key=lambda s: s.macro_f1_mean)
+            best.append({"model": model, "family": family, "method": top.name, "n": top.n,
+                         **{k: getattr(top, k) for k in ("macro_f1_mean", "macro_f1_std", "delta_vs_none_mean",
+                                                         "folds_won", "folds_total")}})
     versus = []
     for model in families:
         top = {b["family"]: b for b in best if b["model"] == model}

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from harkd.experiment.summary import BASELINE
+from harkd.experiment.summary import BASELINE, MethodSummary
 from harkd.files import atomic_output
 
 ANNOTATE_MAX_CLASSES = 20  # beyond this the cell numbers no longer fit; the colours still read
@@ -27,26 +28,25 @@ def save(fig: Figure, path: Path) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
-def macro_f1_bars(summary: Sequence[Mapping[str, Any]], path: Path) -> bool:
+def macro_f1_bars(summary: Sequence[MethodSummary], path: Path) -> bool:
     """Macro-F1 per method, one panel per student model, with the teacher and semantic classifier as reference
     lines. False when there are no students to draw."""
-    students = [s for s in summary if s["role"] == "student"]
-    models = list(dict.fromkeys(s["model"] for s in students))
+    students = [s for s in summary if s.role == "student"]
+    models = list(dict.fromkeys(s.model for s in students))
     if not models:
         return False
-    references = [s for s in summary if s["role"] in ("teacher", "semantic")]
-    widest = max(sum(s["model"] == m for s in students) for m in models)
+    references = [s for s in summary if s.role in ("teacher", "semantic")]
+    widest = max(sum(s.model == m for s in students) for m in models)
     fig = Figure(figsize=(max(4.0, 0.6 * widest + 2) * len(models), 4.2), layout="constrained")
     axes = fig.subplots(1, len(models), sharey=True, squeeze=False)[0]
     for ax, model in zip(axes, models):
-        bars = [s for s in students if s["model"] == model]
-        ax.bar(range(len(bars)), [100 * s["macro_f1_mean"] for s in bars],
-               yerr=[100 * s["macro_f1_std"] for s in bars], capsize=3,
-               color=["0.6" if s["method"] == BASELINE else "C0" for s in bars])
+        bars = [s for s in students if s.model == model]
+        ax.bar(range(len(bars)), [100 * s.macro_f1_mean for s in bars], yerr=[100 * s.macro_f1_std for s in bars],
+               capsize=3, color=["0.6" if s.name == BASELINE else "C0" for s in bars])
         for i, ref in enumerate(references):
-            ax.axhline(100 * ref["macro_f1_mean"], color=f"C{i + 1}", linestyle="--", linewidth=1,
-                       label=f"{ref['role']} {ref['model']} ({100 * ref['macro_f1_mean']:.1f})")
-        ax.set_xticks(range(len(bars)), [s["method"] for s in bars], rotation=30, ha="right")
+            ax.axhline(100 * ref.macro_f1_mean, color=f"C{i + 1}", linestyle="--", linewidth=1,
+                       label=f"{ref.role} {ref.model} ({100 * ref.macro_f1_mean:.1f})")
+        ax.set_xticks(range(len(bars)), [s.name for s in bars], rotation=30, ha="right")
         ax.set_title(model)
         ax.set_ylim(0, 100)
     axes[0].set_ylabel("macro-F1 (%), mean ± std over runs")
@@ -77,12 +77,12 @@ def confusion_png(matrix: Sequence[Sequence[int]], class_names: Sequence[str], t
     save(fig, path)
 
 
-def paired_deltas_png(deltas: Mapping[tuple[str, str, str], pd.Series], summary: Sequence[Mapping[str, Any]],
+def paired_deltas_png(deltas: Mapping[tuple[str, str, str], pd.Series], summary: Sequence[MethodSummary],
                       path: Path) -> None:
     """One line per method (top to bottom in summary order): its Δ vs its baseline per fold as dots (green above
     zero, red below), the mean over paired runs as a bar, and the zero line; the y label carries the mean and the
     folds won, so the figure reads without the table."""
-    stats = {(s["role"], s["model"], s["method"]): s for s in summary}
+    stats = {(s.role, s.model, s.name): s for s in summary}
     keys = list(deltas)
     fig = Figure(figsize=(8.0, 1.4 + 0.32 * len(keys)), layout="constrained")
     ax = fig.add_subplot()
@@ -90,7 +90,7 @@ def paired_deltas_png(deltas: Mapping[tuple[str, str, str], pd.Series], summary:
         points = 100 * deltas[key].to_numpy()
         ax.scatter(points, np.full(len(points), y), s=22, alpha=0.8, zorder=3,
                    c=np.where(points > 0, "tab:green", "tab:red"))
-        ax.scatter([100 * stats[key]["delta_vs_none_mean"]], [y], marker="|", s=300, color="black", zorder=4)
+        ax.scatter([100 * stats[key].delta_vs_none_mean], [y], marker="|", s=300, color="black", zorder=4)
         if y and key[:2] != keys[y - 1][:2]:  # a rule between models, and between plain and personalised rows
             ax.axhline(y - 0.5, color="0.6", linewidth=0.8)
     ax.axvline(0, color="0.3", linewidth=1)
@@ -102,10 +102,9 @@ def paired_deltas_png(deltas: Mapping[tuple[str, str, str], pd.Series], summary:
     save(fig, path)
 
 
-def _delta_label(s: Mapping[str, Any]) -> str:
-    prefix = "personalised " if s["role"] == "personalised" else ""
-    return (f"{prefix}{s['model']} / {s['method']}  ({100 * s['delta_vs_none_mean']:+.1f}, "
-            f"won {s['folds_won']}/{s['folds_total']})")
+def _delta_label(s: MethodSummary) -> str:
+    prefix = "personalised " if s.role == "personalised" else ""
+    return f"{prefix}{s.model} / {s.name}  ({100 * s.delta_vs_none_mean:+.1f}, won {s.folds_won}/{s.folds_total})"
 
 
 def personalised_folds_png(panels: Mapping[str, pd.DataFrame], path: Path) -> None:
@@ -128,14 +127,22 @@ def personalised_folds_png(panels: Mapping[str, pd.DataFrame], path: Path) -> No
     save(fig, path)
 
 
-def cost_png(points: Sequence[Mapping[str, Any]], path: Path) -> None:
+@dataclass(frozen=True)
+class CostPoint:
+    role: str
+    flops: int
+    macro_f1: float
+    label: str  # its name, score and cost ratio, for the legend
+
+
+def cost_png(points: Sequence[CostPoint], path: Path) -> None:
     """Macro-F1 against FLOPs per window (log scale), one marker per point (shape by role), each named in the
-    legend with its score and cost ratio. Points: dicts with role, label, flops, macro_f1."""
+    legend with its score and cost ratio."""
     fig = Figure(figsize=(8.0, 4.0 + 0.22 * len(points)), layout="constrained")
     ax = fig.add_subplot()
     for i, point in enumerate(points):
-        ax.scatter([point["flops"]], [100 * point["macro_f1"]], s=60, color=f"C{i % 10}", label=point["label"],
-                   marker=ROLE_MARKERS.get(point["role"], "o"), edgecolor="black", linewidth=0.5, zorder=3)
+        ax.scatter([point.flops], [100 * point.macro_f1], s=60, color=f"C{i % 10}", label=point.label,
+                   marker=ROLE_MARKERS.get(point.role, "o"), edgecolor="black", linewidth=0.5, zorder=3)
     ax.set_xscale("log")
     ax.margins(x=0.1, y=0.1)
     ax.grid(alpha=0.3, which="both")

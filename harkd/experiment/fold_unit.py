@@ -18,23 +18,25 @@ from harkd import __version__
 from harkd.data.recording import Recording
 from harkd.data.splits import Fold
 from harkd.data.windowing import WindowSet
-from harkd.experiment.config import ExperimentConfig, ModelSpec, parse_config
+from harkd.experiment.config import ExperimentConfig, ModelSpec, SharedConfig, parse_config
 from harkd.experiment.folds import ExperimentData, FoldLabels, Views, experiment_recordings, fold_views, sensor_groups
 from harkd.experiment.personalised import KeptStudent, Personaliser
 from harkd.experiment.progress import status_hook
+from harkd.experiment.rows import ResultRow, rows_of
 from harkd.experiment.scoring import Scorer
 from harkd.experiment.students import Sources, train_student
 from harkd.experiment.teacher import TeacherSettings, TrainedTeacher, semantic_inputs, train_teacher
 from harkd.experiment.teacher_cache import TeacherStore
 from harkd.models.bundle import ModelBundle
-from harkd.train.engine import set_epoch_hook
+from harkd.train.engine import epoch_hook
 
 
 def load_data(cfg: ExperimentConfig) -> ExperimentData:
     return ExperimentData.load(cfg, cfg.teacher_channels, cfg.student_channels)
 
 
-def teacher_settings(cfg: ExperimentConfig) -> TeacherSettings:
+def teacher_settings(cfg: SharedConfig) -> TeacherSettings:
+    """The teacher a run or search trains (with no semantic classifier in the head search)."""
     return TeacherSettings(cfg.teacher, cfg.teacher_train, cfg.semantic, cfg.semantic_train)
 
 
@@ -42,9 +44,14 @@ def teacher_settings(cfg: ExperimentConfig) -> TeacherSettings:
 class FoldResult:
     """One (seed, fold) unit's rows (without costs: the parent measures those once) and confusion matrices."""
 
-    rows: list[dict]
+    rows: list[ResultRow]
     confusion: dict[str, np.ndarray]
     teacher_from_store: bool = False  # its teacher was read from the teacher store, not trained
+
+    @classmethod
+    def saved(cls, rows: list[dict], confusion: dict[str, np.ndarray]) -> FoldResult:
+        """A unit an earlier invocation finished, as its unit store kept it."""
+        return cls(rows_of(rows), confusion)
 
 
 class FoldRunner:
@@ -94,7 +101,7 @@ class FoldRunner:
         return self._cut_from
 
     def _teacher_rows(self, teacher: TrainedTeacher, xt: Views, score: Scorer,
-                      groups: list[list[int]]) -> list[dict[str, Any]]:
+                      groups: list[list[int]]) -> list[ResultRow]:
         cfg = self.cfg
         rows = [score.row("teacher", cfg.teacher.name, "-", self.teacher_view, teacher.model, xt.test, teacher.fit)]
         self._keep(teacher.model, cfg.teacher, self.data.teacher_view, xt, score.fold, rows[0], groups,
@@ -105,29 +112,28 @@ class FoldRunner:
         return rows
 
     def _keep(self, model: nn.Module, spec: ModelSpec, view: WindowSet, views: Views, fold: Fold,
-              row: dict[str, Any], channel_groups: list[list[int]] | None = None,
+              row: ResultRow, channel_groups: list[list[int]] | None = None,
               semantic: nn.Module | None = None) -> ModelBundle | None:
         """The model as a bundle in OUT/models/<fold>-seed<seed>/ (returned); a TSAK teacher's carries its semantic
         classifier."""
         if self.models is None:
             return None
-        name = row["role"] if row["role"] == "teacher" else f"{row['role']}-{row['model']}-{row['method']}"
+        name = row.role if row.role == "teacher" else f"{row.role}-{row.model}-{row.name}"
         bundle = ModelBundle.of(model, spec.name, spec.params, view.channels, self.data.class_names, view.x.shape[2],
                                 view.rate_hz, views.normaliser, channel_groups, dataset=self.cfg.dataset,
-                                fold=fold.name, test_subjects=list(fold.test_subjects), seed=row["seed"],
+                                fold=fold.name, test_subjects=list(fold.test_subjects), seed=row.seed,
                                 data=self._data_sections(),
-                                role=row["role"], method=row["method"], macro_f1=row["macro_f1"],
-                                accuracy=row["accuracy"], harkd_version=__version__)
+                                role=row.role, method=row.name, macro_f1=row.macro_f1, accuracy=row.accuracy,
+                                harkd_version=__version__)
         bundle.stride = self.data.windowing.stride if self.data.windowing else None
         if semantic is not None:
             bundle = bundle.with_semantic(semantic, self.cfg.semantic.name, self.cfg.semantic.params)
-        bundle.save(self.models / f"{fold.name}-seed{row['seed']}" / f"{name.replace('/', '_')}.pt")
+        bundle.save(self.models / f"{fold.name}-seed{row.seed}" / f"{name.replace('/', '_')}.pt")
         return bundle
 
     def _data_sections(self) -> dict[str, Any]:
         """What rebuilds the run's windows and folds for a kept model (its int8 export scores the fold's test)."""
-        return {key: self.cfg.raw[key] for key in ("dataset", "dataset_options", "windowing", "split")
-                if key in self.cfg.raw}
+        return {key: self.cfg.resolved[key] for key in ("dataset", "dataset_options", "windowing", "split")}
 
     def _keep_personalised(self, bundles: dict[tuple[str, str], ModelBundle], fold: Fold, seed: int,
                            student: KeptStudent, subject: str, model: nn.Module, report: dict[str, Any]) -> None:
@@ -139,17 +145,24 @@ class FoldRunner:
 
 
 @functools.lru_cache(maxsize=1)
-def _data_of(config_json: str) -> ExperimentData:
+def _config_of(resolved_json: str) -> ExperimentConfig:
+    """A worker process's run config, parsed once from the resolved config it was sent."""
+    return parse_config(json.loads(resolved_json), where="the run's resolved config")
+
+
+@functools.lru_cache(maxsize=1)
+def _data_of(resolved_json: str) -> ExperimentData:
     """A worker process's windows (from the window cache), loaded once for the units it trains."""
-    return load_data(parse_config(json.loads(config_json)))
+    return load_data(_config_of(resolved_json))
 
 
 @dataclass(frozen=True)
 class FoldUnits:
-    """What a worker needs to train a run's units, as plain data: the run's config, its work folder, where kept
-    models go, and the teacher store's folder (None: every teacher trained)."""
+    """What a worker needs to train a run's units, as plain data: the run's resolved config as JSON
+    (ExperimentConfig.resolved: the user's raw config is never parsed again), its work folder, where kept models go,
+    and the teacher store's folder (None: every teacher trained)."""
 
-    config_json: str
+    resolved_json: str
     work: Path
     models: Path | None = None
     teachers: Path | None = None
@@ -159,17 +172,12 @@ class FoldUnits:
         return self.models
 
     def build(self, data: ExperimentData | None = None) -> Callable[[tuple[int, Fold]], FoldResult]:
-        cfg = parse_config(json.loads(self.config_json))
-        runner = FoldRunner(cfg, data or _data_of(self.config_json), self.work, self.models,
-                            None if self.teachers is None else TeacherStore(self.teachers))
+        runner = FoldRunner(_config_of(self.resolved_json), data or _data_of(self.resolved_json), self.work,
+                            self.models, None if self.teachers is None else TeacherStore(self.teachers))
 
         def unit(seed_and_fold: tuple[int, Fold]) -> FoldResult:
-            # The run's heartbeat reads each epoch's line; unset after, as a Ray worker process runs other tasks next.
-            set_epoch_hook(status_hook(self.work))
-            try:
+            with epoch_hook(status_hook(self.work)):  # the run's heartbeat reads each epoch's line
                 return runner.run(*seed_and_fold)
-            finally:
-                set_epoch_hook(None)
 
         return unit
 

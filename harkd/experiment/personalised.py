@@ -14,7 +14,7 @@ session and its scores, as `harkd personalise` writes one (the bundle's provenan
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,7 +33,7 @@ from harkd.personalise.session import contiguous_segments
 from harkd.personalise.tune import Adaptation, FrozenTeacher, fine_tune, labels_of
 from harkd.personalise.worker import Inputs, Worker
 from harkd.experiment.scoring import Scorer, View
-from harkd.experiment.summary import GUARDED, UNTOUCHED
+from harkd.experiment.rows import GUARDED, REFERENCE, UNTOUCHED, ResultRow
 from harkd.experiment.teacher import TrainedTeacher
 from harkd.metrics import macro_f1
 
@@ -47,6 +47,9 @@ class KeptStudent:
     label: str
     method: str
     model: nn.Module
+
+
+_Variant = tuple[str, str, str | None]  # (model, KD method, labels): the teacher's are None
 
 
 @dataclass
@@ -95,24 +98,22 @@ class Personaliser:
     # (student, worker, shipped model, report): what a run that keeps its models does with each personalised student
     keep: Callable[[KeptStudent, str, nn.Module, dict[str, Any]], None] | None = None
 
-    def rows(self, fold: Fold, students: list[KeptStudent], score: Scorer) -> list[dict]:
+    def rows(self, fold: Fold, students: list[KeptStudent], score: Scorer) -> list[ResultRow]:
         """The teacher's row first, then each student's untouched and fine-tuned rows."""
-        pooled: dict[tuple[str, str], _Pooled] = {(self.teacher_label, "-"): _Pooled()}
+        pooled: dict[_Variant, _Pooled] = {(self.teacher_label, REFERENCE, None): _Pooled()}
         labels, how, teacher = [], self._adaptation(), FrozenTeacher(self.teacher.frozen())
         for subject in fold.test_subjects:
             worker = self._worker(subject)
             labels.append(worker.y_scored)
-            pooled[(self.teacher_label, "-")].add(labels_of(teacher.model, worker.scored_teacher))
+            pooled[(self.teacher_label, REFERENCE, None)].add(labels_of(teacher.model, worker.scored_teacher))
             for student in students:
                 self._personalise(worker, student, teacher, how, self.work / subject, pooled)
         y = np.concatenate(labels)
-        rows = [score.record(ROLE, label, method, self.views[0] if method == "-" else self.views[1], y,
-                             np.concatenate(p.preds), round(float(np.mean(p.epochs))), p.seconds)
-                for (label, method), p in pooled.items()]
-        for row, p in zip(rows, pooled.values()):
-            if p.adapted:
-                row["guard_kept_adapted"] = f"{sum(p.adapted)}/{len(p.adapted)}"
-        return rows
+        rows = [score.record(ROLE, label, method, self.views[0] if method == REFERENCE else self.views[1], y,
+                             np.concatenate(p.preds), round(float(np.mean(p.epochs))), p.seconds, labels)
+                for (label, method, labels), p in pooled.items()]
+        return [replace(row, guard_kept_adapted=f"{sum(p.adapted)}/{len(p.adapted)}") if p.adapted else row
+                for row, p in zip(rows, pooled.values())]
 
     def _worker(self, subject: str) -> Worker:
         data, (xt, xs) = self.data, self.inputs
@@ -129,23 +130,23 @@ class Personaliser:
         return Adaptation(self.spec.adapt, self.spec.train, self.spec.method, replay, axes)
 
     def _personalise(self, worker: Worker, student: KeptStudent, teacher: FrozenTeacher, how: Adaptation, work: Path,
-                     pooled: dict[tuple[str, str], _Pooled]) -> None:
+                     pooled: dict[_Variant, _Pooled]) -> None:
         """One student on one worker: untouched, then adapted to each source of labels the spec lists."""
         untouched = labels_of(student.model, worker.scored_student)
-        pooled.setdefault((student.label, f"{student.method}+{UNTOUCHED}"), _Pooled()).add(untouched)
+        pooled.setdefault((student.label, student.method, UNTOUCHED), _Pooled()).add(untouched)
         for source in self.spec.labels:
             tuned = fine_tune(student.model, source, worker.session, teacher, how, self.data.n_classes, self.seed,
                               work / f"{student.label}-{student.method}-{source}")
             if tuned is None:  # the true-label bound needs labelled calibration windows
                 continue
-            pooled.setdefault((student.label, f"{student.method}+{source}"), _Pooled()).add(
+            pooled.setdefault((student.label, student.method, source), _Pooled()).add(
                 labels_of(tuned.model, worker.scored_student), tuned.epochs, tuned.seconds)
             if source == "teacher" and self.spec.guard:
                 verdict = guard(student.model, tuned, worker.session, teacher_refit(
                     student.model, worker.session, teacher, how, self.data.n_classes, self.seed,
                     work / f"{student.label}-{student.method}-guard"))
                 shipped = labels_of(verdict.model, worker.scored_student)
-                pooled.setdefault((student.label, f"{student.method}+{GUARDED}"), _Pooled()).add(
+                pooled.setdefault((student.label, student.method, GUARDED), _Pooled()).add(
                     shipped, tuned.epochs, tuned.seconds, verdict.kept == "adapted")
                 if self.keep is not None:
                     self.keep(student, worker.subject, verdict.model, self._report(worker, verdict, untouched, shipped))

@@ -42,11 +42,11 @@ from harkd.experiment.fold_unit import FoldResult, FoldUnits, load_data
 from harkd.experiment.folds import ExperimentData, sensor_groups
 from harkd.experiment.report import format_summary_table, write_results
 from harkd.experiment.progress import Heartbeat
+from harkd.experiment.rows import Cost
 from harkd.experiment.summary import summarise
 from harkd.experiment.teacher_cache import TeacherStore
 from harkd.models.base import build_model
 from harkd.models.tsak import TwoStageTeacher, semantic_input_dims
-from harkd.train.engine import set_epoch_hook
 
 if TYPE_CHECKING:
     from harkd.execution.ray_cluster import RayBackend
@@ -117,7 +117,7 @@ class Runner:
                                 len(finished))
         write_results(results, self.out_dir)
         store.clear()
-        self.log(format_summary_table(results["summary"]))
+        self.log(format_summary_table(summarise(results["rows"])))
         self._log_models(plan)
         return results
 
@@ -135,7 +135,7 @@ class Runner:
         """Units an interrupted invocation finished; on a fresh start, the models of an earlier run are removed (they
         would not match these results)."""
         finished = {k: unit for k, (seed, _, fold) in enumerate(plan)
-                    if (unit := store.load(seed, fold.name, FoldResult)) is not None}
+                    if (unit := store.load(seed, fold.name, FoldResult.saved)) is not None}
         if finished:
             self.log(f"resuming: {len(finished)} of {len(plan)} (seed, fold) units already finished in {store.dir}")
         elif (self.out_dir / "models").exists():
@@ -147,18 +147,18 @@ class Runner:
                  resumed: int) -> dict[str, Any]:
         """results.json's content. `wall_time_s` sums every invocation when the run was resumed (`resumed_units`
         finished in earlier ones)."""
-        rows = [row for unit in units for row in unit.rows]
-        costs = self._costs(data)
-        for row in rows:  # a personalised row costs what its model costs
-            row.update(costs.get((row["role"], row["model"])) or costs.get(("student", row["model"]))
-                       or costs[("teacher", row["model"])])
+        costs = self._costs(data)  # a personalised row costs what its model costs
+        rows = [row.costing(costs.get((row.role, row.model)) or costs.get(("student", row.model))
+                            or costs[("teacher", row.model)]) for unit in units for row in unit.rows]
         env = environment(threads=self.threads)
         results = {"harkd_version": __version__, "started": started, "command": self.command,
                    "wall_time_s": round(wall_time_s, 1), "jobs": self.jobs, "resumed_units": resumed,
                    "machine": _machine_line(env), "environment": env, "config": self.config.raw,
-                   "class_names": data.class_names, "rows": rows, "confusion": _summed_confusions(units)}
-        results["summary"] = summarise(rows)
-        results["best_per_family"] = best_per_family(self.config.raw, results["summary"])
+                   "class_names": data.class_names, "rows": [row.to_json() for row in rows],
+                   "confusion": _summed_confusions(units)}
+        summary = summarise(rows)
+        results["summary"] = [entry.to_json() for entry in summary]
+        results["best_per_family"] = best_per_family(self.config.raw, summary)
         return results
 
     def _log_models(self, plan: Plan) -> None:
@@ -175,10 +175,10 @@ class Runner:
 
     @staticmethod
     def _unit_line(seed: int, fold: Fold, unit: FoldResult, progress: str) -> str:
-        best = max((r for r in unit.rows if r["role"] == "student"), key=lambda r: r["macro_f1"])
-        return (f"[{progress}] seed {seed} {fold.describe()}: teacher {unit.rows[0]['macro_f1']:.3f}"
+        best = max((r for r in unit.rows if r.role == "student"), key=lambda r: r.macro_f1)
+        return (f"[{progress}] seed {seed} {fold.describe()}: teacher {unit.rows[0].macro_f1:.3f}"
                 + (" (from the teacher store)" if unit.teacher_from_store else "")
-                + f", best student {best['model']}/{best['method']} {best['macro_f1']:.3f}")
+                + f", best student {best.model}/{best.name} {best.macro_f1:.3f}")
 
     def _train(self, plan: Plan, data: ExperimentData, work: Path, finished: dict[int, FoldResult],
                store: UnitStore, clock: float) -> list[FoldResult]:
@@ -192,7 +192,7 @@ class Runner:
             for k, unit in self._units(plan, todo, data, work):
                 results[k] = unit
                 seed, _, fold = plan[k]
-                store.save(seed, fold.name, unit.rows, unit.confusion)
+                store.save(seed, fold.name, [row.to_json() for row in unit.rows], unit.confusion)
                 store.record_time(time.perf_counter() - clock)
                 beat.log(self._unit_line(seed, fold, unit, progress()))
                 bar.update()
@@ -201,7 +201,7 @@ class Runner:
     def _units(self, plan: Plan, todo: list[int], data: ExperimentData, work: Path) -> Iterator[tuple[int, FoldResult]]:
         """(plan index, result) of each unit in `todo` as it finishes: here, in spawned worker processes, or on Ray."""
         units = {k: (plan[k][0], plan[k][2]) for k in todo}
-        spec = FoldUnits(json.dumps(self.config.raw), work, self.models,
+        spec = FoldUnits(json.dumps(self.config.resolved), work, self.models,
                          None if self.teachers is None else self.teachers.root)
         if self.ray is not None:
             from harkd.execution.ray_cluster import map_on_ray
@@ -210,19 +210,17 @@ class Runner:
                 yield from map_on_ray(self.ray, spec, units, data, work / "status", self.threads,
                                       lambda unit: f"{unit[1].name}-seed{unit[0]}")
             return
-        try:  # in this process, the windows loaded already; a spawned process loads them from the cache
-            yield from Processes(self.jobs, self.threads).map(spec, units, data if self.jobs == 1 else None)
-        finally:
-            set_epoch_hook(None)
+        # In this process, the windows loaded already; a spawned process loads them from the cache.
+        yield from Processes(self.jobs, self.threads).map(spec, units, data if self.jobs == 1 else None)
 
-    def _costs(self, data: ExperimentData) -> dict[tuple[str, str], dict[str, float]]:
+    def _costs(self, data: ExperimentData) -> dict[tuple[str, str], Cost]:
         """Params, FLOPs and batch-1 CPU latency per window for each model of the run (the same in every fold)."""
         length = data.teacher_view.x.shape[2]
         costs = {}
         for key, (model, channels) in cost_models(self.config, data).items():
             shape = (1, channels, length)
-            costs[key] = {"params": count_params(model), "flops": count_flops(model, shape),
-                          "latency_ms_cpu": cpu_latency_ms(model, shape, runs=self.config.latency_runs)}
+            costs[key] = Cost(count_params(model), count_flops(model, shape),
+                              cpu_latency_ms(model, shape, runs=self.config.latency_runs))
         return costs
 
 

@@ -9,25 +9,68 @@ student alone, not personalised) for personalised students, so a method is only 
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
 from harkd.errors import HarkdError
+from harkd.experiment.rows import PERSONALISED_LABELS, REFERENCE, UNTOUCHED, ResultRow, rows_frame, rows_of
 
 KEY = ["role", "model", "method"]
 RUN = ["fold", "seed"]
 BASELINE = "none"
 # Role -> the method each of its methods is compared with. Personalised rows are scored on other windows than the
 # plain ones, so they are compared with the kept student alone on those windows.
-UNTOUCHED = "untouched"  # a personalised row of the kept student as it was trained
-GUARDED = "guarded"  # the guard's choice between the teacher-labelled student and the untouched one: the product
 BASELINES = {"student": BASELINE, "personalised": f"{BASELINE}+{UNTOUCHED}"}
-# A personalised student's method is "<kept method>+<labels>", the labels it was fine-tuned on, in this order.
-PERSONALISED_LABELS = (UNTOUCHED, "self", "teacher", GUARDED, "true")
-TEACHER_METHOD = "-"  # the method of teacher rows, and of the teacher scored on the personalised windows
+TEACHER_METHOD = REFERENCE  # the method of teacher rows, and of the teacher scored on the personalised windows
 COST = ["params", "flops", "latency_ms_cpu"]
 _ROLE_ORDER = {"teacher": 0, "semantic": 1, "student": 2, "personalised": 3}
+Rows = Sequence[ResultRow | Mapping[str, Any]]  # typed, or as read from results.json
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """The runs of one (role, model, method) pooled; `method` and `labels` as in ResultRow, `name` their text.
+
+    n runs; macro_f1/accuracy mean and std (ddof=1, 0 for one run); params, flops, latency_ms_cpu: medians over the
+    runs; delta_vs_none_mean: mean paired macro-F1 difference to the same model's baseline in BASELINES ("none" for
+    students, "none+untouched" for personalised students); folds_won / folds_total: folds whose seed-mean macro-F1
+    beats the baseline's (the last three None for teacher, semantic and baseline rows, and for a method with no
+    paired baseline run); of_teacher: a personalised student's mean paired fraction of the teacher's macro-F1 on the
+    same windows (None for other rows)."""
+
+    role: str
+    model: str
+    method: str
+    labels: str | None
+    n: int
+    macro_f1_mean: float
+    macro_f1_std: float
+    accuracy_mean: float
+    accuracy_std: float
+    params: int
+    flops: int
+    latency_ms_cpu: float
+    delta_vs_none_mean: float | None = None
+    folds_won: int | None = None
+    folds_total: int | None = None
+    of_teacher: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.method if self.labels is None else f"{self.method}+{self.labels}"
+
+    @property
+    def is_reference(self) -> bool:
+        """The teacher's or semantic classifier's entry (on the personalised windows too): no KD method."""
+        return self.method == REFERENCE
+
+    def to_json(self) -> dict[str, Any]:
+        """results.json's summary entry (the keys every version wrote)."""
+        entry = asdict(self)
+        del entry["labels"]
+        return {**entry, "method": self.name}
 
 
 def order_key(role: str, model: str, method: str) -> tuple:
@@ -39,8 +82,8 @@ def order_key(role: str, model: str, method: str) -> tuple:
             rank, method)
 
 
-def _frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame(list(rows))
+def _frame(rows: Rows) -> pd.DataFrame:
+    frame = rows_frame(rows_of(rows))
     if frame.empty:
         return frame
     duplicated = frame[frame.duplicated(KEY + RUN, keep=False)]
@@ -75,7 +118,7 @@ def _paired_with_baseline(frame: pd.DataFrame, role: str, model: str, method: st
 def _gain(frame: pd.DataFrame, role: str, model: str, method: str) -> dict:
     paired = _paired_with_baseline(frame, role, model, method)
     if paired.empty:
-        return {"delta_vs_none_mean": None, "folds_won": None, "folds_total": None}
+        return {}
     by_fold = paired.groupby("fold", sort=False)[["macro_f1", "macro_f1_ref"]].mean()
     return {"delta_vs_none_mean": float((paired["macro_f1"] - paired["macro_f1_ref"]).mean()),
             "folds_won": int((by_fold["macro_f1"] > by_fold["macro_f1_ref"]).sum()),
@@ -93,34 +136,38 @@ def _of_teacher(frame: pd.DataFrame, role: str, method: str, runs: pd.DataFrame)
     return None if paired.empty else float((paired["macro_f1"] / paired["macro_f1_ref"]).mean())
 
 
-def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """One dict per (role, model, method), plain Python values (JSON-ready), in `order_key` order.
-
-    Keys: role, model, method, n (runs), macro_f1_mean/std, accuracy_mean/std (std with ddof=1, 0 for one run),
-    params, flops, latency_ms_cpu (medians over the runs), delta_vs_none_mean (mean paired macro-F1 difference to
-    the same model's baseline in BASELINES: "none" for students, "none+untouched" for personalised students),
-    folds_won / folds_total (folds whose seed-mean macro-F1 beats the baseline's). The last three are None for
-    teacher, semantic and baseline rows, and for a method with no paired baseline run. of_teacher: for personalised
-    students, the mean paired fraction of the teacher's macro-F1 on the same windows; None for other rows.
-    """
-    frame = _frame(rows)
+def summarise(rows: Rows) -> list[MethodSummary]:
+    """One entry per (role, model, method), in `order_key` order."""
+    typed = rows_of(rows)
+    frame = _frame(typed)
     if frame.empty:
         return []
+    parts = {row.key: (row.method, row.labels) for row in typed}  # the frame's None labels read back as NaN
     summary = []
     for (role, model, method), runs in frame.groupby(KEY, sort=False):
-        summary.append({
-            "role": role, "model": model, "method": method, "n": len(runs),
-            "macro_f1_mean": float(runs["macro_f1"].mean()), "macro_f1_std": _std(runs["macro_f1"]),
-            "accuracy_mean": float(runs["accuracy"].mean()), "accuracy_std": _std(runs["accuracy"]),
-            "params": int(runs["params"].median()), "flops": int(runs["flops"].median()),
-            "latency_ms_cpu": float(runs["latency_ms_cpu"].median()),
-            **_gain(frame, role, model, method),
-            "of_teacher": _of_teacher(frame, role, method, runs),
-        })
-    return sorted(summary, key=lambda s: order_key(s["role"], s["model"], s["method"]))
+        kd_method, labels = parts[(role, model, method)]
+        summary.append(MethodSummary(
+            role=role, model=model, method=kd_method, labels=labels, n=len(runs),
+            macro_f1_mean=float(runs["macro_f1"].mean()), macro_f1_std=_std(runs["macro_f1"]),
+            accuracy_mean=float(runs["accuracy"].mean()), accuracy_std=_std(runs["accuracy"]),
+            params=int(runs["params"].median()), flops=int(runs["flops"].median()),
+            latency_ms_cpu=float(runs["latency_ms_cpu"].median()), **_gain(frame, role, model, method),
+            of_teacher=_of_teacher(frame, role, method, runs)))
+    return sorted(summary, key=lambda s: order_key(s.role, s.model, s.name))
 
 
-def ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+@dataclass(frozen=True)
+class StudentRatio:
+    """A student model against a teacher model: 1 - student/teacher params and FLOPs; teacher/student latency."""
+
+    model: str
+    teacher: str
+    params_reduction: float
+    flops_reduction: float
+    speedup: float
+
+
+def ratios(rows: Rows) -> list[StudentRatio]:
     """Each student model against each teacher model: params_reduction and flops_reduction (1 - student/teacher)
     and speedup (teacher latency / student latency).
 
@@ -133,14 +180,12 @@ def ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
     cost = frame.groupby(["role", "model"])[COST].median()
     roles = cost.index.get_level_values("role")
     teachers, students = cost[roles == "teacher"], cost[roles == "student"]
-    return [{"model": student, "teacher": teacher,
-             "params_reduction": float(1 - s["params"] / t["params"]),
-             "flops_reduction": float(1 - s["flops"] / t["flops"]),
-             "speedup": float(t["latency_ms_cpu"] / s["latency_ms_cpu"])}
+    return [StudentRatio(student, teacher, float(1 - s["params"] / t["params"]), float(1 - s["flops"] / t["flops"]),
+                         float(t["latency_ms_cpu"] / s["latency_ms_cpu"]))
             for (_, teacher), t in teachers.iterrows() for (_, student), s in students.iterrows()]
 
 
-def fold_means(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def fold_means(rows: Rows) -> pd.DataFrame:
     """Macro-F1 averaged over seeds: index = fold (in run order), columns = (role, model, method) in `order_key`
     order; NaN where a fold lacks that run."""
     frame = _frame(rows)
@@ -150,7 +195,7 @@ def fold_means(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return table.reindex(index=pd.unique(frame["fold"]), columns=sorted(table.columns, key=lambda c: order_key(*c)))
 
 
-def fold_deltas(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], pd.Series]:
+def fold_deltas(rows: Rows) -> dict[tuple[str, str, str], pd.Series]:
     """Per (role, model, method) with a paired baseline run, in `order_key` order: its macro-F1 minus the
     baseline's per fold (each a mean over the fold's paired seeds), indexed by fold in run order."""
     frame = _frame(rows)

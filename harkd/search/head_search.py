@@ -9,14 +9,14 @@ rerun resumes: `trials` counts finished trials (complete or pruned) in total.
 
 from __future__ import annotations
 
-import copy
 import io
 import json
+import sys
 import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Mapping
 
 import optuna
 import torch
@@ -28,21 +28,21 @@ from tqdm import tqdm
 
 from harkd import __version__
 from harkd.cost import count_flops, count_params
-from harkd.data.recording import ChannelQuery
-from harkd.data.registry import WindowConfig
 from harkd.distill.compose import build_method
 from harkd.errors import HarkdError
-from harkd.experiment.config import (DataSections, MethodEntry, MethodSpec, ModelSpec, Section, SplitSpec,
+from harkd.execution.processes import Processes, StudyTrials, optimize_in_processes
+from harkd.experiment.config import (DataSections, MethodEntry, MethodSpec, OneStudentSearch, Section,
                                     StudentsSection, TeacherSection, read_config)
+from harkd.experiment.fold_unit import teacher_settings
 from harkd.experiment.folds import ExperimentData, FoldLabels, fold_views, sensor_groups
-from harkd.experiment.teacher import TeacherSettings, train_teacher
+from harkd.experiment.teacher import train_teacher
 from harkd.experiment.teacher_cache import TeacherStore
 from harkd.files import atomic_output
 from harkd.models.base import build_model, model_defaults
 from harkd.models.heads import HEAD_OPTIONS, HEADS
 from harkd.schema import PositiveFloats, PositiveInt, PositiveInts, Str, config_dataclass, resolved_yaml, validate
 from harkd.search.studies import config_identity, open_study, storage_urls
-from harkd.train.engine import TeacherTargets, TrainConfig, fit
+from harkd.train.engine import TeacherTargets, fit
 
 if TYPE_CHECKING:
     from harkd.execution.ray_cluster import RayBackend
@@ -91,33 +91,21 @@ class SearchSchema(DataSections):
     """A run config's data, teacher and student sections (one student model, with a `head` option) plus `search`."""
 
     teacher: TeacherSection = TeacherSection()
+    semantic: ClassVar[None] = None  # not a key: a KD teacher's semantic classifier is not trained in the search
     students: StudentsSection
     search: SearchSection
 
 
-@dataclass(frozen=True)
-class SearchConfig:
-    """dataset, dataset_options, windowing and split carry ExperimentConfig's names: the runner's data helpers read
-    them."""
+@dataclass(frozen=True, kw_only=True)
+class SearchConfig(OneStudentSearch):
+    """The run's shared sections (its teacher trained only when `method` distils) and the search's own."""
 
-    dataset: str
-    dataset_options: dict
-    windowing: WindowConfig | None
-    split: SplitSpec
-    seed: int
-    student_channels: ChannelQuery
-    student: ModelSpec
-    student_train: TrainConfig
-    teacher_channels: ChannelQuery
-    teacher: ModelSpec | None
-    teacher_train: TrainConfig
     method: MethodSpec
     budget: Budget
     heads: tuple[str, ...]
     widths: tuple[float, ...]
     sizes: dict[str, tuple[int, ...]]
     trials: int
-    raw: dict
 
 
 def _check_search(schema: SearchSchema, where: str) -> None:
@@ -153,26 +141,10 @@ def check_search(raw: Mapping[str, Any], where: str = "config") -> SearchSchema:
 def parse_search_config(raw: Mapping[str, Any], where: str = "config") -> SearchConfig:
     schema = check_search(raw, where)
     student, search = schema.students.models[0], schema.search
-    return SearchConfig(
-        dataset=schema.dataset,
-        dataset_options=schema.dataset_options,
-        windowing=schema.windowing,
-        split=schema.split,
-        seed=schema.seeds[0],
-        student_channels=schema.students.channels,
-        student=student,
-        student_train=schema.students.train,
-        teacher_channels=schema.teacher.channels,
-        teacher=schema.teacher.spec() if search.method.terms else None,
-        teacher_train=schema.teacher.train,
-        method=search.method,
-        budget=search.budget,
-        heads=search.heads,
+    return SearchConfig.resolve(
+        schema, raw, method=search.method, budget=search.budget, heads=search.heads,
         widths=search.widths or (student.params.get("width", model_defaults(student.name)["width"]),),
-        sizes=dict(search.sizes),
-        trials=search.trials,
-        raw=copy.deepcopy(dict(raw)),
-    )
+        sizes=dict(search.sizes), trials=search.trials)
 
 
 def search_yaml(raw: Mapping[str, Any], where: str = "config") -> str:
@@ -217,11 +189,11 @@ def _prepare(config: SearchConfig, work: Path, log: Callable[[str], None], teach
     for line in data.unit_warnings():
         log(f"warning: {line}")
     prepared = _Data(fold.name, student.train, y.train, student.val, y.val, data.n_classes, {}, {}, None)
-    if config.teacher is None:
+    if not config.method.terms:
         return prepared
     # KD during the search: the teacher is trained once per run and its outputs computed once for every trial.
-    teacher = train_teacher(TeacherSettings(config.teacher, config.teacher_train), fold_views(data.teacher_view, fold),
-                            y, sensor_groups(data.teacher_view.channels), data.n_classes, work, config.seed, teachers)
+    teacher = train_teacher(teacher_settings(config), fold_views(data.teacher_view, fold), y,
+                            sensor_groups(data.teacher_view.channels), data.n_classes, work, config.seed, teachers)
     log(f"teacher {config.teacher.name}: val F1 {teacher.fit.best_val_f1:.3f}"
         + (" (from the teacher store)" if teacher.from_store else ""))
     prepared.teacher_rep_dims, prepared.teacher_map_dims = teacher.model.rep_dims, teacher.model.map_dims
@@ -321,35 +293,56 @@ def _plot(rows: list[dict], best: dict | None, budget: Budget, title: str, path:
         tmp.write_bytes(buffer.getvalue())
 
 
+@dataclass(frozen=True)
+class _TrialBudget:
+    """A --jobs search's stop rule: the study's finished trials and those other processes run fill `target`; each
+    process writes its trials' lines (the parent's log is not in reach)."""
+
+    target: int
+
+    def done(self, study: optuna.Study) -> bool:
+        return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))) >= self.target
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        print(_describe(trial), file=sys.stderr, flush=True)
+        if self.done(study):
+            study.stop()
+
+
 def _run_trials(config: SearchConfig, study: optuna.Study, storage: str, trials: int, log: Callable[[str], None],
-                ray: RayBackend | None, teachers: TeacherStore | None) -> None:
-    """The trials the study misses towards `trials`, here or as Ray tasks, after the teacher stage."""
+                runs_on: Processes | RayBackend, teachers: TeacherStore | None) -> None:
+    """The trials the study misses towards `trials`, here, in processes or as Ray tasks, after the teacher stage."""
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     # Reseeded by the trials already stored, so a resumed run does not redraw the first run's points.
     study.sampler = _sampler(config.seed, study, 0)
     with tempfile.TemporaryDirectory(prefix="harkd-search-") as work:
         data = _prepare(config, Path(work), log, teachers)
         study.set_user_attr("fold", data.fold)
+        if isinstance(runs_on, Processes) and runs_on.jobs > 1:
+            optimize_in_processes(runs_on, StudyTrials(partial(_Objective, config), storage, study.study_name,
+                                                       Path(work), partial(_sampler, config.seed),
+                                                       _TrialBudget(trials)), data)
+            return
         with tqdm(total=trials, initial=done, desc="head search", unit="trial", disable=None) as bar:
             def report(_, trial):
                 log(_describe(trial))
                 bar.update()
 
-            if ray is None:
+            if isinstance(runs_on, Processes):
                 study.optimize(_Objective(config, data, Path(work)), n_trials=trials - done, callbacks=[report])
             else:
                 from harkd.execution.ray_cluster import optimize_on_ray
 
-                optimize_on_ray(partial(_Objective, config), data, storage, study.study_name, trials - done, ray,
+                optimize_on_ray(partial(_Objective, config), data, storage, study.study_name, trials - done, runs_on,
                                 sampler=partial(_sampler, config.seed), on_trial=partial(report, study))
 
 
 def run_head_search(config: SearchConfig, out_dir: Path, study_name: str, trials: int | None = None,
                     storage: str | None = None, command: str = "",
                     log: Callable[[str], None] = print, ray: RayBackend | None = None,
-                    teachers: TeacherStore | None = None) -> dict[str, Any]:
-    """Run the trials the study misses towards `trials` finished ones, here or with `ray` as tasks on a Ray cluster
-    sharing the storage; write OUT/search.json and search.png."""
+                    teachers: TeacherStore | None = None, jobs: int = 1) -> dict[str, Any]:
+    """Run the trials the study misses towards `trials` finished ones, here, in `jobs` processes or with `ray` as tasks
+    on a Ray cluster, all sharing the storage; write OUT/search.json and search.png."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     storage, recorded_storage = storage_urls(out_dir, storage)
@@ -362,7 +355,7 @@ def run_head_search(config: SearchConfig, out_dir: Path, study_name: str, trials
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     if done < trials:
         log(f"study {study_name!r}: {done} of {trials} trials finished; running {trials - done}")
-        _run_trials(config, study, storage, trials, log, ray, teachers)
+        _run_trials(config, study, storage, trials, log, ray or Processes(jobs, threads=1), teachers)
     rows = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
     complete = [r for r in rows if r["val_f1"] is not None]
     best = min(complete, key=lambda r: (-r["val_f1"], r["flops"], r["params"], r["number"]), default=None)

@@ -19,6 +19,7 @@ from harkd import __version__
 from harkd.experiment.compare import read_results
 from harkd.experiment.config import parse_config
 from harkd.experiment.figures import save
+from harkd.experiment.rows import GUARDED, REFERENCE, UNTOUCHED, ResultRow, rows_of
 from harkd.experiment.runner import run_experiment
 from harkd.experiment.teacher_cache import TeacherStore
 from harkd.files import atomic_output
@@ -49,7 +50,7 @@ def write_configs(config: SensorSearchConfig, members: Sequence[dict], space: Se
     """configs/<kit>.yaml for each front member: a `harkd run` config, checked by the run's own schema."""
     for member in members:
         kit = next(c.kit for c in space.candidates if member["kit"] == kit_key(c.kit))
-        raw = run_config(config.raw, kit)
+        raw = run_config(config.resolved, kit)
         path = out_dir / "configs" / f"{slug(member['kit'])}.yaml"
         parse_config(raw, where=str(path))
         header = (f"# {member['kit']}: validation macro-F1 {100 * member['val_f1']:.2f} in the sensor search "
@@ -71,24 +72,24 @@ def confirm(members: Sequence[dict], out_dir: Path, jobs: int | None, log: Calla
             run_experiment(parse_config(raw, where=member["config"]), run_dir,
                            f"harkd run {member['config']} --out {run_dir}", log=log, jobs=jobs, ray=ray,
                            teachers=teachers)
-        rows = read_results(run_dir)["rows"]
+        rows = rows_of(read_results(run_dir)["rows"])
         member["confirm"] = confirmed_scores(rows, member["method"])
         member["confirm"]["run"] = str(run_dir)
-        member["confirm"]["test_subjects"] = sorted({str(s) for r in rows for s in r["test_subjects"]})
+        member["confirm"]["test_subjects"] = sorted({str(s) for r in rows for s in r.test_subjects})
 
 
-def confirmed_scores(rows: Sequence[Mapping[str, Any]], method: str) -> dict[str, Any]:
+def confirmed_scores(rows: Sequence[ResultRow], method: str) -> dict[str, Any]:
     """Mean ± std test macro-F1 over the run's (fold, seed) units: teacher, student alone, with the search's KD
     method, and personalised on the teacher's labels (guarded, where the run has the guard's rows) beside the
     untouched student and the teacher on the same windows, when the run has them."""
-    shipped = "guarded" if any(r["method"] == f"{method}+guarded" for r in rows) else "teacher"
-    picks = {"teacher": ("teacher", "-"), "alone": ("student", "none"), "kd": ("student", method),
-             "personalised_teacher": ("personalised", "-"),
-             "personalised_untouched": ("personalised", f"{method}+untouched"),
-             "personalised": ("personalised", f"{method}+{shipped}")}
+    shipped = GUARDED if any(r.method == method and r.labels == GUARDED for r in rows) else "teacher"
+    picks = {"teacher": ("teacher", REFERENCE, None), "alone": ("student", "none", None),
+             "kd": ("student", method, None), "personalised_teacher": ("personalised", REFERENCE, None),
+             "personalised_untouched": ("personalised", method, UNTOUCHED),
+             "personalised": ("personalised", method, shipped)}
     scores: dict[str, Any] = {}
-    for name, (role, wanted) in picks.items():
-        values = {(r["fold"], r["seed"]): r["macro_f1"] for r in rows if r["role"] == role and r["method"] == wanted}
+    for name, pick in picks.items():
+        values = {(r.fold, r.seed): r.macro_f1 for r in rows if (r.role, r.method, r.labels) == pick}
         if values:
             scores[name] = {"mean": float(np.mean(list(values.values()))),
                             "std": float(np.std(list(values.values()), ddof=1)) if len(values) > 1 else 0.0,

@@ -12,39 +12,39 @@ counted; a trial that fails is recorded with its error and the search goes on.
 
 from __future__ import annotations
 
-import copy
 import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import optuna
 import torch
+import yaml
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from harkd import __version__
-from harkd.data.registry import WindowConfig
 from harkd.data.splits import Fold
 from harkd.data.windowing import WindowSet
 from harkd.models.bundle import ModelBundle
 from harkd.errors import HarkdError
-from harkd.execution.processes import Processes
-from harkd.experiment.config import MethodSpec, ModelSpec, PersonaliseSpec, SplitSpec, parse_config, read_config
+from harkd.execution.processes import Processes, StudyTrials, optimize_in_processes
+from harkd.experiment.config import (ExperimentConfig, MethodSpec, OneStudentSearch, PersonaliseSpec, parse_config,
+                                    read_config, resolved_data)
+from harkd.experiment.fold_unit import teacher_settings
 from harkd.experiment.folds import (ExperimentData, FoldLabels, Views, experiment_windows, fold_views,
                                     sensor_groups)
 from harkd.experiment.students import Sources, train_student
 from harkd.experiment.runner import check_names
-from harkd.experiment.teacher import TeacherSettings, TrainedTeacher, train_teacher
+from harkd.experiment.teacher import TrainedTeacher, train_teacher
 from harkd.experiment.teacher_cache import TeacherStore
 from harkd.search.sensor_space import (Kit, SensorSearchSection, SensorSpace, check_sensor_search,
                                        kit_channels, kit_key, run_config)
 from harkd.search.studies import config_identity, open_study, storage_urls
-from harkd.train.engine import TrainConfig
 
 if TYPE_CHECKING:
     from harkd.execution.ray_cluster import RayBackend
@@ -53,22 +53,14 @@ FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 DRAWS_PER_TRIAL = 20  # the most kits drawn per counted trial before the search stops (repeats are free but finite)
 
 
-@dataclass(frozen=True)
-class SensorSearchConfig:
-    """dataset, dataset_options, windowing and split carry ExperimentConfig's names: the data helpers read them."""
+@dataclass(frozen=True, kw_only=True)
+class SensorSearchConfig(OneStudentSearch):
+    """The run's shared sections (the student's channels are what the search chooses) and the search's own. `run` is
+    its members' `harkd run` config, the student on every channel (a member's: run_config with its kit's channels)."""
 
-    dataset: str
-    dataset_options: dict
-    windowing: WindowConfig | None
-    split: SplitSpec
-    seed: int
-    teacher_channels: Any
-    teacher: TeacherSettings
-    student: ModelSpec
-    student_train: TrainConfig
     search: SensorSearchSection
     personalise: PersonaliseSpec | None
-    raw: dict
+    run: ExperimentConfig
 
     @property
     def method(self) -> MethodSpec:
@@ -79,13 +71,16 @@ class SensorSearchConfig:
         return ["maximize"] + ["minimize"] * len(self.search.cost)
 
 
-def parse_sensor_search(raw: dict, where: str = "config") -> SensorSearchConfig:
+def parse_sensor_search(raw: Mapping[str, Any], where: str = "config") -> SensorSearchConfig:
+    """The search config; its members' run config is parsed here, so that the front's run configs will parse."""
     schema = check_sensor_search(raw, where)
-    teacher = TeacherSettings(schema.teacher.spec(), schema.teacher.train,
-                              ModelSpec(schema.semantic.model, schema.semantic.params), schema.semantic.train)
-    return SensorSearchConfig(schema.dataset, schema.dataset_options, schema.windowing, schema.split, schema.seeds[0],
-                              schema.teacher.channels, teacher, schema.students.models[0], schema.students.train,
-                              schema.search, schema.personalise, copy.deepcopy(dict(raw)))
+    run = parse_config(run_config(resolved_data(schema), ()), where)
+    return SensorSearchConfig.resolve(schema, raw, search=schema.search, personalise=schema.personalise, run=run)
+
+
+def sensor_search_yaml(raw: Mapping[str, Any], where: str = "config") -> str:
+    """`harkd search-sensors --print-config`: the resolved config as YAML."""
+    return yaml.safe_dump(parse_sensor_search(raw, where).resolved, sort_keys=False)
 
 
 def load_sensor_search(path: Path, overrides: list[str] | None = None) -> SensorSearchConfig:
@@ -95,7 +90,7 @@ def load_sensor_search(path: Path, overrides: list[str] | None = None) -> Sensor
 def check_method(config: SensorSearchConfig) -> None:
     """The run's own check on the members' run config: every model and method (the personalisation's too) built once
     on toy shapes, so a wrong name or option fails before any training."""
-    check_names(parse_config(run_config(config.raw, ())))
+    check_names(config.run)
 
 
 @dataclass
@@ -144,8 +139,8 @@ def prepare(config: SensorSearchConfig, data: ExperimentData, work: Path, log: C
     prepared = []
     for fold in search_folds(data, config, log):
         y, inputs = FoldLabels.of(data.labels, fold), fold_views(view, fold)
-        log(f"teacher {config.teacher.model.name} on {fold.describe()}")
-        teacher = train_teacher(config.teacher, inputs, y, sensor_groups(view.channels), data.n_classes,
+        log(f"teacher {config.teacher.name} on {fold.describe()}")
+        teacher = train_teacher(teacher_settings(config), inputs, y, sensor_groups(view.channels), data.n_classes,
                                 work / fold.name, config.seed, teachers)
         log(f"teacher {fold.name}: val F1 {teacher.fit.best_val_f1:.3f}" + (" (from the teacher store)"
                                                                            if teacher.from_store else ""))
@@ -322,31 +317,15 @@ def optimize(study: optuna.Study, objective: KitObjective, rule: StopRule, seed:
     study.optimize(objective, callbacks=[rule], catch=(Exception,), gc_after_trial=False)
 
 
-@dataclass(frozen=True)
-class TrialProcesses:
-    """The spec of a local --jobs N search's processes: each opens the study from the storage and optimises until
-    the rule stops it (the study's storage is what they share); the search's windows arrive as `shared`."""
+def _line_to_stderr(trial: FrozenTrial) -> None:
+    """A trial's line from a --jobs process (the parent's log is not in reach)."""
+    print(describe(trial), file=sys.stderr, flush=True)
 
-    config: SensorSearchConfig
-    space: SensorSpace
-    work: Path
-    keep: Path | None
-    storage: str
-    name: str
-    target: int
 
-    def build(self, data: SearchData) -> Callable[[int], None]:
-        optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines are ours
-
-        def optimise(worker: int) -> None:
-            study = optuna.load_study(study_name=self.name, storage=self.storage)
-            objective = KitObjective(self.config, self.space, data, self.work / f"process{worker}", self.keep,
-                                     self.target)
-            rule = StopRule(self.target, len(self.space.candidates),
-                            lambda trial: print(describe(trial), file=sys.stderr, flush=True))
-            optimize(study, objective, rule, self.config.seed, worker)
-
-        return optimise
+def _kit_objective_here(config: SensorSearchConfig, space: SensorSpace, keep: Path | None, target: int,
+                        data: SearchData, work: Path) -> KitObjective:
+    """A --jobs process's objective: `data` handed over by the parent, `work` the process's folder."""
+    return KitObjective(config, space, data, work, keep, target)
 
 
 def run_trials(config: SensorSearchConfig, space: SensorSpace, data: SearchData, study: optuna.Study,
@@ -377,9 +356,10 @@ def _trials_here(config: SensorSearchConfig, space: SensorSpace, data: SearchDat
 
 def _trials_in_processes(config: SensorSearchConfig, space: SensorSpace, data: SearchData, study: optuna.Study,
                          storage: str, target: int, work: Path, keep: Path | None, jobs: int) -> None:
-    spec = TrialProcesses(config, space, work, keep, storage, study.study_name, target)
-    for _ in Processes(jobs, threads=1).map(spec, {worker: worker for worker in range(jobs)}, shared=data):
-        pass
+    trials = StudyTrials(partial(_kit_objective_here, config, space, keep, target), storage, study.study_name, work,
+                         partial(sampler, config.seed), StopRule(target, len(space.candidates), _line_to_stderr),
+                         catch=(Exception,))
+    optimize_in_processes(Processes(jobs, threads=1), trials, data)
 
 
 def _kit_objective(config: SensorSearchConfig, space: SensorSpace, keep: bool, target: int, data: SearchData,
@@ -488,5 +468,4 @@ def best_by_positions(study: optuna.Study) -> list[FrozenTrial]:
 
 
 __all__ = ["KitObjective", "SearchData", "SensorSearchConfig", "StopRule", "best_by_positions", "front",
-           "load_sensor_search",
-           "parse_sensor_search", "search_sensors", "suggest_kit"]
+           "load_sensor_search", "parse_sensor_search", "search_sensors", "sensor_search_yaml", "suggest_kit"]

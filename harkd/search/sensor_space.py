@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, ClassVar, Literal, Mapping, Sequence
 
 from pydantic import AfterValidator, Field
 
@@ -20,11 +20,10 @@ from harkd.cost import count_flops, count_params
 from harkd.data.recording import ChannelKit, ChannelSpec
 from harkd.errors import HarkdError
 from harkd.experiment.config import (DataSections, MethodEntry, MethodSpec, ModelEntry, ModelSpec,
-                                    PersonaliseSpec, RequiredTeacherSection, Section, SemanticSection,
-                                    check_experiment)
+                                    PersonaliseSpec, RequiredTeacherSection, Section, SemanticSection)
 from harkd.train.engine import TrainConfig
 from harkd.models.base import build_model
-from harkd.schema import PositiveInt, Str, resolved_yaml, validate
+from harkd.schema import PositiveInt, Str, validate
 
 Kit = tuple[tuple[str, tuple[str, ...]], ...]
 COSTS = ("positions", "channels", "flops", "params")
@@ -66,6 +65,7 @@ class SearchStudents(Section):
 
     models: Annotated[list[ModelEntry], Field(min_length=1)]
     train: TrainConfig = TrainConfig()
+    channels: ClassVar[None] = None  # not a key: what the search chooses
 
 
 class SensorSearchSchema(DataSections):
@@ -81,7 +81,8 @@ class SensorSearchSchema(DataSections):
 
 
 def check_sensor_search(raw: Mapping[str, Any], where: str = "config") -> SensorSearchSchema:
-    """The config with every key and value checked; each front member's run config must also be a valid one."""
+    """The config with every key and value checked (that its members' run config is a valid one is checked by
+    parse_sensor_search, which builds that config)."""
     if "channels" in (raw.get("students") or {}):
         raise HarkdError(f"{where}: students.channels: the search chooses the student's channels; restrict it with "
                          f"search.positions, search.modalities or search.modality_sets")
@@ -102,12 +103,7 @@ def check_sensor_search(raw: Mapping[str, Any], where: str = "config") -> Sensor
     if len(schema.search.require) > schema.search.budget.positions:
         raise HarkdError(f"{where}: search.budget.positions {schema.search.budget.positions} admits no kit: "
                          f"search.require wears {len(schema.search.require)} positions")
-    check_experiment(run_config(raw, ()), where)  # so that the front's run configs will parse
     return schema
-
-
-def sensor_search_yaml(raw: Mapping[str, Any], where: str = "config") -> str:
-    return resolved_yaml(SensorSearchSchema, check_sensor_search(raw, where))
 
 
 def kit_key(kit: Kit) -> str:
@@ -119,17 +115,22 @@ def kit_channels(kit: Kit) -> ChannelKit:
     return ChannelKit.of([{"position": position, "modality": list(modalities)} for position, modalities in kit])
 
 
-def run_config(raw: Mapping[str, Any], kit: Any, method: Any = None) -> dict:
-    """The `harkd run` config of one kit: the search config's data, teacher and student with the kit's channels,
-    the student alone beside the search's KD method (`method`: its raw entry; None: the search's)."""
-    config = {k: copy.deepcopy(v) for k, v in raw.items() if k != "search"}
-    kit = tuple(kit)
+def run_config(resolved: Mapping[str, Any], kit: Kit) -> dict:
+    """The `harkd run` config of one kit, from the resolved search config (SensorSearchConfig.resolved): its data,
+    teacher, semantic, student and personalise sections, the student on the kit's channels (the empty kit: on every
+    channel), the student alone beside the search's KD method."""
+    config = {k: copy.deepcopy(v) for k, v in resolved.items() if k != "search"}
     if kit:
         config["students"] = {**config["students"],
                               "channels": [{"position": p, "modality": list(m)} for p, m in kit]}
-    search_method = method if method is not None else (raw.get("search") or {}).get("method", "logit")
-    config["methods"] = ["none", search_method] if search_method != "none" else ["none"]
+    method = resolved["search"]["method"]
+    config["methods"] = ["none"] if _alone(method) else ["none", copy.deepcopy(method)]
     return config
+
+
+def _alone(method: Mapping[str, Any]) -> bool:
+    """Whether a resolved method is `none`, the student alone that every run config lists first."""
+    return MethodSpec.parse(dict(method), "search.method") == MethodSpec.parse("none", "search.method")
 
 
 @dataclass(frozen=True)
@@ -251,4 +252,4 @@ def _within(candidate: Candidate, budget: SensorBudget) -> bool:
 
 
 __all__ = ["COSTS", "Candidate", "Kit", "SensorSearchSchema", "SensorSearchSection", "SensorSpace",
-           "check_sensor_search", "kit_channels", "kit_key", "run_config", "sensor_search_yaml"]
+           "check_sensor_search", "kit_channels", "kit_key", "run_config"]

@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import random
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Callable, Literal, Mapping
+from typing import Annotated, Callable, Iterator, Literal, Mapping
 
 import numpy as np
 import torch
@@ -185,14 +187,19 @@ def _set_determinism(on: bool) -> None:
 
 
 EpochHook = Callable[[Path, int, int], None]
-_epoch_hook: EpochHook | None = None
+# Scoped by `epoch_hook`, never set for good: a worker process (a Ray worker's above all) runs other work next.
+_EPOCH_HOOK: ContextVar[EpochHook | None] = ContextVar("harkd_epoch_hook", default=None)
 
 
-def set_epoch_hook(hook: EpochHook | None) -> None:
-    """Called after every epoch of every fit in this process with (the fit's workdir, epoch, epochs): how a run
-    tells which model each worker process is training (harkd.experiment.progress)."""
-    global _epoch_hook
-    _epoch_hook = hook
+@contextmanager
+def epoch_hook(hook: EpochHook) -> Iterator[None]:
+    """Within the block, `hook` is called after every epoch of every fit with (the fit's workdir, epoch, epochs):
+    how a run tells which model each worker process is training (harkd.experiment.progress)."""
+    token = _EPOCH_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _EPOCH_HOOK.reset(token)
 
 
 def _seed_everything(seed: int) -> None:
@@ -248,8 +255,8 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
         history.append(_epoch(step, optimiser, schedule, (x, y), (x_val, y_val_np), config, epoch))
         val_f1 = history[-1]["val_f1"]
         bar.set_postfix(val_f1=f"{val_f1:.3f}")
-        if _epoch_hook is not None:
-            _epoch_hook(workdir, epoch + 1, config.epochs)
+        if (hook := _EPOCH_HOOK.get()) is not None:
+            hook(workdir, epoch + 1, config.epochs)
         if val_f1 > best:
             best, stale = val_f1, 0
             torch.save(model.state_dict(), checkpoint)
