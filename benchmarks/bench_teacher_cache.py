@@ -66,11 +66,13 @@ def main() -> None:
         second = _run(args.config, runs / "second", more, args.jobs, env)
         same = compare(read_rows(runs / "first"), read_rows(runs / "second"))
         committed = compare(read_rows(args.committed), read_rows(runs / "first"))
+    where = args.committed.resolve()
+    shown = where.relative_to(Path.cwd()) if where.is_relative_to(Path.cwd()) else where  # repository-relative
     result = {"command": " ".join(["python", "benchmarks/bench_teacher_cache.py", *sys.argv[1:]]),
               "machine": environment(threads=1)["cpu"], "first": first, "second_with_one_more_method": second,
               "second_share_of_first": round(second["wall_time_s"] / first["wall_time_s"], 3),
               "shared_cells": same["cells"], "identical_cells": same["identical_cells"],
-              "first_vs_committed": {"committed": str(args.committed), "shared_cells": committed["cells"],
+              "first_vs_committed": {"committed": str(shown), "shared_cells": committed["cells"],
                                      "identical_cells": committed.get("identical_cells", 0),
                                      "max_abs_delta_macro_f1": committed.get("max_abs_delta_macro_f1")}}
     with atomic_output(HERE / "results" / "teacher-cache.json") as out:

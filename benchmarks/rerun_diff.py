@@ -56,6 +56,8 @@ def main() -> int:
     if not result["cells"]:
         print("no cell in common")
         return 1
+    if args.json:  # before printing: a closed pipe (| head) must not lose it
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{result['cells']} cells in common, {result['identical_cells']} identical (macro-F1, accuracy, epochs); "
           f"largest |delta macro-F1| {100 * result['max_abs_delta_macro_f1']:.2f} points at {result['worst_cell']}; "
           f"mean |delta| {100 * result['mean_abs_delta_macro_f1']:.2f}")
@@ -65,8 +67,6 @@ def main() -> int:
         print(f"{m['role'] + '/' + m['model'] + '/' + m['method']:<40} {m['cells']:>5} {100 * m['mean_a']:>7.2f} "
               f"{100 * m['mean_b']:>7.2f} {100 * m['mean_delta']:>+7.2f} {100 * np.nan_to_num(m['std_delta']):>6.2f} "
               f"{100 * m['max_abs_delta']:>7.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

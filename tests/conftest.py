@@ -50,7 +50,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 
 # The fixtures that read ../shared/datasets: every test that uses one, directly or through another fixture, is marked
 # `realdata` (pytest_collection_modifyitems); a test that calls shared_archive() itself carries the mark by hand.
-REAL_DATA_FIXTURES = frozenset({"installed_root", "unpacked_archive"})
+REAL_DATA_FIXTURES = frozenset({"installed_root"})
 
 
 def _uses_a_module_fixture(item) -> bool:
@@ -120,23 +120,6 @@ def installed_root(tmp_path_factory):
     """All three shared archives installed once, through the CLI, into a fresh data root (one for all xdist
     workers: tests read it and add only caches, which are written whole or not at all)."""
     return built_once(tmp_path_factory, "harkd-data", _install_shared_archives)
-
-
-@pytest.fixture(scope="session")
-def unpacked_archive(tmp_path_factory):
-    """unpacked_archive('dsads.tar.xz') -> the folder it was extracted into, once per test run (read only)."""
-    trees: dict[str, Path] = {}
-
-    def unpack(name: str) -> Path:
-        if name not in trees:
-            def extract(tree: Path) -> None:
-                with tarfile.open(shared_archive(name)) as tar:
-                    tar.extractall(tree, filter="data")
-
-            trees[name] = built_once(tmp_path_factory, name.split(".")[0], extract)
-        return trees[name]
-
-    return unpack
 
 
 def _install_synth(root: Path) -> None:

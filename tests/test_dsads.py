@@ -16,8 +16,8 @@ from harkd.errors import HarkdError
 # ---------------------------------------------------------------------------------------------- real archive
 
 @pytest.fixture(scope="module")
-def recordings(unpacked_archive):
-    tree = unpacked_archive("dsads.tar.xz")
+def recordings(installed_root):
+    tree = installed_root / "dsads"  # the archive as `harkd data install` unpacked it
     root = dsads.locate(tree)
     assert root == tree
     return dsads.load(root)

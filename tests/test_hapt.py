@@ -23,8 +23,8 @@ NULL = len(ACTIVITIES)
 # ---------------------------------------------------------------------------------------------- real archive
 
 @pytest.fixture(scope="module")
-def recordings(unpacked_archive):
-    tree = unpacked_archive("uci-hapt.tar.xz")
+def recordings(installed_root):
+    tree = installed_root / "hapt"  # the archive as `harkd data install` unpacked it
     root = hapt.locate(tree)
     assert root == tree
     return hapt.load(root)

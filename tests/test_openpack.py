@@ -22,8 +22,8 @@ ATR_HEADER = ("unixtime", "acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z
 # ---------------------------------------------------------------------------------------------- real sample archive
 
 @pytest.fixture(scope="module")
-def sample_root(unpacked_archive) -> Path:
-    tree = unpacked_archive("openpack-sample.tar.xz")
+def sample_root(installed_root) -> Path:
+    tree = installed_root / "openpack"  # the archive as `harkd data install` unpacked it
     root = openpack.locate(tree)
     assert root == tree
     return root

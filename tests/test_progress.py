@@ -2,19 +2,32 @@
 
 import time
 
-from harkd.experiment.progress import Heartbeat, status_hook
+import torch
+
+from harkd.experiment.progress import Heartbeat, unit_status
+from harkd.train.engine import TrainConfig, fit
 
 
-def test_the_status_hook_records_unit_fit_and_epoch(tmp_path):
-    record = status_hook(tmp_path)
-    record(tmp_path / "loso-p1-seed0" / "cnn_student-logit", 3, 30)
-    record(tmp_path / "loso-p1-seed0" / "teacher", 7, 25)  # the same process: its line is replaced
-    (status,) = (tmp_path / "status").iterdir()
-    assert status.read_text() == "loso-p1-seed0: teacher, epoch 7/25"
+def test_each_epoch_of_a_unit_is_recorded_and_the_line_goes_with_the_unit(tmp_path):
+    from harkd.models import build_model
+
+    x, y = torch.randn(32, 3, 50), torch.arange(32) % 4
+    seen = []
+    with unit_status(tmp_path):
+        for fit_name in ("teacher", "cnn_student-logit"):
+            fit(build_model("cnn_student", 3, 4), (x, y), (x, y), TrainConfig(epochs=2, batch_size=16),
+                tmp_path / "loso-p1-seed0" / fit_name, seed=0)
+            seen += [p.read_text() for p in (tmp_path / "status").iterdir()]
+    assert seen == ["loso-p1-seed0: teacher, epoch 2/2", "loso-p1-seed0: cnn_student-logit, epoch 2/2"]
+    assert list((tmp_path / "status").iterdir()) == []  # the unit is done: nothing of it is reported
+    fit(build_model("cnn_student", 3, 4), (x, y), (x, y), TrainConfig(epochs=1, batch_size=16), tmp_path / "u" / "f",
+        seed=0)
+    assert list((tmp_path / "status").iterdir()) == []  # outside a unit no hook is set
 
 
 def test_the_heartbeat_speaks_after_silence_and_keeps_quiet_while_lines_come(tmp_path):
-    status_hook(tmp_path)(tmp_path / "loso-p2-seed1" / "semantic", 4, 30)
+    (tmp_path / "status").mkdir()
+    (tmp_path / "status" / "123").write_text("loso-p2-seed1: semantic, epoch 4/30")
     lines = []
     with Heartbeat(tmp_path, lines.append, lambda: "3/24, 5 min", every=0.05) as beat:
         for _ in range(10):  # a line every 0.01 s: never silent long enough

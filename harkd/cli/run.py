@@ -11,6 +11,7 @@ import typer
 from harkd.cli.app import NO_TEACHER_CACHE, _teachers, app
 
 
+# Over 40 lines with its signature only: a typer command declares each of its options as a parameter.
 @app.command("run", rich_help_panel="Experiments", context_settings={"allow_extra_args": False})
 def run(
     config: Path = typer.Argument(..., help="experiment YAML (see configs/)"),

@@ -97,6 +97,7 @@ def search_head(
     typer.echo(f"wrote {out / 'search.json'} and {out / 'search.png'}")
 
 
+# Over 40 lines with its signature only: a typer command declares each of its options as a parameter.
 @app.command("search-sensors", rich_help_panel="Search", context_settings={"allow_extra_args": False})
 def search_sensors_cmd(
     config: Path = typer.Argument(..., help="search YAML: a run config (teacher, one student model, optional "

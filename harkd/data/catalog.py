@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -148,6 +147,21 @@ def summarise(name: str, *, root: Path | None = None) -> dict[str, Any]:
             **describe(recordings, windowing, load_windows(name, windowing, root=root))}
 
 
+def _subjects(recordings: list[Recording], class_names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Per subject (sorted): recordings, duration, the classes present (in class order) and labelled segments."""
+    subjects: dict[str, dict[str, Any]] = {}
+    for rec in recordings:
+        entry = subjects.setdefault(rec.subject, {"subject": rec.subject, "recordings": 0, "duration_s": 0.0,
+                                                   "classes_present": set(), "labelled_segments": 0})
+        entry["recordings"] += 1
+        entry["duration_s"] += rec.duration_s
+        entry["classes_present"] |= {class_names[c] for c in np.unique(rec.labels) if c != rec.null_class}
+        entry["labelled_segments"] += rec.labelled_segments()
+    for entry in subjects.values():
+        entry["classes_present"] = sorted(entry["classes_present"], key=class_names.index)
+    return sorted(subjects.values(), key=lambda e: e["subject"])
+
+
 def describe(recordings: list[Recording], windowing: WindowConfig, windows: WindowSet | None) -> dict[str, Any]:
     """Subjects, classes with sample and window counts, channels with units, duration and windows of recordings
     (`windows`: theirs under `windowing`; None when no recording is one window long)."""
@@ -155,23 +169,11 @@ def describe(recordings: list[Recording], windowing: WindowConfig, windows: Wind
     first = recordings[0]
     sample_counts = np.bincount(np.concatenate([r.labels for r in recordings]), minlength=len(class_names))
     window_counts = windows.class_counts() if windows is not None else dict.fromkeys(class_names, 0)
-    segments = Counter()
-    for rec in recordings:
-        segments[rec.subject] += rec.labelled_segments()
-    subjects = {}
-    for rec in recordings:
-        entry = subjects.setdefault(rec.subject, {"subject": rec.subject, "recordings": 0, "duration_s": 0.0,
-                                                   "classes_present": set()})
-        entry["recordings"] += 1
-        entry["duration_s"] += rec.duration_s
-        entry["classes_present"] |= {class_names[c] for c in np.unique(rec.labels) if c != rec.null_class}
-    for entry in subjects.values():
-        entry["classes_present"] = sorted(entry["classes_present"], key=class_names.index)
-        entry["labelled_segments"] = segments[entry["subject"]]
+    subjects = _subjects(recordings, class_names)
     return {
         "recordings": len(recordings),
         "n_subjects": len(subjects),
-        "subjects": sorted(subjects.values(), key=lambda e: e["subject"]),
+        "subjects": subjects,
         "n_classes": len(class_names) - (first.null_class is not None),
         "null_class": None if first.null_class is None else class_names[first.null_class],
         "classes": [{"name": c, "samples": int(sample_counts[i]), "windows": window_counts[c]}
@@ -185,7 +187,7 @@ def describe(recordings: list[Recording], windowing: WindowConfig, windows: Wind
                   for m in sorted({c.modality for c in first.channels})},
         "rate_hz": first.rate_hz,
         "duration_s": round(sum(r.duration_s for r in recordings), 3),
-        "labelled_segments": sum(segments.values()),
+        "labelled_segments": sum(e["labelled_segments"] for e in subjects),
         "interpolated_samples": sum(r.interpolated_samples for r in recordings),
         "windowing": windowing.__dict__,
         "windows": len(windows) if windows is not None else 0,

@@ -168,24 +168,13 @@ def make_recordings(n_subjects: int = 4, sessions_per_subject: int = 1, n_classe
 
     # Independent streams: the class patterns are shared by all subjects; each subject and session has its own.
     pattern_seq, *subject_seqs = np.random.SeedSequence(seed).spawn(1 + n_subjects)
-    pattern_rng = np.random.default_rng(pattern_seq)
-    shared = [_pattern(pattern_rng, _SENSORS[m], m) for _, m in sensors]
-    patterns = [[_blend(base, _pattern(pattern_rng, _SENSORS[m], m), _SENSORS[m])
-                 for base, (_, m) in zip(shared, sensors)] for _ in range(n_classes)]
-    rest = [_pattern(pattern_rng, _SENSORS[m], m) for _, m in sensors]
-    rest = [replace(p, level=np.full(len(p.level), _SENSORS[m].rest)) if m == "capacitive" else p  # no contact
-            for p, (_, m) in zip(rest, sensors)]
+    patterns, rest = _class_patterns(np.random.default_rng(pattern_seq), sensors, n_classes)
     quats = [slice(spans[i], spans[i + 1]) for i, (_, m) in enumerate(sensors) if m == "quat"]
 
     recordings = []
     for s, subject_seq in enumerate(subject_seqs):
         subject_param_seq, *session_seqs = subject_seq.spawn(1 + sessions_per_subject)
-        subject_rng = np.random.default_rng(subject_param_seq)
-        tempo = subject_rng.uniform(0.85, 1.15)
-        gain = subject_rng.normal(1.0, 0.25, size=len(channels))
-        offset = np.concatenate([subject_rng.normal(0, _SENSORS[m].offset_sd, size=len(_SENSORS[m].axes))
-                                 for _, m in sensors])
-        noise = np.repeat([_SENSORS[m].noise for _, m in sensors], np.diff(spans)) * subject_rng.uniform(0.8, 1.2)
+        tempo, gain, offset, noise = _subject_traits(np.random.default_rng(subject_param_seq), sensors, spans)
         for j, session_seq in enumerate(session_seqs):
             rng = np.random.default_rng(session_seq)
             layout = _layout(int(round(duration_s * rate_hz)), n_classes, null_fraction, rate_hz, rng)
@@ -198,3 +187,24 @@ def make_recordings(n_subjects: int = 4, sessions_per_subject: int = 1, n_classe
                                         subject=subject, session=session, rate_hz=float(rate_hz),
                                         null_class=null_class, source=f"synthetic:seed={seed}/{subject}/{session}"))
     return recordings
+
+
+def _subject_traits(rng: np.random.Generator, sensors: list[tuple[str, str]], spans: np.ndarray) -> tuple:
+    """A subject's tempo, and per channel its gain, offset and noise level, drawn in this order from `rng`."""
+    tempo = rng.uniform(0.85, 1.15)
+    gain = rng.normal(1.0, 0.25, size=int(spans[-1]))
+    offset = np.concatenate([rng.normal(0, _SENSORS[m].offset_sd, size=len(_SENSORS[m].axes)) for _, m in sensors])
+    noise = np.repeat([_SENSORS[m].noise for _, m in sensors], np.diff(spans)) * rng.uniform(0.8, 1.2)
+    return tempo, gain, offset, noise
+
+
+def _class_patterns(rng: np.random.Generator, sensors: list[tuple[str, str]], n_classes: int) -> tuple[list, list]:
+    """Each class's pattern per sensor (a blend of one shared by every class with its own) and the rest pattern
+    (a capacitive pad at rest touches nothing), drawn in this order from `rng`."""
+    shared = [_pattern(rng, _SENSORS[m], m) for _, m in sensors]
+    patterns = [[_blend(base, _pattern(rng, _SENSORS[m], m), _SENSORS[m]) for base, (_, m) in zip(shared, sensors)]
+                for _ in range(n_classes)]
+    rest = [_pattern(rng, _SENSORS[m], m) for _, m in sensors]
+    rest = [replace(p, level=np.full(len(p.level), _SENSORS[m].rest)) if m == "capacitive" else p
+            for p, (_, m) in zip(rest, sensors)]
+    return patterns, rest

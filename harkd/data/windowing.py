@@ -88,6 +88,16 @@ def _check_alike(recordings: Sequence[Recording]) -> None:
             raise HarkdError(f"{rec.source or rec.session}: rate {rec.rate_hz} Hz differs from {first.rate_hz} Hz")
 
 
+def _kept_starts(rec: Recording, config: WindowConfig, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first sample and label of each window cut from `rec` (null windows dropped when the config says so)."""
+    starts = np.arange(0, rec.signals.shape[0] - config.length + 1, config.stride)
+    labels = window_labels(rec.labels, starts, config.length, n_classes, config.label_rule)
+    if config.drop_null and rec.null_class is not None:
+        keep = labels != rec.null_class
+        return starts[keep], labels[keep]
+    return starts, labels
+
+
 def make_windows(recordings: Sequence[Recording], config: WindowConfig) -> WindowSet:
     """Cut every recording into windows; recordings shorter than one window contribute none."""
     if not recordings:
@@ -98,15 +108,9 @@ def make_windows(recordings: Sequence[Recording], config: WindowConfig) -> Windo
     xs, ys, subjects, sessions = [], [], [], []
     tracks: dict[str, list[np.ndarray]] = {k: [] for k in first.annotations}
     for rec in recordings:
-        n_samples = rec.signals.shape[0]
-        if n_samples < config.length:
+        if rec.signals.shape[0] < config.length:
             continue
-        starts = np.arange(0, n_samples - config.length + 1, config.stride)
-        labels = window_labels(rec.labels, starts, config.length, len(class_names), config.label_rule)
-        keep = np.ones(len(starts), dtype=bool)
-        if config.drop_null and rec.null_class is not None:
-            keep = labels != rec.null_class
-        starts, labels = starts[keep], labels[keep]
+        starts, labels = _kept_starts(rec, config, len(class_names))
         # (T, C) -> (T - L + 1, C, L): a view, copied only for the kept starts.
         views = np.lib.stride_tricks.sliding_window_view(rec.signals, config.length, axis=0)
         xs.append(views[starts])

@@ -21,14 +21,13 @@ from harkd.data.windowing import WindowSet
 from harkd.experiment.config import ExperimentConfig, ModelSpec, SharedConfig, parse_config
 from harkd.experiment.folds import ExperimentData, FoldLabels, Views, experiment_recordings, fold_views, sensor_groups
 from harkd.experiment.personalised import KeptStudent, Personaliser
-from harkd.experiment.progress import status_hook
+from harkd.experiment.progress import unit_status
 from harkd.experiment.rows import ResultRow, rows_of
 from harkd.experiment.scoring import Scorer
 from harkd.experiment.students import Sources, train_student
 from harkd.experiment.teacher import TeacherSettings, TrainedTeacher, semantic_inputs, train_teacher
 from harkd.experiment.teacher_cache import TeacherStore
 from harkd.models.bundle import ModelBundle
-from harkd.train.engine import epoch_hook
 
 
 def load_data(cfg: ExperimentConfig) -> ExperimentData:
@@ -176,7 +175,7 @@ class FoldUnits:
                             self.models, None if self.teachers is None else TeacherStore(self.teachers))
 
         def unit(seed_and_fold: tuple[int, Fold]) -> FoldResult:
-            with epoch_hook(status_hook(self.work)):  # the run's heartbeat reads each epoch's line
+            with unit_status(self.work):  # the run's heartbeat reads each epoch's line
                 return runner.run(*seed_and_fold)
 
         return unit

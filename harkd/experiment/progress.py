@@ -7,15 +7,18 @@ from __future__ import annotations
 import os
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-from harkd.train.engine import EpochHook
+from harkd.train.engine import epoch_hook
 
 
-def status_hook(work: Path) -> EpochHook:
-    """The engine's epoch hook for a process training units under `work`: it records, in work/status/<pid>, which
-    unit and which fit it is in (the fit's folder names both: <unit>/<fit>) and the epoch."""
+@contextmanager
+def unit_status(work: Path) -> Iterator[None]:
+    """Within the block (one unit), every epoch of every fit in this process records in work/status/<pid> which unit
+    and fit it is in (the fit's folder names both: <unit>/<fit>) and the epoch; the file goes when the block ends, so
+    a process left without units is not reported as training its last one."""
     folder = work / "status"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / str(os.getpid())
@@ -26,7 +29,11 @@ def status_hook(work: Path) -> EpochHook:
         temp.write_text(f"{unit}: {'/'.join(fit)}, epoch {epoch}/{epochs}")
         os.replace(temp, path)  # the reader never sees half a line
 
-    return record
+    with epoch_hook(record):
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
 
 
 class Heartbeat:
@@ -67,4 +74,4 @@ class Heartbeat:
         return lines
 
 
-__all__ = ["Heartbeat", "status_hook"]
+__all__ = ["Heartbeat", "unit_status"]

@@ -245,30 +245,42 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
     step = _Step(model, distiller, teacher["train"].to(device) if distiller is not None else None)
     optimiser = _optimiser(model, distiller, config)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
-    y_val_np = y_val.cpu().numpy()
     workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint = workdir / "best.ckpt"
-    best, stale, history = -1.0, 0, []
     start = time.perf_counter()
+    history, best = _epochs_until_stale(step, optimiser, schedule, (x, y), (x_val, y_val.cpu().numpy()), config,
+                                        workdir)
+    elapsed = time.perf_counter() - start
+    model.load_state_dict(torch.load(workdir / CHECKPOINT, map_location=device, weights_only=True))
+    model.cpu().eval()
+    return FitResult(model, len(history), best, elapsed, history)
+
+
+CHECKPOINT = "best.ckpt"
+
+
+def _epochs_until_stale(step: "_Step", optimiser: torch.optim.Optimizer,
+                        schedule: torch.optim.lr_scheduler.LRScheduler, train: tuple[torch.Tensor, torch.Tensor],
+                        val: tuple[torch.Tensor, np.ndarray], config: TrainConfig,
+                        workdir: Path) -> tuple[list[dict[str, float]], float]:
+    """Epochs until `patience` pass without a better validation macro-F1 (or all are done), the best weights
+    checkpointed to `workdir`/CHECKPOINT: the epochs' history and the best score."""
+    best, stale, history = -1.0, 0, []
     bar = tqdm(range(config.epochs), desc="epochs", unit="epoch", disable=not config.progress, leave=False)
     for epoch in bar:
-        history.append(_epoch(step, optimiser, schedule, (x, y), (x_val, y_val_np), config, epoch))
+        history.append(_epoch(step, optimiser, schedule, train, val, config, epoch))
         val_f1 = history[-1]["val_f1"]
         bar.set_postfix(val_f1=f"{val_f1:.3f}")
         if (hook := _EPOCH_HOOK.get()) is not None:
             hook(workdir, epoch + 1, config.epochs)
         if val_f1 > best:
             best, stale = val_f1, 0
-            torch.save(model.state_dict(), checkpoint)
+            torch.save(step.model.state_dict(), workdir / CHECKPOINT)
         else:
             stale += 1
             if stale >= config.patience:
                 break
     bar.close()
-    elapsed = time.perf_counter() - start
-    model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
-    model.cpu().eval()
-    return FitResult(model, len(history), best, elapsed, history)
+    return history, best
 
 
 def _epoch(step: "_Step", optimiser: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
