@@ -112,5 +112,6 @@ def test_study_trials_run_in_each_process_on_the_shared_storage_until_the_stop_r
     done = optuna.load_study(study_name="s", storage=storage).trials
     # Each process checks the count after its own trial: another's running trial may finish after the stop.
     assert 6 <= len(done) < 6 + jobs and all(t.state.name == "COMPLETE" for t in done)
-    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [f"process{i}" for i in range(jobs)]
+    # Each process works in its own folder (one that starts after the others filled the budget runs no trial).
+    assert {p.name for p in (tmp_path / "work").iterdir()} <= {f"process{i}" for i in range(jobs)}
     assert all(t.value == pytest.approx((t.params["x"] - 0.5) ** 2) for t in done)  # each objective saw `shared`
