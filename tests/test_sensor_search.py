@@ -21,7 +21,7 @@ from harkd.data.recording import ChannelKit, ChannelQuery, sensor_channels
 from harkd.errors import HarkdError
 from harkd.experiment.config import ModelSpec, parse_config
 from harkd.search import sensor_search
-from harkd.search.sensor_report import _independence, run_sensor_search
+from harkd.search.sensor_report import _independence, plot, run_sensor_search
 from harkd.search.sensor_search import load_data, load_sensor_search, parse_sensor_search, space_of
 from harkd.search.sensor_space import SensorSearchSection, SensorSpace, kit_key, run_config
 
@@ -90,6 +90,12 @@ def test_confirm_runs_each_member_on_the_split_and_reports_its_test_scores(plant
     report = (tmp_path / "out" / "report.md").read_text()
     row = next(line for line in report.splitlines() if line.startswith("| 1 | left_wrist:gyro |"))
     assert f"{100 * member['confirm']['alone']['mean']:.2f} ± " in row
+    assert "![validation against test macro-F1 of the confirmed kits](validation_vs_test.png)" in report
+    assert (tmp_path / "out" / "validation_vs_test.png").read_bytes().startswith(b"\x89PNG")
+    every = report[report.index("## Every kit trained"):].splitlines()[4:]
+    trained = [t for t in results["trials"] if t["val_f1"] is not None]
+    assert len([line for line in every if line.startswith("| ")]) == len(trained)
+    assert every[0].startswith(f"| {max(trained, key=lambda t: t['val_f1'])['number']} | ")  # best first
     both = sorted(set(results["guiding_subjects"]) & {"S01", "S02"})
     assert (f"({', '.join(both)}) is not fully independent" if both else "No confirmation run tests") in report
     # a rerun reads the finished confirmation back instead of training it again
@@ -97,6 +103,15 @@ def test_confirm_runs_each_member_on_the_split_and_reports_its_test_scores(plant
     again = run_sensor_search(config, tmp_path / "out", "planted", confirm_front=True, log=log.append)
     assert (Path(member["confirm"]["run"]) / "results.json").stat().st_mtime_ns == stamp
     assert again["members"][0]["confirm"]["alone"] == member["confirm"]["alone"]
+
+
+@pytest.mark.parametrize("measure", ["channels", "positions"])
+def test_count_axes_have_whole_number_ticks(measure, tmp_path):
+    rows = [{"number": i, "positions": p, "channels": c, "val_f1": 0.5 + 0.01 * i, "kit": f"k{i}"}
+            for i, (p, c) in enumerate([(1, 3), (1, 6), (2, 6), (2, 9), (3, 12)])]
+    members = [{**rows[0], "on_front": True}, {**rows[4], "on_front": True}]
+    ticks = plot(rows, members, measure, "t", tmp_path / "p.png").axes[0].get_xticks()
+    assert len(ticks) > 1 and all(float(t).is_integer() for t in ticks)
 
 
 @pytest.mark.parametrize("tested, sentence", [

@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 import yaml
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial
 
 from harkd import __version__
@@ -97,7 +98,7 @@ def confirmed_scores(rows: Sequence[ResultRow], method: str) -> dict[str, Any]:
     return scores
 
 
-def plot(rows: Sequence[dict], members: Sequence[dict], measure: str, title: str, path: Path) -> None:
+def plot(rows: Sequence[dict], members: Sequence[dict], measure: str, title: str, path: Path) -> Figure:
     """Validation macro-F1 against one cost, every trained kit coloured by its number of positions, the front ringed
     and joined, the other members (best at their number of positions) squared; members numbered as in the report."""
     fig = Figure(figsize=(8, 5), layout="constrained")
@@ -123,8 +124,37 @@ def plot(rows: Sequence[dict], members: Sequence[dict], measure: str, title: str
     ax.set(xlabel=measure, ylabel="validation macro-F1 (%)", title=title)
     if measure == "flops":
         ax.set_xscale("log")
+    else:  # positions and channels are counts: no tick at 3.5
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7, loc="lower right")
     save(fig, path)
+    return fig
+
+
+def plot_validation_against_test(members: Sequence[dict], path: Path) -> bool:
+    """Each confirmed member's validation macro-F1 (what chose it) against its test macro-F1 with KD on the split's
+    workers, numbered as in the report, with the diagonal: how far the search's ranking holds on new workers. False
+    when no member is confirmed."""
+    confirmed = [(i, m) for i, m in enumerate(members, 1) if "kd" in m.get("confirm", {})]
+    if not confirmed:
+        return False
+    fig = Figure(figsize=(6, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    val = [100 * m["val_f1"] for _, m in confirmed]
+    test = [100 * m["confirm"]["kd"]["mean"] for _, m in confirmed]
+    spread = [100 * m["confirm"]["kd"]["std"] for _, m in confirmed]
+    ax.errorbar(val, test, yerr=spread, fmt="o", capsize=3)
+    for (i, m), x, y in zip(confirmed, val, test):
+        ax.annotate(str(i), (x, y), fontsize=8, fontweight="bold", xytext=(6, 4), textcoords="offset points")
+    low = min(val + [t - e for t, e in zip(test, spread)]) - 3
+    high = max(val + [t + e for t, e in zip(test, spread)]) + 3
+    ax.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1, label="test = validation")
+    ax.set(xlim=(low, high), ylim=(low, high), xlabel="validation macro-F1 (%), the search's score",
+           ylabel="test macro-F1 (%) with KD, mean ± std over the split's folds",
+           title="Does the search's ranking hold on new workers?")
+    ax.legend(fontsize=8, loc="lower right")
+    save(fig, path)
+    return True
 
 
 def plot_measure(cost: Sequence[str]) -> str:
@@ -192,7 +222,23 @@ def report_md(results: Mapping[str, Any]) -> str:
     lines += ["", "Each member's ready config is in `configs/`"
               + ("; the confirmation runs (the config's split, scored on its test windows) are in `confirm/`. "
                  + _independence(results) if confirmed else "."), ""]
-    return "\n".join(lines)
+    if any("kd" in m.get("confirm", {}) for m in members):  # as plot_validation_against_test draws
+        lines += ["![validation against test macro-F1 of the confirmed kits](validation_vs_test.png)", ""]
+    return "\n".join(lines + _every_kit(results["trials"]))
+
+
+def _every_kit(trials: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every kit the search trained, best validation score first (the plot shows most of them as unlabelled dots)."""
+    trained = sorted((t for t in trials if t["val_f1"] is not None), key=lambda t: (-t["val_f1"], t["number"]))
+    if not trained:
+        return []
+    lines = ["## Every kit trained", "", "| trial | kit | positions | channels | MFLOPs | val macro-F1 (%) | per fold |",
+             "|---|---|---|---|---|---|---|"]
+    for t in trained:
+        folds = ", ".join(f"{fold} {100 * f1:.1f}" for fold, f1 in (t.get("val_f1_per_fold") or {}).items())
+        lines.append(f"| {t['number']} | {t['kit']} | {t['positions']} | {t['channels']} | {t['flops'] / 1e6:.3f} | "
+                     f"{100 * t['val_f1']:.2f} | {folds} |")
+    return lines + [""]
 
 
 def _independence(results: Mapping[str, Any]) -> str:
@@ -210,6 +256,7 @@ def write_outputs(results: Mapping[str, Any], out_dir: Path) -> None:
         tmp.write_text(json.dumps(results, indent=1) + "\n")
     plot(results["trials"], results["members"], plot_measure(results["cost"]), f"{results['study']}: sensor search",
          out_dir / "search.png")
+    plot_validation_against_test(results["members"], out_dir / "validation_vs_test.png")
     with atomic_output(out_dir / "report.md") as tmp:
         tmp.write_text(report_md(results))
 
