@@ -3,12 +3,13 @@ every fold of the config's split (its one seed), so that what the search says ab
 kit's test macro-F1 on workers it never saw (issue 25).
 
     python benchmarks/sensor_ground_truth.py configs/dsads-sensors.yaml search.modality_sets=[[acc]] \
-        --out runs/dsads-kits-acc-only [--jobs 2] [--personalise]
+        --out runs/dsads-kits --json runs/dsads-kits/acc-only.json [--jobs 2] [--personalise]
 
 For each kit: OUT/configs/<kit>.yaml (the kit's run config, as the search writes a front member's, without its
 personalise section unless --personalise) and OUT/runs/<kit>/ (the run). Resumable: a kit whose run finished is read
 back, an interrupted one resumes from its unit store, and the trained teachers are shared through the teacher store
-(one per fold for every kit). Writes OUT/ground-truth.json: per kit, its channels and cost and the test macro-F1 of
+(one per fold for every kit); spaces that share kits (acc-only and one-position) share their runs in one OUT.
+Writes --json (default OUT/ground-truth.json): per kit, its channels and cost and the test macro-F1 of
 the student alone and with the search's KD method (mean, std and per fold), with the command.
 """
 
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("config", type=Path)
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the search config (its space)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--json", type=Path, help="where the kits' scores go (default OUT/ground-truth.json)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--personalise", action="store_true", help="keep the config's personalise section")
     args = parser.parse_args()
@@ -77,11 +79,12 @@ def main() -> None:
                      "flops": candidate.flops, "params": candidate.params, "run": str(args.out / "runs" / name),
                      **{k: scores[k] for k in ("teacher", "alone", "kd") if k in scores}})
     command = " ".join(["python", "benchmarks/sensor_ground_truth.py", *sys.argv[1:]])
-    with atomic_output(args.out / "ground-truth.json") as tmp:
+    written = args.json or args.out / "ground-truth.json"
+    with atomic_output(written) as tmp:
         tmp.write_text(json.dumps({"command": command, "method": config.method.name, "seed": config.seed,
                                    "this_invocation_s": round(time.perf_counter() - began, 1), "kits": kits}, indent=1)
                        + "\n")
-    print(f"wrote {args.out / 'ground-truth.json'}: {len(kits)} kits", file=sys.stderr)
+    print(f"wrote {written}: {len(kits)} kits", file=sys.stderr)
 
 
 if __name__ == "__main__":
