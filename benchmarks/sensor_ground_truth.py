@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -56,7 +57,12 @@ def run_kit(raw: dict, out: Path, name: str, jobs: int) -> dict:
     return read_results(run_dir)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # as `harkd` does on SIGTERM: the run stops its workers and keeps its finished units
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path)
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the search config (its space)")
