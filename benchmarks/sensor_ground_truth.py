@@ -29,6 +29,7 @@ from harkd.experiment.config import parse_config
 from harkd.experiment.fold_unit import load_data
 from harkd.experiment.rows import rows_of
 from harkd.experiment.runner import run_experiment
+from harkd.experiment.teacher_cache import TeacherStore, teacher_root
 from harkd.files import atomic_output
 from harkd.search.sensor_report import confirmed_scores, slug
 from harkd.search.sensor_search import load_sensor_search, space_of
@@ -53,7 +54,8 @@ def run_kit(raw: dict, out: Path, name: str, jobs: int) -> dict:
         with atomic_output(config) as tmp:
             tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
         run_experiment(parse_config(raw, where=str(config)), run_dir, f"harkd run {config} --out {run_dir}",
-                       log=lambda line: print(line, file=sys.stderr, flush=True), jobs=jobs)
+                       log=lambda line: print(line, file=sys.stderr, flush=True), jobs=jobs,
+                       teachers=TeacherStore(teacher_root()))  # as `harkd run`: the kits share each fold's teacher
     return read_results(run_dir)
 
 
