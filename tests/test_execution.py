@@ -1,6 +1,8 @@
 """The local backend: a worker built from a picklable spec does each unit, in this process or in spawned ones, with
 the same results; errors come back as they were raised, and option names in messages are the caller's."""
 
+import multiprocessing
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +52,27 @@ def test_in_this_process_the_torch_threads_are_restored():
 def test_a_units_error_comes_back_as_raised(jobs):
     with pytest.raises(HarkdError, match="unit 3: refused"):
         dict(Processes(jobs).map(Squares(0, fail_on=3), UNITS))
+
+
+@dataclass(frozen=True)
+class Sleeps:
+    """A worker spec whose unit sleeps `unit` seconds."""
+
+    def build(self, shared=None):
+        return lambda unit: time.sleep(unit) or unit
+
+
+def test_stopping_early_stops_the_worker_processes_at_once():
+    """A run stopped by Ctrl-C or `kill` once a unit finished: the units still running are not waited for."""
+    units = Processes(2).map(Sleeps(), {"quick": 0.1, "long": 60, "longer": 60})
+    assert next(units) == ("quick", 0.1)
+    began = time.monotonic()
+    units.close()  # what an exception in the caller's loop does to the generator
+    assert time.monotonic() - began < 15
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert multiprocessing.active_children() == []
 
 
 def test_option_names_in_errors_are_the_callers():

@@ -46,8 +46,8 @@ class Processes:
             ) -> Iterator[tuple[Hashable, Any]]:
         """(key, result) of each unit as it finishes; with one job, in order and in this process (its torch threads
         restored afterwards). `shared` goes to every worker's build (pickled once per unit to a process: hand over
-        only what is cheaper to send than to load). Stopping early (an error, Ctrl-C) cancels the units not
-        started."""
+        only what is cheaper to send than to load). Stopping early (an error, Ctrl-C, `kill`) cancels the units not
+        started and stops the worker processes at once: the units they run would not be kept."""
         if not units:
             return
         if self.jobs == 1:
@@ -58,8 +58,10 @@ class Processes:
             futures = {pool.submit(_one, spec, self.threads, shared, unit): key for key, unit in units.items()}
             try:
                 yield from ((futures[future], future.result()) for future in as_completed(futures))
-            except BaseException:
-                pool.shutdown(cancel_futures=True)
+            except BaseException:  # an error, Ctrl-C, `kill`: what the workers would still finish goes unread
+                pool.shutdown(wait=False, cancel_futures=True)
+                for worker in multiprocessing.active_children():
+                    worker.terminate()
                 raise
 
     def _here(self, spec: WorkerSpec, units: Mapping[Hashable, Any], shared: Any) -> Iterator[tuple[Hashable, Any]]:
