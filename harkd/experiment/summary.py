@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from harkd.errors import HarkdError
-from harkd.experiment.rows import PERSONALISED_LABELS, REFERENCE, UNTOUCHED, ResultRow, rows_frame, rows_of
+from harkd.experiment.rows import (PERSONALISED_LABELS, REFERENCE, UNTOUCHED, ResultRow, rows_frame, rows_of,
+                                   split_name)
 
 KEY = ["role", "model", "method"]
 RUN = ["fold", "seed"]
@@ -76,7 +77,8 @@ class MethodSummary:
 def order_key(role: str, model: str, method: str) -> tuple:
     """Teacher, semantic classifier, students, personalised students, each by model with its baseline first;
     personalised methods by kept method ("none" first), then labels in PERSONALISED_LABELS order."""
-    kept, labels = method.rsplit("+", 1) if role == "personalised" and "+" in method else ("", "")
+    kept, labels = split_name(role, method)
+    kept = kept if labels is not None else ""  # only a personalised student's method has a kept method
     rank = PERSONALISED_LABELS.index(labels) if labels in PERSONALISED_LABELS else len(PERSONALISED_LABELS)
     return (_ROLE_ORDER.get(role, len(_ROLE_ORDER)), model, method != BASELINES.get(role), kept != BASELINE, kept,
             rank, method)
