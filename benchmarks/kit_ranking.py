@@ -4,7 +4,9 @@ number of positions the kit the search would recommend against the best kit on t
 
     python benchmarks/kit_ranking.py GROUND_TRUTH.json SEARCH.json [--json OUT.json]
 
-SEARCH.json: a `harkd search-sensors` search.json (each trial's `val_f1`); only kits both files hold are compared.
+SEARCH.json: a `harkd search-sensors` search.json (each trial's `score`; `val_f1` in those written before issue 25);
+only kits both files hold are compared. The search recommends, at each number of positions, its best kit scored on
+every fold (a kit stopped at a rung is ranked by its estimate but never recommended).
 The ground truth's score is the test macro-F1 with the search's KD method (mean over the split's folds).
 """
 
@@ -19,18 +21,24 @@ from scipy.stats import spearmanr
 
 
 def search_scores(search: dict) -> dict[str, float]:
-    """Each kit's score in the search (its trained trial's validation macro-F1)."""
-    return {t["kit"]: t["val_f1"] for t in search["trials"] if t.get("val_f1") is not None}
+    """Each kit's score in the search."""
+    field = "score" if any("score" in t for t in search["trials"]) else "val_f1"
+    return {t["kit"]: t[field] for t in search["trials"] if t.get(field) is not None}
 
 
-def recommendations(truth: dict[str, dict], scores: dict[str, float]) -> list[dict]:
+def recommendable(search: dict) -> set[str]:
+    """The kits the search may recommend: scored on every fold."""
+    return {t["kit"] for t in search["trials"] if not t.get("stopped_by")}
+
+
+def recommendations(truth: dict[str, dict], scores: dict[str, float], allowed: set[str]) -> list[dict]:
     """Per number of positions: the search's best kit, the best kit on test, and the test gap between them."""
     rows = []
     for n in sorted({k["positions"] for k in truth.values()}):
         kits = [kit for kit, k in truth.items() if k["positions"] == n and kit in scores]
         if not kits:
             continue
-        chosen = max(kits, key=lambda kit: scores[kit])
+        chosen = max((kit for kit in kits if kit in allowed), key=lambda kit: scores[kit])
         best = max(kits, key=lambda kit: truth[kit]["kd"]["mean"])
         rows.append({"positions": n, "kits": len(kits), "search_chose": chosen,
                      "its_test_f1": truth[chosen]["kd"]["mean"], "best_on_test": best,
@@ -46,14 +54,15 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the comparison here")
     args = parser.parse_args()
     truth = {k["kit"]: k for k in json.loads(args.ground_truth.read_text())["kits"] if "kd" in k}
-    scores = search_scores(json.loads(args.search.read_text()))
+    search = json.loads(args.search.read_text())
+    scores = search_scores(search)
     shared = sorted(set(truth) & set(scores))
     if len(shared) < 3:
         print(f"only {len(shared)} kits in both files: no ranking to compare")
         return 1
     rho, p = spearmanr([scores[k] for k in shared], [truth[k]["kd"]["mean"] for k in shared])
     result = {"command": " ".join(["python", "benchmarks/kit_ranking.py", *sys.argv[1:]]), "kits": len(shared),
-              "spearman": round(float(rho), 3), "p_value": float(p), "by_positions": recommendations(truth, scores)}
+              "spearman": round(float(rho), 3), "p_value": float(p), "by_positions": recommendations(truth, scores, recommendable(search))}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{len(shared)} kits: Spearman {result['spearman']:+.3f} (p = {p:.3g}) between the search's scores and "

@@ -304,7 +304,7 @@ def sensor_search_config(**search):
         "teacher": {"model": "tsak_teacher", "train": SENSOR_SEARCH_TRAIN},
         "semantic": {"train": SENSOR_SEARCH_TRAIN},
         "students": {"models": ["cnn_student"], "train": SENSOR_SEARCH_TRAIN},
-        "search": {"method": "logit", "trials": 8, "folds": 1, "budget": {"positions": 2}, **search},
+        "search": {"method": "logit", "trials": 8, "scoring": {"workers": 2}, "budget": {"positions": 2}, **search},
     }
 
 

@@ -46,25 +46,26 @@ def test_the_planted_group_is_the_fronts_cheapest_member_within_a_small_budget(p
     log = []
     results = search(tmp_path, trials=12, log=log)
     assert results["space_size"] == 36 and results["trials_counted"] == 12
-    assert "36 kits within budget over 3 positions; 0 of 12 trials done; each of the 6 sensor groups alone first" in log
+    assert ("planted: 36 kits within budget over 3 positions; 0 of 12 trials done; each of the 6 sensor groups alone "
+            "first") in log
     front = [m for m in results["members"] if m["on_front"]]
     cheapest = front[0]
     assert cheapest["kit"] == "left_wrist:gyro" and cheapest["channels"] == 3
-    trained = [r for r in results["trials"] if r["val_f1"] is not None]
-    without = [r["val_f1"] for r in trained if not _wears_planted(r["kit"])]
-    assert without and cheapest["val_f1"] > max(without) + 0.2  # the planted group carries the activity
+    trained = [r for r in results["trials"] if r["score"] is not None]
+    without = [r["score"] for r in trained if not _wears_planted(r["kit"])]
+    assert without and cheapest["score"] > max(without) + 0.2  # the planted group carries the activity
     # the front is non-dominated: no trained kit is at least as good and at most as costly with one strict
     assert [m["kit"] for m in front] == results["front"]
     best = {m["positions"]: m for m in results["members"] if m["best_at_its_positions"]}
     assert sorted(best) == [1, 2]  # a member at each number of positions, on the front or not
     for size, member in best.items():
-        assert member["val_f1"] == max(r["val_f1"] for r in trained if r["positions"] == size)
+        assert member["score"] == max(r["score"] for r in trained if r["positions"] == size)
     for member in front:
         for row in trained:
-            assert not (row["val_f1"] >= member["val_f1"] and row["positions"] <= member["positions"]
+            assert not (row["score"] >= member["score"] and row["positions"] <= member["positions"]
                         and row["channels"] <= member["channels"]
-                        and (row["val_f1"], row["positions"], row["channels"])
-                        != (member["val_f1"], member["positions"], member["channels"]))
+                        and (row["score"], row["positions"], row["channels"])
+                        != (member["score"], member["positions"], member["channels"]))
 
 
 def _wears_planted(kit):
@@ -87,15 +88,18 @@ def test_confirm_runs_each_member_on_the_split_and_reports_its_test_scores(plant
         scores = [r["macro_f1"] for r in run["rows"] if r["role"] == role and r["method"] == method]
         assert member["confirm"][name]["n"] == 2 and member["confirm"][name]["mean"] == pytest.approx(np.mean(scores))
     assert member["confirm"]["test_subjects"] == ["S01", "S02"]
+    # the search scored the kit on the same held-out workers as `harkd run` trains and scores it: the same numbers
+    kd = {fold.split("/")[0]: f1 for fold, f1 in member["confirm"]["kd"]["per_fold"].items()}
+    assert member["score_per_fold"] == pytest.approx(kd, abs=1e-5)
     report = (tmp_path / "out" / "report.md").read_text()
     row = next(line for line in report.splitlines() if line.startswith("| 1 | left_wrist:gyro |"))
     assert f"{100 * member['confirm']['alone']['mean']:.2f} ± " in row
-    assert "![validation against test macro-F1 of the confirmed kits](validation_vs_test.png)" in report
+    assert "![search score against test macro-F1 of the confirmed kits](validation_vs_test.png)" in report
     assert (tmp_path / "out" / "validation_vs_test.png").read_bytes().startswith(b"\x89PNG")
     every = report[report.index("## Every kit trained"):].splitlines()[4:]
-    trained = [t for t in results["trials"] if t["val_f1"] is not None]
+    trained = [t for t in results["trials"] if t["score"] is not None]
     assert len([line for line in every if line.startswith("| ")]) == len(trained)
-    assert every[0].startswith(f"| {max(trained, key=lambda t: t['val_f1'])['number']} | ")  # best first
+    assert every[0].startswith(f"| {max(trained, key=lambda t: t['score'])['number']} | ")  # best first
     both = sorted(set(results["guiding_subjects"]) & {"S01", "S02"})
     assert (f"({', '.join(both)}) is not fully independent" if both else "No confirmation run tests") in report
     # a rerun reads the finished confirmation back instead of training it again
@@ -107,7 +111,7 @@ def test_confirm_runs_each_member_on_the_split_and_reports_its_test_scores(plant
 
 @pytest.mark.parametrize("measure", ["channels", "positions"])
 def test_count_axes_have_whole_number_ticks(measure, tmp_path):
-    rows = [{"number": i, "positions": p, "channels": c, "val_f1": 0.5 + 0.01 * i, "kit": f"k{i}"}
+    rows = [{"number": i, "positions": p, "channels": c, "score": 0.5 + 0.01 * i, "kit": f"k{i}"}
             for i, (p, c) in enumerate([(1, 3), (1, 6), (2, 6), (2, 9), (3, 12)])]
     members = [{**rows[0], "on_front": True}, {**rows[4], "on_front": True}]
     ticks = plot(rows, members, measure, "t", tmp_path / "p.png").axes[0].get_xticks()

@@ -111,6 +111,8 @@ def search_sensors_cmd(
     storage: Optional[str] = SEARCH_STORAGE,
     confirm: bool = typer.Option(False, "--confirm", help="run each member's config on the config's split and add "
                                  "its test macro-F1 to the report"),
+    nested: bool = typer.Option(False, "--nested", help="search again without each outer fold's test workers and "
+                                "score its choices on them: the whole procedure's figure on workers it never saw"),
     jobs: int = typer.Option(1, "--jobs", min=1, help="processes sharing the study (one torch thread each), and for "
                                                       "--confirm the runs' worker processes"),
     print_config: bool = SEARCH_PRINT_CONFIG,
@@ -120,7 +122,7 @@ def search_sensors_cmd(
     gpus_per_trial: Optional[float] = GPUS_PER_TRIAL,
     no_teacher_cache: bool = NO_TEACHER_CACHE,
 ) -> None:
-    """Which sensors to wear: the Pareto front of validation macro-F1 against cost over kits of sensor groups, each
+    """Which sensors to wear: the Pareto front of macro-F1 on held-out workers against cost over kits of sensor groups, each
     student distilled from the full teacher."""
     from harkd.experiment.config import read_config
     from harkd.search.sensor_report import run_sensor_search
@@ -130,14 +132,19 @@ def search_sensors_cmd(
         typer.echo(sensor_search_yaml(read_config(config, overrides or []), str(config)), nl=False)
         return
     start = _start("search-sensors", config, overrides, out, trials, storage,
-                   (["--confirm"] if confirm else []) + (["--jobs", str(jobs)] if jobs != 1 else []),
+                   (["--confirm"] if confirm else []) + (["--nested"] if nested else [])
+                   + (["--jobs", str(jobs)] if jobs != 1 else []),
                    (backend, address, cpus_per_trial, gpus_per_trial))
     cfg, out = load_sensor_search(config, overrides or []), start.out
-    results = run_sensor_search(cfg, out, config.stem, trials, storage, jobs, confirm, start.command,
+    results = run_sensor_search(cfg, out, config.stem, trials, storage, jobs, confirm, nested, start.command,
                                 log=lambda line: typer.echo(line, err=True), ray=start.ray,
                                 teachers=_teachers(no_teacher_cache))
     for member in results["members"]:
         typer.echo(f"{'front' if member['on_front'] else 'best at its positions'}: {member['kit']}: "
-                   f"{member['positions']} position(s), {member['channels']} channels, val F1 "
-                   f"{member['val_f1']:.3f} -> {member['config']}")
+                   f"{member['positions']} position(s), {member['channels']} channels, F1 "
+                   f"{member['score']:.3f} -> {member['config']}")
+    for row in results.get("nested", []):
+        typer.echo(f"nested, {row['positions']} position(s): {row['test_mean']:.3f} ± {row['test_std']:.3f} on workers "
+                   f"the search never saw; {row['most_chosen']} chosen by {row['agree']} of {row['outer_folds']} "
+                   f"outer folds")
     typer.echo(f"wrote {out / 'report.md'}, {out / 'search.json'} and {out / 'search.png'}")

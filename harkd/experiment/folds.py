@@ -113,8 +113,10 @@ class Views:
     normaliser: Normaliser  # fitted on the training windows; kept models carry it
 
 
-def fold_views(windows: WindowSet, fold: Fold) -> Views:
-    norm = fit_normaliser(windows, fold)  # training windows only
+def fold_views(windows: WindowSet, fold: Fold, normaliser: Normaliser | None = None) -> Views:
+    """The fold's windows normalised by the statistics of its training windows (or by `normaliser`: an outer fold's,
+    for a model trained on that fold)."""
+    norm = normaliser or fit_normaliser(windows, fold)  # training windows only
     return Views(*(torch.from_numpy(norm(windows.x[idx]))
                    for idx in (fold.train, fold.val, fold.test, fold.calibration)), normaliser=norm)
 

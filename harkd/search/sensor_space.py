@@ -46,10 +46,23 @@ class SensorBudget(Section):
     flops: PositiveInt | None = None
 
 
+class KitScoring(Section):
+    """How a kit is scored (harkd.search.kit_scores): `workers`, its test macro-F1 on one held-out worker per fold
+    (harkd.search.search_folds), at most `workers` folds, a kit stopping at a rung when a rival clearly beats it; or
+    `validation`, its validation macro-F1 on the validation subjects of the split's first `search.folds` folds (the
+    protocol before issue 25)."""
+
+    protocol: Literal["workers", "validation"] = "workers"
+    workers: PositiveInt | None = None  # the most folds a kit is scored on (default: every one)
+    rungs: tuple[PositiveInt, ...] = (2, 4)  # folds after which a kit may stop
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95  # that a rival stopping a kit is better
+
+
 class SensorSearchSection(Section):
     method: MethodEntry = MethodSpec("logit", ({"distiller": "logit"},))  # each trial's KD from the full teacher
     trials: PositiveInt = 40
-    folds: PositiveInt = 2  # the validation subjects of the split's first `folds` folds score every trial
+    scoring: KitScoring = KitScoring()
+    folds: PositiveInt = 2  # with scoring.protocol validation: the validation subjects of the first `folds` folds
     positions: Names | None = None  # candidate positions (default: every position the teacher wears)
     modalities: Names | None = None  # candidate modalities (default: all)
     # What a worn position may carry; default: every non-empty subset of its modalities.
@@ -57,7 +70,7 @@ class SensorSearchSection(Section):
     require: Names = ()  # positions every kit wears
     budget: SensorBudget = SensorBudget()
     cost: Annotated[tuple[Literal[COSTS], ...], Field(min_length=1), AfterValidator(_distinct_names)] = (
-        "positions", "channels")  # minimised, after maximising validation macro-F1
+        "positions", "channels")  # minimised, after maximising the kit's score
 
 
 class SearchStudents(Section):
@@ -179,6 +192,10 @@ class SensorSpace:
     def find(self, kit: Kit) -> Candidate | None:
         return next((c for c in self.candidates if c.kit == kit), None)
 
+    def find_key(self, key: str) -> Candidate:
+        """The candidate named `key` (kit_key), which the space holds."""
+        return next(c for c in self.candidates if kit_key(c.kit) == key)
+
     def sizes(self) -> list[int]:
         return sorted({c.positions for c in self.candidates})
 
@@ -251,5 +268,5 @@ def _within(candidate: Candidate, budget: SensorBudget) -> bool:
                for name, limit in (("channels", budget.channels), ("flops", budget.flops)))
 
 
-__all__ = ["COSTS", "Candidate", "Kit", "SensorSearchSchema", "SensorSearchSection", "SensorSpace",
+__all__ = ["COSTS", "Candidate", "Kit", "KitScoring", "SensorSearchSchema", "SensorSearchSection", "SensorSpace",
            "check_sensor_search", "kit_channels", "kit_key", "run_config"]
