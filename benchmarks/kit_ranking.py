@@ -62,7 +62,8 @@ def main() -> int:
         return 1
     rho, p = spearmanr([scores[k] for k in shared], [truth[k]["kd"]["mean"] for k in shared])
     result = {"command": " ".join(["python", "benchmarks/kit_ranking.py", *sys.argv[1:]]), "kits": len(shared),
-              "spearman": round(float(rho), 3), "p_value": float(p), "by_positions": recommendations(truth, scores, recommendable(search))}
+              "spearman": round(float(rho), 3), "p_value": float(p),
+              "by_positions": recommendations(truth, scores, recommendable(search))}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{len(shared)} kits: Spearman {result['spearman']:+.3f} (p = {p:.3g}) between the search's scores and "

@@ -21,6 +21,7 @@ from harkd.data.recording import ChannelKit, ChannelQuery, sensor_channels
 from harkd.errors import HarkdError
 from harkd.experiment.config import ModelSpec, parse_config
 from harkd.search import sensor_search
+from harkd.search.kit_trials import PARAMETRISATIONS
 from harkd.search.sensor_report import _independence, plot, run_sensor_search
 from harkd.search.sensor_search import load_data, load_sensor_search, parse_sensor_search, space_of
 from harkd.search.sensor_space import SensorSearchSection, SensorSpace, kit_key, run_config
@@ -109,6 +110,16 @@ def test_confirm_runs_each_member_on_the_split_and_reports_its_test_scores(plant
     assert again["members"][0]["confirm"]["alone"] == member["confirm"]["alone"]
 
 
+def test_the_validation_protocol_scores_on_validation_subjects_only(planted_env, tmp_path):
+    results = search(tmp_path, trials=3, scoring={"protocol": "validation"}, folds=1, budget={"positions": 1})
+    (subject,) = results["guiding_subjects"]
+    assert results["search_folds"] == ["loso-S01"] and subject != "S01"  # the fold's validation subject
+    trained = [t for t in results["trials"] if t["score"] is not None]
+    assert trained and all(list(t["score_per_fold"]) == ["loso-S01"] for t in trained)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Every kit is scored on the validation windows of folds loso-S01" in report
+
+
 @pytest.mark.parametrize("measure", ["channels", "positions"])
 def test_count_axes_have_whole_number_ticks(measure, tmp_path):
     rows = [{"number": i, "positions": p, "channels": c, "score": 0.5 + 0.01 * i, "kit": f"k{i}"}
@@ -184,6 +195,7 @@ def test_killing_the_search_and_rerunning_the_command_resumes_it(planted_env, tm
     assert f"{len(before)} of {TRIALS} trials done" in rerun.stderr
     after = {t.user_attrs["kit"]: t.values for t in _counted(storage)}
     assert len(after) == TRIALS and all(after[kit] == values for kit, values in before.items())
+    assert len(_counted(storage)) == TRIALS  # each kit counted once: the one the kill interrupted is drawn again
     assert json.loads((out / "search.json").read_text())["trials_counted"] == TRIALS
 
 
@@ -217,6 +229,8 @@ def test_bad_search_input_is_one_line_with_exit_2_and_writes_nothing(planted_env
     ({**sensor_search_config(), "students": {"models": ["cnn_student", "tiny_cnn"]}},
      "students.models: a sensor search trains one student"),
     (sensor_search_config(cost=["weight"]), "search.cost"),
+    (sensor_search_config(folds=2), "search.folds: only with search.scoring.protocol validation"),
+    (sensor_search_config(scoring={"confidence": 1.2}), "search.scoring.confidence"),
 ])
 def test_bad_search_configs_fail_before_any_data_loads(raw, message):
     with pytest.raises(HarkdError, match="^config: " + re.escape(message)):
@@ -234,6 +248,25 @@ def test_the_space_counts_kits_within_the_budget_and_requires_what_it_is_told():
     space = SensorSpace.build(channels, SensorSearchSection(budget={"positions": 1, "channels": 3}), student, 4, 50)
     assert sorted(kit_key(c.kit) for c in space.candidates) == sorted(f"{p}:{m}" for p in PLANTED_POSITIONS
                                                                        for m in ("acc", "gyro"))
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETRISATIONS))
+def test_every_kit_of_the_space_is_drawn_back_from_its_parameters(name):
+    channels = [c for p in PLANTED_POSITIONS for m in ("acc", "gyro") for c in sensor_channels(p, m, "m/s^2")]
+    space = SensorSpace.build(channels, SensorSearchSection(budget={"positions": 2}), ModelSpec("cnn_student"), 4, 50)
+    parametrisation = PARAMETRISATIONS[name]
+    for candidate in space.candidates:
+        trial = optuna.trial.FixedTrial(parametrisation.params(candidate.kit, space))
+        assert parametrisation.suggest(trial, space) == candidate.kit
+
+
+def test_a_per_position_search_answers_draws_outside_the_space_without_training(planted_env, tmp_path):
+    results = search(tmp_path, trials=12, parametrisation="per_position")
+    assert results["trials_counted"] == 12
+    outside = [t for t in results["trials"] if t.get("reason") == "over budget"]
+    assert outside and all(t["state"] == "PRUNED" and len(t["kit"].split(",")) == 3 or not t["kit"] for t in outside)
+    assert all(1 <= t["positions"] <= 2 for t in results["trials"] if t["state"] == "COMPLETE")
+    assert results["members"][0]["kit"] == "left_wrist:gyro"
 
 
 def test_a_kit_selects_its_channels_in_column_order():

@@ -16,19 +16,38 @@ FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 DRAWS_PER_TRIAL = 20  # the most kits drawn per counted trial before the search stops (repeats are free but finite)
 
 
-def suggest_kit(trial: optuna.Trial, space: SensorSpace) -> Kit:
+class SizeFirst:
     """How many positions, which ones, then each one's modalities: a define-by-run space, so that TPE learns the
-    size and the positions of good kits separately."""
-    size = trial.suggest_categorical("positions", space.sizes())
-    worn = trial.suggest_categorical(f"worn_{size}", space.position_sets(size)).split("+")
-    return tuple((p, tuple(trial.suggest_categorical(p, ["+".join(m) for m in space.choices[p]]).split("+")))
-                 for p in worn)
+    size and the positions of good kits separately (a position's modalities are one parameter across sizes)."""
+
+    def suggest(self, trial: optuna.Trial, space: SensorSpace) -> Kit:
+        size = trial.suggest_categorical("positions", space.sizes())
+        worn = trial.suggest_categorical(f"worn_{size}", space.position_sets(size)).split("+")
+        return tuple((p, tuple(trial.suggest_categorical(p, ["+".join(m) for m in space.choices[p]]).split("+")))
+                     for p in worn)
+
+    def params(self, kit: Kit, space: SensorSpace) -> dict[str, Any]:
+        return {"positions": len(kit), f"worn_{len(kit)}": "+".join(p for p, _ in kit),
+                **{p: "+".join(m) for p, m in kit}}
 
 
-def kit_params(kit: Kit) -> dict[str, Any]:
-    """The trial parameters `suggest_kit` reads as `kit` (to enqueue it)."""
-    return {"positions": len(kit), f"worn_{len(kit)}": "+".join(p for p, _ in kit),
-            **{p: "+".join(m) for p, m in kit}}
+class PerPosition:
+    """Each position absent or worn with one of its modality sets, all in every trial: what a trial says about a
+    position carries to every kit that shares it. Combinations outside the space (no position, too many, over the
+    channel budget) are drawn and answered as over budget, without training."""
+
+    def suggest(self, trial: optuna.Trial, space: SensorSpace) -> Kit:
+        drawn = {p: trial.suggest_categorical(p, [ABSENT, *("+".join(m) for m in space.choices[p])])
+                 for p in space.positions}
+        return tuple((p, tuple(choice.split("+"))) for p, choice in drawn.items() if choice != ABSENT)
+
+    def params(self, kit: Kit, space: SensorSpace) -> dict[str, Any]:
+        worn = dict(kit)
+        return {p: "+".join(worn[p]) if p in worn else ABSENT for p in space.positions}
+
+
+ABSENT = "absent"
+PARAMETRISATIONS = {"size_first": SizeFirst(), "per_position": PerPosition()}
 
 
 def twin(trial: optuna.Trial, key: str) -> FrozenTrial | None:
@@ -98,15 +117,16 @@ def first_kits(space: SensorSpace, target: int) -> list[Kit]:
     return groups if len(groups) <= target // 2 else []
 
 
-def enqueue_untried(study: optuna.Study, kits: list[Kit]) -> None:
+def enqueue_untried(study: optuna.Study, kits: list[Kit], space: SensorSpace, parametrisation: str) -> None:
     """Queue each of `kits` not yet tried or queued (a resumed search queues only what it misses)."""
     seen = {t.user_attrs.get("kit") for t in study.get_trials(deepcopy=False, states=FINISHED) if is_counted(t)}
     queued = [t.system_attrs.get("fixed_params") for t in
               study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))]
     for kit in kits:
-        if kit_key(kit) not in seen and kit_params(kit) not in queued:
-            study.enqueue_trial(kit_params(kit))
+        params = PARAMETRISATIONS[parametrisation].params(kit, space)
+        if kit_key(kit) not in seen and params not in queued:
+            study.enqueue_trial(params)
 
 
-__all__ = ["DRAWS_PER_TRIAL", "FINISHED", "StopRule", "counted", "enqueue_untried", "fail_interrupted", "first_kits",
-           "is_counted", "kit_params", "sampler", "suggest_kit", "taken", "twin"]
+__all__ = ["ABSENT", "DRAWS_PER_TRIAL", "FINISHED", "PARAMETRISATIONS", "PerPosition", "SizeFirst", "StopRule",
+           "counted", "enqueue_untried", "fail_interrupted", "first_kits", "is_counted", "sampler", "taken", "twin"]

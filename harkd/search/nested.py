@@ -21,8 +21,8 @@ from harkd.data.splits import Fold
 from harkd.errors import HarkdError
 from harkd.experiment.teacher_cache import TeacherStore
 from harkd.search.search_folds import FoldTeachers, SearchFold, inner_folds, search_data
-from harkd.search.sensor_search import (KitObjective, SearchSetup, SensorSearchConfig, best_by_positions, is_done, one_thread,
-                                        open_kit_study, positions_of, search_on)
+from harkd.search.sensor_search import (KitObjective, SearchSetup, SensorSearchConfig, best_by_positions, is_done,
+                                        one_thread, open_kit_study, positions_of, search_on)
 
 if TYPE_CHECKING:
     from harkd.execution.ray_cluster import RayBackend

@@ -220,8 +220,8 @@ def report_md(results: Mapping[str, Any]) -> str:
              "Front: no other kit scores higher at no greater cost. A kit off the front is the best at its number of "
              "positions, beaten by a kit wearing fewer.", ""]
     confirmed = any("confirm" in m for m in members)
-    head = ("| # | kit | front | positions | channels | MFLOPs | params | search macro-F1 (%) ± SE | folds won against "
-            "the front's cheaper / dearer neighbour |")
+    head = ("| # | kit | front | positions | channels | MFLOPs | params | search macro-F1 (%) ± SE | folds won "
+            "against the front's cheaper / dearer neighbour |")
     if confirmed:
         head += (" test: teacher | student alone | with KD | personalisation's windows: untouched | personalised "
                  "(teacher labels) | teacher |")
@@ -250,15 +250,16 @@ def _nested(summary: Sequence[Mapping[str, Any]] | None) -> list[str]:
              f"For each of the {summary[0]['outer_folds']} outer folds the search ran again without that fold's test "
              f"workers; the kit it chose at each number of positions was trained on the outer fold and scored on its "
              f"held-out workers. The test column is the figure to quote for the whole procedure, search included.", "",
-             "| positions | test macro-F1 (%) on unseen workers | the search's own score of its choices | most chosen kit "
-             "| outer folds choosing it |", "|---|---|---|---|---|"]
+             "| positions | test macro-F1 (%) on unseen workers | the search's own score of its choices | most chosen "
+             "kit | outer folds choosing it |", "|---|---|---|---|---|"]
     for row in summary:
         lines.append(f"| {row['positions']} | {100 * row['test_mean']:.2f} ± {100 * row['test_std']:.2f} | "
                      f"{100 * row['search_mean']:.2f} | {row['most_chosen']} | {row['agree']}/{row['outer_folds']} |")
     lines += ["", "| outer fold | test workers | positions | chosen kit | search score (%) | test score (%) |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {c['outer_fold']} | {', '.join(c['test_subjects'])} | {c['positions']} | {c['kit']} | "
-              f"{100 * c['search_score']:.2f} | {100 * c['test_score']:.2f} |" for row in summary for c in row["choices"]]
+              f"{100 * c['search_score']:.2f} | {100 * c['test_score']:.2f} |"
+              for row in summary for c in row["choices"]]
     return lines + [""]
 
 
@@ -294,7 +295,8 @@ def _every_kit(trials: Sequence[Mapping[str, Any]]) -> list[str]:
     trained = sorted((t for t in trials if t["score"] is not None), key=lambda t: (-t["score"], t["number"]))
     if not trained:
         return []
-    lines = ["## Every kit trained", "", "| trial | kit | positions | channels | MFLOPs | search macro-F1 (%) | per fold |",
+    lines = ["## Every kit trained", "",
+             "| trial | kit | positions | channels | MFLOPs | search macro-F1 (%) | per fold |",
              "|---|---|---|---|---|---|---|"]
     for t in trained:
         folds = ", ".join(f"{fold} {100 * f1:.1f}" for fold, f1 in (t.get("score_per_fold") or {}).items())

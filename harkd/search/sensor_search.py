@@ -38,8 +38,8 @@ from harkd.experiment.folds import ExperimentData, Views, fold_views
 from harkd.experiment.students import Sources, train_student
 from harkd.experiment.runner import check_names
 from harkd.experiment.teacher_cache import TeacherStore
-from harkd.search.kit_trials import (StopRule, counted, enqueue_untried, fail_interrupted, first_kits, sampler,
-                                     suggest_kit, taken, twin)
+from harkd.search.kit_trials import (PARAMETRISATIONS, StopRule, counted, enqueue_untried, fail_interrupted,
+                                     first_kits, sampler, taken, twin)
 from harkd.search.kit_scores import KitScores, adjusted_means, score_in_rungs
 from harkd.search.search_folds import (FoldTeachers, SearchData, SearchFold, load_data, scoring_folds,
                                        search_data)
@@ -105,7 +105,7 @@ class KitObjective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         if taken(trial.study) >= self.target:  # processes sharing the study: the last trials are already running
             raise optuna.TrialPruned("trial budget taken")
-        kit = suggest_kit(trial, self.space)
+        kit = PARAMETRISATIONS[self.config.search.parametrisation].suggest(trial, self.space)
         candidate = self.space.find(kit)
         trial.set_user_attr("kit", kit_key(kit))
         if candidate is None:  # a size, positions and modalities that combine over the channel or FLOP budget
@@ -317,7 +317,7 @@ def open_kit_study(setup: SearchSetup, name: str, log: Callable[[str], None]) ->
         + ("; trying every kit" if len(first) == len(space.candidates) else
            f"; each of the {len(first)} sensor groups alone first" if first else ""))
     if not is_done(setup, study):
-        enqueue_untried(study, first)
+        enqueue_untried(study, first, space, setup.config.search.parametrisation)
     return study
 
 
@@ -348,7 +348,7 @@ def search_sensors(config: SensorSearchConfig, out_dir: Path, name: str, trials:
             scoring = config.search.scoring
             folds = scoring_folds(config, setup.data, FoldTeachers(config, setup.data, Path(work), log, teachers),
                                   scoring.protocol,
-                                  config.search.folds if scoring.protocol == "validation" else scoring.workers)
+                                  (config.search.folds or 2) if scoring.protocol == "validation" else scoring.workers)
             search_on(setup, study, search_data(setup.data, folds), Path(work), Path(out_dir), jobs, log, ray)
     return study, setup
 
@@ -398,5 +398,5 @@ def best_by_positions(study: optuna.Study) -> list[FrozenTrial]:
 
 
 __all__ = ["KitObjective", "SearchSetup", "SensorSearchConfig", "best_by_positions", "front", "fully_scored",
-           "is_done", "load_sensor_search", "one_thread", "open_kit_study", "positions_of", "parse_sensor_search", "search_on", "search_sensors",
-           "sensor_search_yaml", "setup_search"]
+           "is_done", "load_sensor_search", "one_thread", "open_kit_study", "parse_sensor_search", "positions_of",
+           "search_on", "search_sensors", "sensor_search_yaml", "setup_search"]

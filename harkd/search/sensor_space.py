@@ -62,7 +62,10 @@ class SensorSearchSection(Section):
     method: MethodEntry = MethodSpec("logit", ({"distiller": "logit"},))  # each trial's KD from the full teacher
     trials: PositiveInt = 40
     scoring: KitScoring = KitScoring()
-    folds: PositiveInt = 2  # with scoring.protocol validation: the validation subjects of the first `folds` folds
+    # How TPE sees a kit (harkd.search.kit_trials): size_first (how many positions, which, then their modalities) or
+    # per_position (each position absent or one of its modality sets).
+    parametrisation: Literal["size_first", "per_position"] = "size_first"
+    folds: PositiveInt | None = None  # scoring.protocol validation: the validation subjects of the first `folds` (2)
     positions: Names | None = None  # candidate positions (default: every position the teacher wears)
     modalities: Names | None = None  # candidate modalities (default: all)
     # What a worn position may carry; default: every non-empty subset of its modalities.
@@ -113,6 +116,9 @@ def check_sensor_search(raw: Mapping[str, Any], where: str = "config") -> Sensor
     if missing:
         raise HarkdError(f"{where}: search.require: {sorted(missing)} are not among search.positions "
                          f"{list(schema.search.positions)}")
+    if schema.search.folds is not None and schema.search.scoring.protocol != "validation":
+        raise HarkdError(f"{where}: search.folds: only with search.scoring.protocol validation; kits are scored on "
+                         f"held-out workers, one per fold (search.scoring.workers: how many)")
     if len(schema.search.require) > schema.search.budget.positions:
         raise HarkdError(f"{where}: search.budget.positions {schema.search.budget.positions} admits no kit: "
                          f"search.require wears {len(schema.search.require)} positions")

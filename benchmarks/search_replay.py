@@ -1,0 +1,111 @@
+"""The sensor search replayed over measured scores (issue 25): how often it recommends the best kit at each number of
+positions with fewer trials than the space has kits, for each parametrisation of the space TPE draws from and several
+sampler seeds, at no training cost.
+
+    python benchmarks/search_replay.py GROUND_TRUTH.json CONFIG [overrides] --trials 10 --seeds 10 [--json OUT]
+
+GROUND_TRUTH.json: benchmarks/sensor_ground_truth.py's kits, each with its KD student's test macro-F1 per fold. Each
+(parametrisation, seed) runs the search's own trial logic in an in-memory Optuna study (its queue, sampler, rungs and
+stopping rule, harkd.search.sensor_search.KitObjective) with one change: a kit's score on a fold is read from the
+ground truth instead of trained. That is the same number: the search trains and scores a kit on a leave-one-subject-out
+fold exactly as `harkd run` does (tests/test_sensor_search.py holds them equal). It is not a search run: no model is
+trained; it measures what the sampler and the rungs choose given the measured scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+
+from harkd.search.kit_trials import PARAMETRISATIONS, StopRule, enqueue_untried, first_kits
+from harkd.search.search_folds import SearchData, load_data
+from harkd.search.sensor_search import KitObjective, best_by_positions, load_sensor_search, optimize, space_of
+from harkd.search.sensor_space import kit_key
+
+
+class ReplayedObjective(KitObjective):
+    """The search's trial with each fold's score read from the ground truth."""
+
+    def __init__(self, *args, table: dict[str, dict[str, float]]):
+        super().__init__(*args)
+        self.table, self.trained = table, 0
+
+    def train_on(self, number, kit, fold) -> float:
+        self.trained += 1
+        return self.table[kit_key(kit)][fold.name]
+
+
+def per_fold_table(truth: dict) -> dict[str, dict[str, float]]:
+    """kit -> fold -> test macro-F1 with KD (the ground truth's seed)."""
+    return {k["kit"]: {name.split("/")[0]: f1 for name, f1 in k["kd"]["per_fold"].items()} for k in truth["kits"]}
+
+
+def replay(config, space, view, table, folds, parametrisation: str, trials: int, seed: int) -> dict:
+    """One search over the table: per number of positions, the kit it recommends; and the folds it trained."""
+    data = SearchData(view, ["?"], None, [SimpleNamespace(name=f) for f in folds])
+    objective = ReplayedObjective(config, space, data, Path("."), None, trials, table=table)
+    study = optuna.create_study(directions=config.directions)
+    enqueue_untried(study, first_kits(space, trials), space, parametrisation)
+    optimize(study, objective, StopRule(trials, len(space.candidates)), seed)
+    chosen = {len(t.user_attrs["kit"].split(",")): t.user_attrs["kit"] for t in best_by_positions(study)}
+    return {"chosen": chosen, "folds_trained": objective.trained,
+            "kits_trained": sum(t.state.name == "COMPLETE" for t in study.trials), "draws": len(study.trials)}
+
+
+def summary(runs: list[dict], truth_means: dict[str, float], positions: list[int]) -> dict:
+    """Per number of positions: how often the best kit was recommended, and the mean test gap to it (points)."""
+    rows = {}
+    for n in positions:
+        best = max((k for k, m in truth_means.items() if len(k.split(",")) == n), key=truth_means.get)
+        gaps = [100 * (truth_means[best] - truth_means[r["chosen"][n]]) for r in runs if n in r["chosen"]]
+        rows[n] = {"best": best, "found_best": sum(r["chosen"].get(n) == best for r in runs), "runs": len(runs),
+                   "mean_gap_points": round(float(np.mean(gaps)), 2), "max_gap_points": round(float(max(gaps)), 2)}
+    return {"by_positions": rows, "mean_folds_trained": float(np.mean([r["folds_trained"] for r in runs])),
+            "mean_draws": float(np.mean([r["draws"] for r in runs]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ground_truth", type=Path)
+    parser.add_argument("config", type=Path)
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--trials", type=int, required=True)
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    truth = json.loads(args.ground_truth.read_text())
+    table = per_fold_table(truth)
+    config = load_sensor_search(args.config, args.overrides)
+    data = load_data(config)
+    space = space_of(config, data.teacher_view, data.n_classes)
+    missing = [kit_key(c.kit) for c in space.candidates if kit_key(c.kit) not in table]
+    if missing:
+        sys.exit(f"{args.ground_truth}: no ground truth for {len(missing)} kit(s) of the space, e.g. {missing[0]}")
+    folds = sorted(next(iter(table.values())))
+    means = {kit: float(np.mean(list(scores.values()))) for kit, scores in table.items()}
+    positions = sorted({c.positions for c in space.candidates})
+    result = {"command": " ".join(["python", "benchmarks/search_replay.py", *sys.argv[1:]]),
+              "space_size": len(space.candidates), "trials": args.trials, "seeds": args.seeds}
+    for name in sorted(PARAMETRISATIONS):
+        config = load_sensor_search(args.config, [*args.overrides, f"search.parametrisation={name}"])
+        runs = [replay(config, space, data.teacher_view, table, folds, name, args.trials, seed)
+                for seed in range(args.seeds)]
+        result[name] = {**summary(runs, means, positions), "runs": runs}
+        for n, row in result[name]["by_positions"].items():
+            print(f"{name}: {n} position(s): best {row['best']} recommended in {row['found_best']}/{row['runs']}; "
+                  f"gap {row['mean_gap_points']:.2f} (max {row['max_gap_points']:.2f}) points")
+        print(f"{name}: {result[name]['mean_folds_trained']:.0f} folds trained, {result[name]['mean_draws']:.0f} "
+              f"draws on average")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
