@@ -6,8 +6,13 @@ number of positions the kit the search would recommend against the best kit on t
 
 SEARCH.json: a `harkd search-sensors` search.json (each trial's `score`; `val_f1` in those written before issue 25);
 only kits both files hold are compared. The search recommends, at each number of positions, its best kit scored on
-every fold (a kit stopped at a rung is ranked by its estimate but never recommended).
-The ground truth's score is the test macro-F1 with the search's KD method (mean over the split's folds).
+every fold (a kit stopped at a rung is ranked by its estimate but never recommended). The ground truth's score is the
+test macro-F1 with the search's KD method (mean over the split's folds).
+
+A search run with --nested (its outer studies read from search.db beside SEARCH.json) adds, for each outer fold, the
+same Spearman for the search that never saw that fold's worker, the Spearman of its scores with that worker's own test
+scores beside the best any ranking from the other workers' test scores reaches (the ground truth without that fold),
+and per number of positions the nested figure (each outer fold's choice scored on its worker) against the best kit.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+import optuna
 from scipy.stats import spearmanr
 
 
@@ -29,6 +36,11 @@ def search_scores(search: dict) -> dict[str, float]:
 def recommendable(search: dict) -> set[str]:
     """The kits the search may recommend: scored on every fold."""
     return {t["kit"] for t in search["trials"] if not t.get("stopped_by")}
+
+
+def rho(a: dict[str, float], b: dict[str, float]) -> float:
+    shared = sorted(set(a) & set(b))
+    return round(float(spearmanr([a[k] for k in shared], [b[k] for k in shared])[0]), 3)
 
 
 def recommendations(truth: dict[str, dict], scores: dict[str, float], allowed: set[str]) -> list[dict]:
@@ -47,6 +59,45 @@ def recommendations(truth: dict[str, dict], scores: dict[str, float], allowed: s
     return rows
 
 
+def per_fold(truth: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """fold -> kit -> the kit's test macro-F1 with KD on that fold."""
+    table: dict[str, dict[str, float]] = {}
+    for kit, k in truth.items():
+        for name, f1 in k["kd"]["per_fold"].items():
+            table.setdefault(name.split("/")[0], {})[kit] = f1
+    return table
+
+
+def outer_studies(search: dict, search_json: Path) -> dict[str, optuna.Study]:
+    """The nested search's outer studies (named "<study>/<outer fold>") in the search.db beside search.json."""
+    storage = f"sqlite:///{search_json.parent / 'search.db'}"
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)
+             if s.study_name.startswith(search["study"] + "/")]
+    return {name.split("/", 1)[1]: optuna.load_study(study_name=name, storage=storage) for name in sorted(names)}
+
+
+def nested_ranking(truth: dict[str, dict], search: dict, search_json: Path) -> dict:
+    folds, means = per_fold(truth), {kit: k["kd"]["mean"] for kit, k in truth.items()}
+    rows = []
+    for fold, study in outer_studies(search, search_json).items():
+        scores = {t.user_attrs["kit"]: t.values[0] for t in study.trials if t.state.name == "COMPLETE"}
+        rest = {kit: float(np.mean([folds[f][kit] for f in folds if f != fold])) for kit in means}
+        rows.append({"outer_fold": fold, "kits": len(scores), "spearman_with_test_means": rho(scores, means),
+                     "spearman_with_its_worker": rho(scores, folds[fold]),
+                     "other_workers_test_with_its_worker": rho(rest, folds[fold])})
+    figures = []
+    for row in search["nested"]:
+        n = row["positions"]
+        best = max((kit for kit, k in truth.items() if k["positions"] == n), key=means.get)
+        figures.append({"positions": n, "nested_test_f1": row["test_mean"], "best_kit": best,
+                        "best_kit_test_f1": means[best],
+                        "gap_points": round(100 * (means[best] - row["test_mean"]), 2),
+                        "most_chosen": row["most_chosen"], "agree": row["agree"], "outer_folds": row["outer_folds"]})
+    return {"by_outer_fold": rows, "by_positions": figures,
+            "mean": {k: round(float(np.mean([r[k] for r in rows])), 3) for k in
+                     ("spearman_with_test_means", "spearman_with_its_worker", "other_workers_test_with_its_worker")}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ground_truth", type=Path)
@@ -60,18 +111,29 @@ def main() -> int:
     if len(shared) < 3:
         print(f"only {len(shared)} kits in both files: no ranking to compare")
         return 1
-    rho, p = spearmanr([scores[k] for k in shared], [truth[k]["kd"]["mean"] for k in shared])
+    rho_all, p = spearmanr([scores[k] for k in shared], [truth[k]["kd"]["mean"] for k in shared])
     result = {"command": " ".join(["python", "benchmarks/kit_ranking.py", *sys.argv[1:]]), "kits": len(shared),
-              "spearman": round(float(rho), 3), "p_value": float(p),
+              "spearman": round(float(rho_all), 3), "p_value": float(p),
               "by_positions": recommendations(truth, scores, recommendable(search))}
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{len(shared)} kits: Spearman {result['spearman']:+.3f} (p = {p:.3g}) between the search's scores and "
           f"the test macro-F1")
     for row in result["by_positions"]:
         print(f"{row['positions']} position(s), {row['kits']} kits: the search chose {row['search_chose']} "
               f"({100 * row['its_test_f1']:.2f} on test); best on test {row['best_on_test']} "
               f"({100 * row['best_test_f1']:.2f}); gap {row['gap_points']:.2f} points")
+    if search.get("nested"):
+        result["nested"] = nested_ranking(truth, search, args.search)
+        mean = result["nested"]["mean"]
+        print(f"nested, mean over {len(result['nested']['by_outer_fold'])} outer folds: Spearman "
+              f"{mean['spearman_with_test_means']:+.3f} with the test means; with the held-out worker's own test "
+              f"scores {mean['spearman_with_its_worker']:+.3f} (the other workers' test scores reach "
+              f"{mean['other_workers_test_with_its_worker']:+.3f})")
+        for row in result["nested"]["by_positions"]:
+            print(f"nested, {row['positions']} position(s): {100 * row['nested_test_f1']:.2f} on unseen workers; "
+                  f"best kit {row['best_kit']} {100 * row['best_kit_test_f1']:.2f}; gap {row['gap_points']:.2f} "
+                  f"points; {row['most_chosen']} chosen by {row['agree']}/{row['outer_folds']}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 
