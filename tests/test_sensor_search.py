@@ -298,7 +298,7 @@ def test_every_shipped_sensor_config_builds_its_space_on_the_real_data(installed
 def test_on_hapt_only_training_subjects_guide_the_search_and_the_front_wears_the_waist(installed_root, tmp_path,
                                                                                      monkeypatch):
     result = run_cli("search-sensors", str(CONFIGS / "hapt-sensors.yaml"), "teacher.train.epochs=1",
-                     "semantic.train.epochs=1", "students.train.epochs=1", "--out", str(tmp_path / "out"),
+                     "semantic.train.epochs=1", "students.train.epochs=1", "--out", str(tmp_path / "out"), "--nested",
                      data_root=installed_root, check=True)
     results = json.loads((tmp_path / "out" / "search.json").read_text())
     monkeypatch.setenv("HARKD_DATA", str(installed_root))
@@ -307,6 +307,11 @@ def test_on_hapt_only_training_subjects_guide_the_search_and_the_front_wears_the
     assert results["trials_counted"] == 3 and sorted(r["kit"] for r in results["trials"]) == [
         "waist:acc", "waist:acc+gyro", "waist:gyro"]
     assert "front: waist:" in result.stdout
+    # its one outer fold searched the protocol's training subjects: the search itself, not run twice
+    assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'out' / 'search.db'}")] == [
+        "hapt-sensors"]
+    (nested,) = results["nested"]
+    assert nested["choices"][0]["test_subjects"] == sorted(test_subjects) and nested["outer_folds"] == 1
 
 
 def test_a_trial_that_fails_is_recorded_with_its_error_and_the_search_goes_on(planted_env, tmp_path, monkeypatch):

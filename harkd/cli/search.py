@@ -144,7 +144,7 @@ def search_sensors_cmd(
                    f"{member['positions']} position(s), {member['channels']} channels, F1 "
                    f"{member['score']:.3f} -> {member['config']}")
     for row in results.get("nested", []):
-        typer.echo(f"nested, {row['positions']} position(s): {row['test_mean']:.3f} ± {row['test_std']:.3f} on workers "
-                   f"the search never saw; {row['most_chosen']} chosen by {row['agree']} of {row['outer_folds']} "
-                   f"outer folds")
+        spread = f" ± {row['test_std']:.3f}" if row["outer_folds"] > 1 else ""
+        typer.echo(f"nested, {row['positions']} position(s): {row['test_mean']:.3f}{spread} on workers the search "
+                   f"never saw; {row['most_chosen']} chosen by {row['agree']} of {row['outer_folds']} outer folds")
     typer.echo(f"wrote {out / 'report.md'}, {out / 'search.json'} and {out / 'search.png'}")

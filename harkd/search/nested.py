@@ -3,8 +3,10 @@ saw. For each outer fold of the config's split the search runs again without tha
 subject-out over the others, harkd.search.search_folds.inner_folds), in a study of its own in the same storage; the
 kit it recommends at each number of positions is then trained on the outer fold, as `harkd run` trains it, and scored
 on the outer fold's held-out workers. Per number of positions: the mean of those scores over outer folds (the figure
-to quote), which kit each outer fold chose and how often the choices agree. Resumable: each outer study keeps its
-trials and its outer scores."""
+to quote), which kit each outer fold chose and how often the choices agree. A split with fixed test subjects (a
+protocol split) has one outer fold, whose search is the search itself (its training subjects, its teacher): its study
+serves, and only its choices are scored on the test subjects. Resumable: each outer study keeps its trials and its
+outer scores."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import optuna
 from harkd.data.splits import Fold
 from harkd.errors import HarkdError
 from harkd.experiment.teacher_cache import TeacherStore
-from harkd.search.search_folds import FoldTeachers, SearchFold, inner_folds, search_data
+from harkd.search.search_folds import SPLITS_OF_THEIR_OWN, FoldTeachers, SearchFold, inner_folds, search_data
 from harkd.search.sensor_search import (KitObjective, SearchSetup, SensorSearchConfig, best_by_positions, is_done,
                                         one_thread, open_kit_study, positions_of, search_on)
 
@@ -48,8 +50,12 @@ def nested_search(setup: SearchSetup, name: str, jobs: int, log: Callable[[str],
     choices = []
     with one_thread(), tempfile.TemporaryDirectory(prefix="harkd-nested-", ignore_cleanup_errors=True) as work:
         fold_teachers = FoldTeachers(config, setup.data, Path(work), log, teachers)
-        for outer in setup.data.folds(config.split, config.seed):
-            choices += _outer_fold(setup, f"{name}/{outer.name}", outer, fold_teachers, Path(work), jobs, log, ray)
+        for i, outer in enumerate(setup.data.folds(config.split, config.seed)):
+            # a split that does not hold workers out fold by fold searches its first fold's training subjects:
+            # that search is the first outer fold's, so its study serves
+            shared = i == 0 and config.split.kind not in SPLITS_OF_THEIR_OWN
+            choices += _outer_fold(setup, name if shared else f"{name}/{outer.name}", outer, fold_teachers,
+                                   Path(work), jobs, log, ray)
     return choices
 
 

@@ -253,7 +253,8 @@ def _nested(summary: Sequence[Mapping[str, Any]] | None) -> list[str]:
              "| positions | test macro-F1 (%) on unseen workers | the search's own score of its choices | most chosen "
              "kit | outer folds choosing it |", "|---|---|---|---|---|"]
     for row in summary:
-        lines.append(f"| {row['positions']} | {100 * row['test_mean']:.2f} ± {100 * row['test_std']:.2f} | "
+        spread = f" ± {100 * row['test_std']:.2f}" if row["outer_folds"] > 1 else ""
+        lines.append(f"| {row['positions']} | {100 * row['test_mean']:.2f}{spread} | "
                      f"{100 * row['search_mean']:.2f} | {row['most_chosen']} | {row['agree']}/{row['outer_folds']} |")
     lines += ["", "| outer fold | test workers | positions | chosen kit | search score (%) | test score (%) |",
               "|---|---|---|---|---|---|"]
