@@ -4,6 +4,7 @@ sampler seeds, at no training cost.
 
     python benchmarks/search_replay.py GROUND_TRUTH.json CONFIG [overrides] --trials 10 --seeds 10 [--json OUT]
 
+A stop is wrong when the stopped kit's ground-truth mean is above its rival's.
 GROUND_TRUTH.json: benchmarks/sensor_ground_truth.py's kits, each with its KD student's test macro-F1 per fold. Each
 (parametrisation, seed) runs the search's own trial logic in an in-memory Optuna study (its queue, sampler, rungs and
 stopping rule, harkd.search.sensor_search.KitObjective) with one change: a kit's score on a fold is read from the
@@ -54,7 +55,8 @@ def replay(config, space, view, table, folds, parametrisation: str, trials: int,
     enqueue_untried(study, first_kits(space, trials), space, parametrisation)
     optimize(study, objective, StopRule(trials, len(space.candidates)), seed)
     chosen = {len(t.user_attrs["kit"].split(",")): t.user_attrs["kit"] for t in best_by_positions(study)}
-    return {"chosen": chosen, "folds_trained": objective.trained,
+    stops = [(t.user_attrs["kit"], t.user_attrs["stopped_by"]) for t in study.trials if "stopped_by" in t.user_attrs]
+    return {"chosen": chosen, "folds_trained": objective.trained, "stops": stops,
             "kits_trained": sum(t.state.name == "COMPLETE" for t in study.trials), "draws": len(study.trials)}
 
 
@@ -66,7 +68,10 @@ def summary(runs: list[dict], truth_means: dict[str, float], positions: list[int
         gaps = [100 * (truth_means[best] - truth_means[r["chosen"][n]]) for r in runs if n in r["chosen"]]
         rows[n] = {"best": best, "found_best": sum(r["chosen"].get(n) == best for r in runs), "runs": len(runs),
                    "mean_gap_points": round(float(np.mean(gaps)), 2), "max_gap_points": round(float(max(gaps)), 2)}
+    stops = [stop for r in runs for stop in r["stops"]]
+    wrong = [stop for stop in stops if truth_means[stop[0]] > truth_means[stop[1]]]
     return {"by_positions": rows, "mean_folds_trained": float(np.mean([r["folds_trained"] for r in runs])),
+            "stops": len(stops), "wrong_stops": len(wrong),
             "mean_draws": float(np.mean([r["draws"] for r in runs]))}
 
 
@@ -102,7 +107,8 @@ def main() -> None:
             print(f"{name}: {n} position(s): best {row['best']} recommended in {row['found_best']}/{row['runs']}; "
                   f"gap {row['mean_gap_points']:.2f} (max {row['max_gap_points']:.2f}) points")
         print(f"{name}: {result[name]['mean_folds_trained']:.0f} folds trained, {result[name]['mean_draws']:.0f} "
-              f"draws on average")
+              f"draws on average; {result[name]['stops']} stops, {result[name]['wrong_stops']} of a kit better on "
+              f"the ground truth than the rival that stopped it")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
 
