@@ -298,7 +298,8 @@ def test_every_shipped_sensor_config_builds_its_space_on_the_real_data(installed
 def test_on_hapt_only_training_subjects_guide_the_search_and_the_front_wears_the_waist(installed_root, tmp_path,
                                                                                      monkeypatch):
     result = run_cli("search-sensors", str(CONFIGS / "hapt-sensors.yaml"), "teacher.train.epochs=1",
-                     "semantic.train.epochs=1", "students.train.epochs=1", "--out", str(tmp_path / "out"), "--nested",
+                     "semantic.train.epochs=1", "students.train.epochs=1", "search.scoring.workers=3", "--out",
+                     str(tmp_path / "out"), "--nested",
                      data_root=installed_root, check=True)
     results = json.loads((tmp_path / "out" / "search.json").read_text())
     monkeypatch.setenv("HARKD_DATA", str(installed_root))
