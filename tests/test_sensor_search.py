@@ -331,6 +331,26 @@ def test_a_trial_that_fails_is_recorded_with_its_error_and_the_search_goes_on(pl
     assert all(m["channels"] == 3 for m in results["members"])
 
 
+def test_an_interrupted_invocations_time_is_kept_and_the_resumed_one_adds_to_it(planted_env, tmp_path, monkeypatch):
+    real, calls = sensor_search.train_student, []
+
+    def interrupt_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            time.sleep(1.0)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sensor_search, "train_student", interrupt_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        search(tmp_path, trials=3, budget={"positions": 1})
+    study = optuna.load_study(study_name="planted", storage=f"sqlite:///{tmp_path / 'out' / 'search.db'}")
+    first = study.user_attrs["wall_time_s"]
+    assert first > 1.0
+    monkeypatch.setattr(sensor_search, "train_student", real)
+    assert search(tmp_path, trials=3, budget={"positions": 1})["wall_time_s"] > first
+
+
 def test_two_processes_share_the_study_and_train_exactly_the_budget_of_distinct_kits(planted_env, tmp_path,
                                                                                       short_tmp_path, monkeypatch):
     temporary = short_tmp_path

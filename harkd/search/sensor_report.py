@@ -27,7 +27,8 @@ from harkd.files import atomic_output
 from harkd.search.kit_scores import KitScores, share_beaten
 from harkd.search.kit_trials import is_counted
 from harkd.search.nested import check_nestable, nested_search, nested_summary
-from harkd.search.sensor_search import SensorSearchConfig, best_by_positions, front, search_sensors
+from harkd.search.sensor_search import (SensorSearchConfig, best_by_positions, front, open_kit_study, search_sensors,
+                                        setup_search)
 from harkd.search.sensor_space import SensorSpace, kit_key, run_config
 from harkd.search.studies import storage_urls
 
@@ -344,18 +345,21 @@ def run_sensor_search(config: SensorSearchConfig, out_dir: Path, name: str, tria
     out_dir, clock = Path(out_dir), time.perf_counter()
     if nested:
         check_nestable(config)  # before the search trains
-    study, setup = search_sensors(config, out_dir, name, trials, storage, jobs, log, ray, teachers)
-    results = results_of(config, study, setup.space, name, command, storage_urls(out_dir, storage)[1])
-    write_configs(config, results["members"], setup.space, out_dir)
-    write_outputs({**results, "wall_time_s": round(_wall_time(study, clock), 1)}, out_dir)  # kept if --confirm fails
-    if confirm_front:
-        confirm(results["members"], out_dir, jobs, log, ray, teachers)
-    if nested:
-        results["nested"] = nested_summary(nested_search(setup, name, jobs, log, ray, teachers))
-    wall_time_s = _wall_time(study, clock)
-    study.set_user_attr("wall_time_s", wall_time_s)
-    results["wall_time_s"] = round(wall_time_s, 1)
-    write_outputs(results, out_dir)
+    setup = setup_search(config, out_dir, trials, storage, log)
+    study = open_kit_study(setup, name, log)
+    try:
+        search_sensors(setup, study, out_dir, jobs, log, ray, teachers)
+        results = results_of(config, study, setup.space, name, command, storage_urls(out_dir, storage)[1])
+        write_configs(config, results["members"], setup.space, out_dir)
+        write_outputs({**results, "wall_time_s": round(_wall_time(study, clock), 1)}, out_dir)  # kept if a stage fails
+        if confirm_front:
+            confirm(results["members"], out_dir, jobs, log, ray, teachers)
+        if nested:
+            results["nested"] = nested_summary(nested_search(setup, name, jobs, log, ray, teachers))
+        results["wall_time_s"] = round(_wall_time(study, clock), 1)
+        write_outputs(results, out_dir)
+    finally:  # an interrupted invocation's time counts too: the resumed one adds to it
+        study.set_user_attr("wall_time_s", _wall_time(study, clock))
     return results
 
 

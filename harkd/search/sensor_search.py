@@ -336,13 +336,11 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def search_sensors(config: SensorSearchConfig, out_dir: Path, name: str, trials: int | None = None,
-                   storage: str | None = None, jobs: int = 1, log: Callable[[str], None] = print,
-                   ray: RayBackend | None = None, teachers: TeacherStore | None = None
-                   ) -> tuple[optuna.Study, SearchSetup]:
-    """Run the trials the study misses; return the study and what it was set up with."""
-    setup = setup_search(config, out_dir, trials, storage, log)
-    study = open_kit_study(setup, name, log)
+def search_sensors(setup: SearchSetup, study: optuna.Study, out_dir: Path, jobs: int = 1,
+                   log: Callable[[str], None] = print, ray: RayBackend | None = None,
+                   teachers: TeacherStore | None = None) -> None:
+    """Run the trials the study misses."""
+    config = setup.config
     if not is_done(setup, study):
         with one_thread(), tempfile.TemporaryDirectory(prefix="harkd-sensors-", ignore_cleanup_errors=True) as work:
             scoring = config.search.scoring
@@ -350,7 +348,6 @@ def search_sensors(config: SensorSearchConfig, out_dir: Path, name: str, trials:
                                   scoring.protocol,
                                   (config.search.folds or 2) if scoring.protocol == "validation" else scoring.workers)
             search_on(setup, study, search_data(setup.data, folds), Path(work), Path(out_dir), jobs, log, ray)
-    return study, setup
 
 
 def search_on(setup: SearchSetup, study: optuna.Study, prepared: SearchData, work: Path, keep: Path | None,
