@@ -195,6 +195,7 @@ def results_of(config: SensorSearchConfig, study: optuna.Study, space: SensorSpa
     return {"harkd_version": __version__, "command": command, "study": name, "storage": storage,
             "dataset": config.dataset, "method": config.method.name, "student": config.student.label,
             "cost": list(config.search.cost), "scoring": config.search.scoring.model_dump(mode="json"),
+            "held_out": f"{config.split.group_by} groups" if config.split.kind == "groups" else "workers",
             "space_size": len(space.candidates),
             "trials_counted": sum(map(is_counted, study.get_trials(deepcopy=False))),
             "draws": len(rows), "search_folds": study.user_attrs.get("folds"),
@@ -273,13 +274,15 @@ def _scoring(results: Mapping[str, Any]) -> str:
         return (f"Every kit is scored on the validation windows of folds {folds} (subjects {subjects}); no test "
                 f"window guided the search.")
     stopped = sum(1 for t in results["trials"] if t.get("stopped_by"))
-    return (f"Every kit is scored by its test macro-F1 on held-out workers, one per fold (folds {folds}; subjects "
-            f"{subjects}), its student trained on the fold as `harkd run` trains it. A kit stops after "
+    held_out = results["held_out"]
+    return (f"Every kit is scored by its test macro-F1 on held-out {held_out}, one set per fold (folds {folds}; "
+            f"subjects {subjects}), its student trained on the fold as `harkd run` trains it. A kit stops after "
             f"{' or '.join(map(str, scoring['rungs']))} folds when a kit wearing as many positions at no greater "
             f"cost beats it on the same folds with {100 * scoring['confidence']:g}% confidence (one-sided paired t "
             f"test); it is then scored by its subject-adjusted mean and is neither on the front nor a member "
-            f"({stopped} kit(s) stopped). These workers guided the choice, so a figure on them is optimistic; "
-            f"`--nested` gives the figure on workers the search never saw.")
+            f"({stopped} kit(s) stopped). These {held_out} guided the choice, so a figure on them is optimistic"
+            + ("; `--nested` gives the figure on workers the search never saw." if held_out == "workers" else
+               ": the split tests every worker in every fold, so no figure on unseen workers is possible."))
 
 
 def _score(member: Mapping[str, Any]) -> str:
