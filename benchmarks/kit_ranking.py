@@ -44,15 +44,17 @@ def rho(a: dict[str, float], b: dict[str, float]) -> float:
 
 
 def recommendations(truth: dict[str, dict], scores: dict[str, float], allowed: set[str]) -> list[dict]:
-    """Per number of positions: the search's best kit, the best kit on test, and the test gap between them."""
+    """Per number of positions: the search's best kit, the best kit on test (whether the search tried it or not), and
+    the test gap between them."""
     rows = []
     for n in sorted({k["positions"] for k in truth.values()}):
-        kits = [kit for kit, k in truth.items() if k["positions"] == n and kit in scores]
+        every = [kit for kit, k in truth.items() if k["positions"] == n]
+        kits = [kit for kit in every if kit in scores]
         if not kits:
             continue
         chosen = max((kit for kit in kits if kit in allowed), key=lambda kit: scores[kit])
-        best = max(kits, key=lambda kit: truth[kit]["kd"]["mean"])
-        rows.append({"positions": n, "kits": len(kits), "search_chose": chosen,
+        best = max(every, key=lambda kit: truth[kit]["kd"]["mean"])
+        rows.append({"positions": n, "kits": len(kits), "of": len(every), "search_chose": chosen,
                      "its_test_f1": truth[chosen]["kd"]["mean"], "best_on_test": best,
                      "best_test_f1": truth[best]["kd"]["mean"],
                      "gap_points": round(100 * (truth[best]["kd"]["mean"] - truth[chosen]["kd"]["mean"]), 2)})
@@ -118,7 +120,8 @@ def main() -> int:
     print(f"{len(shared)} kits: Spearman {result['spearman']:+.3f} (p = {p:.3g}) between the search's scores and "
           f"the test macro-F1")
     for row in result["by_positions"]:
-        print(f"{row['positions']} position(s), {row['kits']} kits: the search chose {row['search_chose']} "
+        print(f"{row['positions']} position(s), {row['kits']} of {row['of']} kits tried: the search chose "
+              f"{row['search_chose']} "
               f"({100 * row['its_test_f1']:.2f} on test); best on test {row['best_on_test']} "
               f"({100 * row['best_test_f1']:.2f}); gap {row['gap_points']:.2f} points")
     if search.get("nested"):
