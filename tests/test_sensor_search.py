@@ -260,6 +260,15 @@ def test_every_kit_of_the_space_is_drawn_back_from_its_parameters(name):
         assert parametrisation.suggest(trial, space) == candidate.kit
 
 
+@pytest.mark.parametrize("budget, share", [(2, 36 / 64), (1, 9 / 64)])
+def test_the_share_of_per_position_draws_that_are_kits(budget, share):
+    channels = [c for p in PLANTED_POSITIONS for m in ("acc", "gyro") for c in sensor_channels(p, m, "m/s^2")]
+    space = SensorSpace.build(channels, SensorSearchSection(budget={"positions": budget}), ModelSpec("cnn_student"),
+                              4, 50)
+    assert PARAMETRISATIONS["per_position"].share_of_kits(space) == pytest.approx(share)
+    assert PARAMETRISATIONS["size_first"].share_of_kits(space) == 1.0
+
+
 def test_a_per_position_search_answers_draws_outside_the_space_without_training(planted_env, tmp_path):
     results = search(tmp_path, trials=12, parametrisation="per_position")
     assert results["trials_counted"] == 12

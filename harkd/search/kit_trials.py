@@ -4,6 +4,7 @@ queued before TPE draws any."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Callable
 
@@ -20,6 +21,10 @@ class SizeFirst:
     """How many positions, which ones, then each one's modalities: a define-by-run space, so that TPE learns the
     size and the positions of good kits separately (a position's modalities are one parameter across sizes)."""
 
+    def share_of_kits(self, space: SensorSpace) -> float:
+        """Every draw is a kit of the space."""
+        return 1.0
+
     def suggest(self, trial: optuna.Trial, space: SensorSpace) -> Kit:
         size = trial.suggest_categorical("positions", space.sizes())
         worn = trial.suggest_categorical(f"worn_{size}", space.position_sets(size)).split("+")
@@ -35,6 +40,10 @@ class PerPosition:
     """Each position absent or worn with one of its modality sets, all in every trial: what a trial says about a
     position carries to every kit that shares it. Combinations outside the space (no position, too many, over the
     channel budget) are drawn and answered as over budget, without training."""
+
+    def share_of_kits(self, space: SensorSpace) -> float:
+        """The share of combinations that are kits of the space (the rest are drawn and answered as over budget)."""
+        return len(space.candidates) / math.prod(1 + len(space.choices[p]) for p in space.positions)
 
     def suggest(self, trial: optuna.Trial, space: SensorSpace) -> Kit:
         drawn = {p: trial.suggest_categorical(p, [ABSENT, *("+".join(m) for m in space.choices[p])])

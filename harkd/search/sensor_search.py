@@ -51,6 +51,8 @@ from harkd.search.studies import config_identity, open_study, storage_urls
 if TYPE_CHECKING:
     from harkd.execution.ray_cluster import RayBackend
 
+FEW_KITS = 0.1  # a parametrisation whose draws are kits this rarely is warned about
+
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -316,8 +318,13 @@ def open_kit_study(setup: SearchSetup, name: str, log: Callable[[str], None]) ->
         f"{counted(study)} of {min(target, len(space.candidates))} trials done"
         + ("; trying every kit" if len(first) == len(space.candidates) else
            f"; each of the {len(first)} sensor groups alone first" if first else ""))
+    parametrisation = setup.config.search.parametrisation
+    share = PARAMETRISATIONS[parametrisation].share_of_kits(space)
+    if share < FEW_KITS:  # TPE draws mostly combinations it cannot train and stops at its draw cap
+        log(f"warning: search.parametrisation {parametrisation}: {100 * share:.1f}% of its combinations are kits "
+            f"within budget; most draws will be answered as over budget: size_first draws kits only")
     if not is_done(setup, study):
-        enqueue_untried(study, first, space, setup.config.search.parametrisation)
+        enqueue_untried(study, first, space, parametrisation)
     return study
 
 
