@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -47,12 +48,17 @@ def per_fold_table(truth: dict) -> dict[str, dict[str, float]]:
     return {k["kit"]: {name.split("/")[0]: f1 for name, f1 in k["kd"]["per_fold"].items()} for k in truth["kits"]}
 
 
-def replay(config, space, view, table, folds, parametrisation: str, trials: int, seed: int) -> dict:
-    """One search over the table: per number of positions, the kit it recommends; and the folds it trained."""
+def replay(config, space, view, table, folds, parametrisation: str, trials: int, seed: int,
+           shuffle: bool = False) -> dict:
+    """One search over the table: per number of positions, the kit it recommends; and the folds it trained. With
+    `shuffle`, the queued kits in an order drawn by `seed` (which kits are tried first decides which can stop)."""
     data = SearchData(view, ["?"], None, [SimpleNamespace(name=f) for f in folds])
     objective = ReplayedObjective(config, space, data, Path("."), None, trials, table=table)
     study = optuna.create_study(directions=config.directions)
-    enqueue_untried(study, first_kits(space, trials), space, parametrisation)
+    queued = first_kits(space, trials)
+    if shuffle:
+        random.Random(seed).shuffle(queued)
+    enqueue_untried(study, queued, space, parametrisation)
     optimize(study, objective, StopRule(trials, len(space.candidates)), seed)
     chosen = {len(t.user_attrs["kit"].split(",")): t.user_attrs["kit"] for t in best_by_positions(study)}
     stops = [(t.user_attrs["kit"], t.user_attrs["stopped_by"]) for t in study.trials if "stopped_by" in t.user_attrs]
@@ -82,6 +88,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--trials", type=int, required=True)
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--shuffle", action="store_true", help="queue the first kits in an order drawn by each seed")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -100,7 +107,7 @@ def main() -> None:
               "space_size": len(space.candidates), "trials": args.trials, "seeds": args.seeds}
     for name in sorted(PARAMETRISATIONS):
         config = load_sensor_search(args.config, [*args.overrides, f"search.parametrisation={name}"])
-        runs = [replay(config, space, data.teacher_view, table, folds, name, args.trials, seed)
+        runs = [replay(config, space, data.teacher_view, table, folds, name, args.trials, seed, args.shuffle)
                 for seed in range(args.seeds)]
         result[name] = {**summary(runs, means, positions), "runs": runs}
         for n, row in result[name]["by_positions"].items():
