@@ -61,13 +61,9 @@ def recommendations(truth: dict[str, dict], scores: dict[str, float], allowed: s
     return rows
 
 
-def per_fold(truth: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """fold -> kit -> the kit's test macro-F1 with KD on that fold."""
-    table: dict[str, dict[str, float]] = {}
-    for kit, k in truth.items():
-        for name, f1 in k["kd"]["per_fold"].items():
-            table.setdefault(name.split("/")[0], {})[kit] = f1
-    return table
+def per_fold_table(kits) -> dict[str, dict[str, float]]:
+    """kit -> fold -> the kit's test macro-F1 with KD on that fold (the ground truth's seed)."""
+    return {k["kit"]: {name.split("/")[0]: f1 for name, f1 in k["kd"]["per_fold"].items()} for k in kits}
 
 
 def outer_studies(search: dict, search_json: Path) -> dict[str, optuna.Study]:
@@ -79,14 +75,16 @@ def outer_studies(search: dict, search_json: Path) -> dict[str, optuna.Study]:
 
 
 def nested_ranking(truth: dict[str, dict], search: dict, search_json: Path) -> dict:
-    folds, means = per_fold(truth), {kit: k["kd"]["mean"] for kit, k in truth.items()}
+    table, means = per_fold_table(truth.values()), {kit: k["kd"]["mean"] for kit, k in truth.items()}
+    folds = sorted(next(iter(table.values())))
     rows = []
     for fold, study in outer_studies(search, search_json).items():
         scores = {t.user_attrs["kit"]: t.values[0] for t in study.trials if t.state.name == "COMPLETE"}
-        rest = {kit: float(np.mean([folds[f][kit] for f in folds if f != fold])) for kit in means}
+        worker = {kit: table[kit][fold] for kit in means}
+        rest = {kit: float(np.mean([table[kit][f] for f in folds if f != fold])) for kit in means}
         rows.append({"outer_fold": fold, "kits": len(scores), "spearman_with_test_means": rho(scores, means),
-                     "spearman_with_its_worker": rho(scores, folds[fold]),
-                     "other_workers_test_with_its_worker": rho(rest, folds[fold])})
+                     "spearman_with_its_worker": rho(scores, worker),
+                     "other_workers_test_with_its_worker": rho(rest, worker)})
     figures = []
     for row in search["nested"]:
         n = row["positions"]

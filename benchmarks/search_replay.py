@@ -25,10 +25,15 @@ from types import SimpleNamespace
 import numpy as np
 import optuna
 
-from harkd.search.kit_trials import PARAMETRISATIONS, StopRule, enqueue_untried, first_kits
-from harkd.search.search_folds import SearchData, load_data
-from harkd.search.sensor_search import KitObjective, best_by_positions, load_sensor_search, optimize, space_of
-from harkd.search.sensor_space import kit_key
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kit_ranking import per_fold_table  # noqa: E402
+
+from harkd.search.kit_trials import PARAMETRISATIONS, StopRule, enqueue_untried, first_kits  # noqa: E402
+from harkd.search.search_folds import SearchData, load_data  # noqa: E402
+from harkd.search.sensor_search import (KitObjective, best_by_positions, load_sensor_search, optimize,  # noqa: E402
+                                        space_of)
+from harkd.search.sensor_space import kit_key  # noqa: E402
 
 
 class ReplayedObjective(KitObjective):
@@ -41,11 +46,6 @@ class ReplayedObjective(KitObjective):
     def train_on(self, number, kit, fold) -> float:
         self.trained += 1
         return self.table[kit_key(kit)][fold.name]
-
-
-def per_fold_table(truth: dict) -> dict[str, dict[str, float]]:
-    """kit -> fold -> test macro-F1 with KD (the ground truth's seed)."""
-    return {k["kit"]: {name.split("/")[0]: f1 for name, f1 in k["kd"]["per_fold"].items()} for k in truth["kits"]}
 
 
 def replay(config, space, view, table, folds, parametrisation: str, trials: int, seed: int,
@@ -93,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     truth = json.loads(args.ground_truth.read_text())
-    table = per_fold_table(truth)
+    table = per_fold_table(truth["kits"])
     config = load_sensor_search(args.config, args.overrides)
     data = load_data(config)
     space = space_of(config, data.teacher_view, data.n_classes)
