@@ -122,8 +122,8 @@ def search_sensors_cmd(
     gpus_per_trial: Optional[float] = GPUS_PER_TRIAL,
     no_teacher_cache: bool = NO_TEACHER_CACHE,
 ) -> None:
-    """Which sensors to wear: the Pareto front of macro-F1 on held-out workers against cost over kits of sensor groups, each
-    student distilled from the full teacher."""
+    """Which sensors to wear: the Pareto front of macro-F1 on held-out workers against cost over kits of sensor groups,
+    each student distilled from the full teacher."""
     from harkd.experiment.config import read_config
     from harkd.search.sensor_report import run_sensor_search
     from harkd.search.sensor_search import load_sensor_search, sensor_search_yaml
@@ -139,6 +139,11 @@ def search_sensors_cmd(
     results = run_sensor_search(cfg, out, config.stem, trials, storage, jobs, confirm, nested, start.command,
                                 log=lambda line: typer.echo(line, err=True), ray=start.ray,
                                 teachers=_teachers(no_teacher_cache))
+    _echo_sensor_results(results, out)
+
+
+def _echo_sensor_results(results: dict, out: Path) -> None:
+    """The members, the nested figure and what was written: one line each."""
     for member in results["members"]:
         typer.echo(f"{'front' if member['on_front'] else 'best at its positions'}: {member['kit']}: "
                    f"{member['positions']} position(s), {member['channels']} channels, F1 "

@@ -43,16 +43,15 @@ from harkd.search.kit_trials import (PARAMETRISATIONS, StopRule, counted, enqueu
 from harkd.search.kit_scores import KitScores, adjusted_means, score_in_rungs
 from harkd.search.search_folds import (FoldTeachers, SearchData, SearchFold, load_data, scoring_folds,
                                        search_data)
-from harkd.search.sensor_space import (Candidate, Kit, SensorSearchSection, SensorSpace, check_sensor_search,
-                                       kit_channels, kit_key, run_config)
-from harkd.train.engine import evaluate
+from harkd.search.sensor_space import (VALIDATION_FOLDS, Candidate, Kit, SensorSearchSection, SensorSpace,
+                                       check_sensor_search, kit_channels, kit_key, run_config)
 from harkd.search.studies import config_identity, open_study, storage_urls
+from harkd.train.engine import evaluate
 
 if TYPE_CHECKING:
     from harkd.execution.ray_cluster import RayBackend
 
 FEW_KITS = 0.1  # a parametrisation whose draws are kits this rarely is warned about
-
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +70,13 @@ class SensorSearchConfig(OneStudentSearch):
     @property
     def directions(self) -> list[str]:
         return ["maximize"] + ["minimize"] * len(self.search.cost)
+
+    @property
+    def scored_folds(self) -> int | None:
+        """The most folds a kit is scored on (None: every one)."""
+        if self.search.scoring.protocol == "validation":
+            return self.search.folds or VALIDATION_FOLDS
+        return self.search.scoring.workers
 
 
 def parse_sensor_search(raw: Mapping[str, Any], where: str = "config") -> SensorSearchConfig:
@@ -350,10 +356,8 @@ def search_sensors(setup: SearchSetup, study: optuna.Study, out_dir: Path, jobs:
     config = setup.config
     if not is_done(setup, study):
         with one_thread(), tempfile.TemporaryDirectory(prefix="harkd-sensors-", ignore_cleanup_errors=True) as work:
-            scoring = config.search.scoring
             folds = scoring_folds(config, setup.data, FoldTeachers(config, setup.data, Path(work), log, teachers),
-                                  scoring.protocol,
-                                  (config.search.folds or 2) if scoring.protocol == "validation" else scoring.workers)
+                                  config.search.scoring.protocol, config.scored_folds)
             search_on(setup, study, search_data(setup.data, folds), Path(work), Path(out_dir), jobs, log, ray)
 
 

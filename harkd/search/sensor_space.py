@@ -27,6 +27,7 @@ from harkd.schema import PositiveInt, Str, validate
 
 Kit = tuple[tuple[str, tuple[str, ...]], ...]
 COSTS = ("positions", "channels", "flops", "params")
+VALIDATION_FOLDS = 2  # search.folds unset under scoring.protocol validation
 
 
 def _distinct_names(values: tuple) -> tuple:
@@ -65,7 +66,7 @@ class SensorSearchSection(Section):
     # How TPE sees a kit (harkd.search.kit_trials): size_first (how many positions, which, then their modalities) or
     # per_position (each position absent or one of its modality sets).
     parametrisation: Literal["size_first", "per_position"] = "size_first"
-    folds: PositiveInt | None = None  # scoring.protocol validation: the validation subjects of the first `folds` (2)
+    folds: PositiveInt | None = None  # scoring.protocol validation: the validation subjects of the first `folds`
     positions: Names | None = None  # candidate positions (default: every position the teacher wears)
     modalities: Names | None = None  # candidate modalities (default: all)
     # What a worn position may carry; default: every non-empty subset of its modalities.
@@ -274,5 +275,5 @@ def _within(candidate: Candidate, budget: SensorBudget) -> bool:
                for name, limit in (("channels", budget.channels), ("flops", budget.flops)))
 
 
-__all__ = ["COSTS", "Candidate", "Kit", "KitScoring", "SensorSearchSchema", "SensorSearchSection", "SensorSpace",
-           "check_sensor_search", "kit_channels", "kit_key", "run_config"]
+__all__ = ["COSTS", "VALIDATION_FOLDS", "Candidate", "Kit", "KitScoring", "SensorSearchSchema", "SensorSearchSection",
+           "SensorSpace", "check_sensor_search", "kit_channels", "kit_key", "run_config"]
