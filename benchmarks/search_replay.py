@@ -2,9 +2,13 @@
 positions with fewer trials than the space has kits, for each parametrisation of the space TPE draws from and several
 sampler seeds, at no training cost.
 
-    python benchmarks/search_replay.py GROUND_TRUTH.json CONFIG [overrides] --trials 10 --seeds 10 [--json OUT]
+    python benchmarks/search_replay.py GROUND_TRUTH.json CONFIG [overrides] --trials 10 --seeds 10 [--json OUT] \
+        [--shuffle] [--stop-rule every|bonferroni|best-rival]
 
-A stop is wrong when the stopped kit's ground-truth mean is above its rival's.
+A stop is wrong when the stopped kit's ground-truth mean is above its rival's. --stop-rule replays a rule other than
+the search's own (`every`: a kit stops when any rival of its size and no greater cost beats it at the configured
+confidence), to measure what the many comparisons cost: `bonferroni` tests each of the m rivals at 1 - (1 - c) / m,
+`best-rival` tests only the rival with the highest mean on the kit's folds.
 GROUND_TRUTH.json: benchmarks/sensor_ground_truth.py's kits, each with its KD student's test macro-F1 per fold. Each
 (parametrisation, seed) runs the search's own trial logic in an in-memory Optuna study (its queue, sampler, rungs and
 stopping rule, harkd.search.sensor_search.KitObjective) with one change: a kit's score on a fold is read from the
@@ -29,11 +33,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kit_ranking import per_fold_table  # noqa: E402
 
+from harkd.search import kit_scores  # noqa: E402
+from harkd.search.kit_scores import KitScores  # noqa: E402
 from harkd.search.kit_trials import PARAMETRISATIONS, StopRule, enqueue_untried, first_kits  # noqa: E402
 from harkd.search.search_folds import SearchData, load_data  # noqa: E402
 from harkd.search.sensor_search import (KitObjective, best_by_positions, load_sensor_search, optimize,  # noqa: E402
                                         space_of)
 from harkd.search.sensor_space import kit_key  # noqa: E402
+
+
+def eligible_rivals(kit: KitScores, rivals) -> list[KitScores]:
+    """The rivals the rule may hold `kit` against: as many positions, no greater cost, scored on the kit's folds."""
+    return [r for r in rivals if r.kit != kit.kit and r.costs_no_more_than(kit) and set(kit.by_fold) <= set(r.by_fold)]
+
+
+def beaten_by_bonferroni(kit: KitScores, rivals, confidence: float) -> KitScores | None:
+    eligible = eligible_rivals(kit, rivals)
+    return SEARCH_RULE(kit, eligible, 1 - (1 - confidence) / len(eligible)) if eligible else None
+
+
+def beaten_by_best_rival(kit: KitScores, rivals, confidence: float) -> KitScores | None:
+    eligible = eligible_rivals(kit, rivals)
+    if not eligible:
+        return None
+    best = max(eligible, key=lambda r: np.mean([r.by_fold[f] for f in kit.by_fold]))
+    return SEARCH_RULE(kit, [best], confidence)
+
+
+SEARCH_RULE = kit_scores.beaten_by
+STOP_RULES = {"every": SEARCH_RULE, "bonferroni": beaten_by_bonferroni, "best-rival": beaten_by_best_rival}
 
 
 class ReplayedObjective(KitObjective):
@@ -89,8 +117,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, required=True)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--shuffle", action="store_true", help="queue the first kits in an order drawn by each seed")
+    parser.add_argument("--stop-rule", choices=sorted(STOP_RULES), default="every")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    kit_scores.beaten_by = STOP_RULES[args.stop_rule]  # the rungs look the rule up in kit_scores at each stop
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     truth = json.loads(args.ground_truth.read_text())
     table = per_fold_table(truth["kits"])
