@@ -13,6 +13,12 @@ from harkd.models import ModelOutput
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # -n auto runs one worker per core: each on one thread, and so is every harkd it starts (a thread per core in
+    # every process oversubscribes the cores).
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 
 @pytest.fixture(autouse=True)
 def own_teacher_store(tmp_path, monkeypatch):
