@@ -2,7 +2,7 @@
 the search's score of each kit and the kit's ground-truth test macro-F1 (benchmarks/sensor_ground_truth.py), and per
 number of positions the kit the search would recommend against the best kit on test.
 
-    python benchmarks/kit_ranking.py GROUND_TRUTH.json SEARCH.json [--json OUT.json]
+    python benchmarks/kit_ranking.py GROUND_TRUTH.json SEARCH.json [--more-seeds GT_SEED1.json ...] [--json OUT.json]
 
 SEARCH.json: a `harkd search-sensors` search.json (each trial's `score`; `val_f1` in those written before issue 25);
 only kits both files hold are compared. The search recommends, at each number of positions, its best kit scored on
@@ -12,7 +12,10 @@ test macro-F1 with the search's KD method (mean over the split's folds).
 A search run with --nested (its outer studies read from search.db beside SEARCH.json) adds, for each outer fold, the
 same Spearman for the search that never saw that fold's worker, the Spearman of its scores with that worker's own test
 scores beside the best any ranking from the other workers' test scores reaches (the ground truth without that fold),
-and per number of positions the nested figure (each outer fold's choice scored on its worker) against the best kit.
+and per number of positions the nested figure (each outer fold's choice scored on its worker) against the best kit
+and against the best a choice made without each fold's worker reaches on the ground truth (each fold's kit the best on
+the other workers' test scores, scored on its worker), which measures how far the best kit on test owes its lead to
+having been chosen on the workers it is scored on.
 """
 
 from __future__ import annotations
@@ -62,8 +65,21 @@ def recommendations(truth: dict[str, dict], scores: dict[str, float], allowed: s
 
 
 def per_fold_table(kits) -> dict[str, dict[str, float]]:
-    """kit -> fold -> the kit's test macro-F1 with KD on that fold (the ground truth's seed)."""
+    """kit -> fold -> the kit's test macro-F1 with KD on that fold."""
     return {k["kit"]: {name.split("/")[0]: f1 for name, f1 in k["kd"]["per_fold"].items()} for k in kits}
+
+
+def load_truth(paths: list[Path]) -> dict[str, dict]:
+    """kit -> its ground-truth entry; with several files (the same kits run with other seeds), each fold's KD score
+    is the mean over the files' seeds and the kit's mean is taken over those."""
+    files = [{k["kit"]: k for k in json.loads(path.read_text())["kits"] if "kd" in k} for path in paths]
+    truth = {}
+    for kit in set.intersection(*(set(f) for f in files)):
+        tables = [per_fold_table([f[kit]])[kit] for f in files]
+        per_fold = {fold: float(np.mean([t[fold] for t in tables])) for fold in tables[0]}
+        truth[kit] = {**files[0][kit], "kd": {"mean": float(np.mean(list(per_fold.values()))), "per_fold": per_fold,
+                                              "seeds": len(files)}}
+    return truth
 
 
 def outer_studies(search: dict, search_json: Path) -> dict[str, optuna.Study]:
@@ -72,6 +88,15 @@ def outer_studies(search: dict, search_json: Path) -> dict[str, optuna.Study]:
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)
              if s.study_name.startswith(search["study"] + "/")]
     return {name.split("/", 1)[1]: optuna.load_study(study_name=name, storage=storage) for name in sorted(names)}
+
+
+def choice_without_the_worker(table: dict[str, dict[str, float]], kits: list[str], folds: list[str]) -> float:
+    """The best a choice made without each fold's worker can do on these scores: for each fold, the kit with the best
+    mean test score over the other workers (every kit scored, no rung, no search), scored on that fold's worker; the
+    mean over folds. The best kit on test is chosen with every worker, so it sits above this by the winner's curse."""
+    def chosen(fold: str) -> str:
+        return max(kits, key=lambda kit: np.mean([table[kit][f] for f in folds if f != fold]))
+    return float(np.mean([table[chosen(fold)][fold] for fold in folds]))
 
 
 def nested_ranking(truth: dict[str, dict], search: dict, search_json: Path) -> dict:
@@ -88,10 +113,14 @@ def nested_ranking(truth: dict[str, dict], search: dict, search_json: Path) -> d
     figures = []
     for row in search["nested"]:
         n = row["positions"]
-        best = max((kit for kit, k in truth.items() if k["positions"] == n), key=means.get)
+        kits = [kit for kit, k in truth.items() if k["positions"] == n]
+        best = max(kits, key=means.get)
+        hindsight_free = choice_without_the_worker(table, kits, folds)
         figures.append({"positions": n, "nested_test_f1": row["test_mean"], "best_kit": best,
                         "best_kit_test_f1": means[best],
                         "gap_points": round(100 * (means[best] - row["test_mean"]), 2),
+                        "choice_without_the_worker_f1": hindsight_free,
+                        "its_gap_points": round(100 * (means[best] - hindsight_free), 2),
                         "most_chosen": row["most_chosen"], "agree": row["agree"], "outer_folds": row["outer_folds"]})
     return {"by_outer_fold": rows, "by_positions": figures,
             "mean": {k: round(float(np.mean([r[k] for r in rows])), 3) for k in
@@ -102,9 +131,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ground_truth", type=Path)
     parser.add_argument("search", type=Path)
+    parser.add_argument("--more-seeds", type=Path, nargs="+", default=[], metavar="GROUND_TRUTH.json",
+                        help="the same kits' ground truth with other seeds: each fold's score averaged over them")
     parser.add_argument("--json", type=Path, help="also write the comparison here")
     args = parser.parse_args()
-    truth = {k["kit"]: k for k in json.loads(args.ground_truth.read_text())["kits"] if "kd" in k}
+    truth = load_truth([args.ground_truth, *args.more_seeds])
     search = json.loads(args.search.read_text())
     scores = search_scores(search)
     shared = sorted(set(truth) & set(scores))
@@ -132,7 +163,9 @@ def main() -> int:
         for row in result["nested"]["by_positions"]:
             print(f"nested, {row['positions']} position(s): {100 * row['nested_test_f1']:.2f} on unseen workers; "
                   f"best kit {row['best_kit']} {100 * row['best_kit_test_f1']:.2f}; gap {row['gap_points']:.2f} "
-                  f"points; {row['most_chosen']} chosen by {row['agree']}/{row['outer_folds']}")
+                  f"points; {row['most_chosen']} chosen by {row['agree']}/{row['outer_folds']}; the best choice "
+                  f"without the worker {100 * row['choice_without_the_worker_f1']:.2f} "
+                  f"(gap {row['its_gap_points']:.2f})")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
