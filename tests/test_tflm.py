@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, run_cli
-from harkd.deploy.int8 import post_training, quantisation_aware
-from harkd.deploy.lowering import LOWERINGS, lower
+from harkd.deploy.int8 import FakeQuant, post_training, quantisation_aware
+from harkd.deploy.lowering import INPUT, LOWERINGS, lower
 from harkd.errors import HarkdError
 from harkd.models.base import build_model
 
@@ -54,6 +54,23 @@ def test_the_lowered_program_computes_what_the_model_computes(name, params):
         expected, got = model(x).logits, program(x)[program.logits].squeeze(-1)
     assert torch.allclose(expected, got, atol=1e-4), (expected - got).abs().max()
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in program.modules())
+
+
+@pytest.mark.parametrize("name, params", CASES)
+def test_a_program_resumed_at_any_step_from_the_tensors_before_it_gives_the_same_tensors(name, params):
+    """What calibration relies on to try a tensor's grids without rerunning the steps before it."""
+    program = lower(random_model(name, params), name)
+    quant = FakeQuant(post_training(program, np.random.default_rng(0).normal(size=(32, 3, 50)).astype(np.float32))
+                      .qparams)
+    x = torch.randn(8, 3, 50)
+    with torch.no_grad():
+        whole = program(x, quant)
+        for first in (1, len(program.steps) // 2, len(program.steps) - 1):
+            before = {tensor: value for tensor, value in whole.items()
+                      if tensor == INPUT or tensor in {step.output for step in program.steps[:first]}}
+            resumed = program.resume(before, first, quant)
+            assert resumed.keys() == whole.keys()
+            assert all(torch.equal(resumed[k], whole[k]) for k in whole)
 
 
 @pytest.mark.parametrize("name, params, fragment", [

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harkd.deploy.lowering import Conv, Program, Step, TimeMean
+from harkd.deploy.lowering import INPUT, Conv, Program, Step, TimeMean
 
 SAMPLES_PER_TENSOR = 200_000  # values kept per tensor for its percentile (a seeded subsample beyond that)
 
@@ -144,10 +144,25 @@ def _fixed_grids(program: Program, qparams: dict[str, QParams]) -> dict[str, QPa
     return qparams
 
 
-def _divergence(program: Program, qparams: dict[str, QParams], x: torch.Tensor, reference: torch.Tensor) -> float:
-    """KL divergence of the int8 class distribution from fp32's (`reference`: fp32 log-probabilities)."""
-    out = program(x, FakeQuant(qparams))[program.logits].squeeze(-1)
+def _divergence(program: Program, qparams: dict[str, QParams], x: torch.Tensor, reference: torch.Tensor,
+                before: tuple[int, dict[str, torch.Tensor]] | None = None) -> float:
+    """KL divergence of the int8 class distribution from fp32's (`reference`: fp32 log-probabilities); `before`:
+    the program resumed at that step from those tensors (which these grids do not change)."""
+    quant = FakeQuant(qparams)
+    values = program(x, quant) if before is None else program.resume(before[1], before[0], quant)
+    out = values[program.logits].squeeze(-1)
     return float(F.kl_div(F.log_softmax(out, 1), reference, log_target=True, reduction="batchmean"))
+
+
+def _prefix(program: Program, name: str, x: torch.Tensor, qparams: dict[str, QParams]
+            ) -> tuple[int, dict[str, torch.Tensor]] | None:
+    """The step writing tensor `name` and the int8 tensors before it (None for the input: its grid is applied before
+    the first step)."""
+    first = next((i for i, step in enumerate(program.steps) if step.output == name), None)
+    if first is None:
+        return None
+    quant = FakeQuant(qparams)
+    return first, program.resume({INPUT: quant.tensor(INPUT, x)}, 0, quant, stop=first)
 
 
 @torch.no_grad()
@@ -171,7 +186,8 @@ def calibrate(program: Program, windows: np.ndarray, weights_rounded: bool = Fal
         grids = {QParams.of_range(lo, hi) for lo in np.percentile(v, LOW_PERCENTILES)
                  for hi in np.percentile(v, HIGH_PERCENTILES)}  # a ReLU's output has one low end: fewer grids
         candidates = [_fixed_grids(program, {**qparams, name: grid}) for grid in sorted(grids, key=astuple)]
-        qparams = min(candidates, key=lambda c: _divergence(program, c, x, reference))
+        before = _prefix(program, name, x, qparams)
+        qparams = min(candidates, key=lambda c: _divergence(program, c, x, reference, before))
     return qparams
 
 

@@ -116,8 +116,15 @@ class Program(nn.Module):
         return self.steps[-1].output
 
     def forward(self, x: torch.Tensor, quantiser: Quantiser | None = None) -> dict[str, torch.Tensor]:
-        values = {INPUT: x if quantiser is None else quantiser.tensor(INPUT, x)}
-        for step in self.steps:
+        return self.resume({INPUT: x if quantiser is None else quantiser.tensor(INPUT, x)}, 0, quantiser)
+
+    def resume(self, values: dict[str, torch.Tensor], first: int, quantiser: Quantiser | None = None,
+               stop: int | None = None) -> dict[str, torch.Tensor]:
+        """`values` (the tensors the steps before `first` wrote) and those of steps `first` to `stop` (exclusive;
+        default the last): calibration tries many grids for one tensor, and the steps before it give the same
+        tensors for every grid."""
+        values = dict(values)
+        for step in self.steps[first:stop]:
             out = step.run([values[name] for name in step.inputs], quantiser)
             values[step.output] = out if quantiser is None else quantiser.tensor(step.output, out)
         return values
