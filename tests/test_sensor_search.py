@@ -21,7 +21,7 @@ from harkd.data.recording import ChannelKit, ChannelQuery, sensor_channels
 from harkd.errors import HarkdError
 from harkd.experiment.config import ModelSpec, parse_config
 from harkd.search import sensor_search
-from harkd.search.kit_trials import PARAMETRISATIONS
+from harkd.search.kit_trials import PARAMETRISATIONS, first_kits
 from harkd.search.sensor_report import _independence, plot, run_sensor_search
 from harkd.search.sensor_search import load_data, load_sensor_search, parse_sensor_search, space_of
 from harkd.search.sensor_space import SensorSearchSection, SensorSpace, kit_key, run_config
@@ -248,6 +248,18 @@ def test_the_space_counts_kits_within_the_budget_and_requires_what_it_is_told():
     space = SensorSpace.build(channels, SensorSearchSection(budget={"positions": 1, "channels": 3}), student, 4, 50)
     assert sorted(kit_key(c.kit) for c in space.candidates) == sorted(f"{p}:{m}" for p in PLANTED_POSITIONS
                                                                        for m in ("acc", "gyro"))
+
+
+@pytest.mark.parametrize("trials, first", [(36, "every kit"), (18, "every one-position kit"),
+                                           (12, "every sensor group alone"), (11, "none")])
+def test_the_kits_tried_before_tpe_are_the_cheap_end_that_fits_half_the_budget(trials, first):
+    # 36 kits of up to 2 positions: 9 of one position (3 modality sets each), 6 of them one sensor group
+    channels = [c for p in PLANTED_POSITIONS for m in ("acc", "gyro") for c in sensor_channels(p, m, "m/s^2")]
+    space = SensorSpace.build(channels, SensorSearchSection(budget={"positions": 2}), ModelSpec("cnn_student"), 4, 50)
+    expected = {"every kit": space.candidates,
+                "every one-position kit": [c for c in space.candidates if c.positions == 1],
+                "every sensor group alone": [c for c in space.candidates if c.channels == 3], "none": []}[first]
+    assert sorted(map(kit_key, first_kits(space, trials))) == sorted(kit_key(c.kit) for c in expected)
 
 
 @pytest.mark.parametrize("name", sorted(PARAMETRISATIONS))

@@ -118,12 +118,14 @@ def sampler(seed: int, study: optuna.Study, worker: int = 0) -> optuna.samplers.
 
 def first_kits(space: SensorSpace, target: int) -> list[Kit]:
     """The kits tried before TPE draws any. A space no larger than the trial budget is searched exhaustively;
-    otherwise each sensor group alone (one position, one modality) is screened first when those fill at most half
-    the budget: the front's cheap end, and what TPE learns the good positions and modalities from."""
+    otherwise every one-position kit when those fill at most half the budget (which one sensor to wear is then
+    answered over the whole choice, not over TPE's draws), else each sensor group alone (one position, one modality)
+    when those do: the front's cheap end, and what TPE learns the good positions and modalities from."""
     if len(space.candidates) <= target:
         return [c.kit for c in space.candidates]
-    groups = [c.kit for c in space.candidates if c.positions == 1 and len(c.kit[0][1]) == 1]
-    return groups if len(groups) <= target // 2 else []
+    alone = [c.kit for c in space.candidates if c.positions == 1]
+    groups = [kit for kit in alone if len(kit[0][1]) == 1]
+    return next((kits for kits in (alone, groups) if len(kits) <= target // 2), [])
 
 
 def enqueue_untried(study: optuna.Study, kits: list[Kit], space: SensorSpace, parametrisation: str) -> None:

@@ -313,6 +313,11 @@ def setup_search(config: SensorSearchConfig, out_dir: Path, trials: int | None, 
     return SearchSetup(config, data, space, storage_urls(Path(out_dir), storage)[0], target)
 
 
+def _first_kits_are(kits: list) -> str:
+    every_modality_set = any(len(modalities) > 1 for kit in kits for _, modalities in kit)
+    return f"each of the {len(kits)} " + ("one-position kits" if every_modality_set else "sensor groups alone")
+
+
 def open_kit_study(setup: SearchSetup, name: str, log: Callable[[str], None]) -> optuna.Study:
     """The study `name` (resumed where it exists), its interrupted trials failed and its first kits queued."""
     space, target = setup.space, setup.target
@@ -323,7 +328,7 @@ def open_kit_study(setup: SearchSetup, name: str, log: Callable[[str], None]) ->
     log(f"{name}: {len(space.candidates)} kits within budget over {len(space.positions)} positions; "
         f"{counted(study)} of {min(target, len(space.candidates))} trials done"
         + ("; trying every kit" if len(first) == len(space.candidates) else
-           f"; each of the {len(first)} sensor groups alone first" if first else ""))
+           f"; {_first_kits_are(first)} first" if first else ""))
     parametrisation = setup.config.search.parametrisation
     share = PARAMETRISATIONS[parametrisation].share_of_kits(space)
     if share < FEW_KITS:  # TPE draws mostly combinations it cannot train and stops at its draw cap
