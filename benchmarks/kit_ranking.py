@@ -4,8 +4,9 @@ number of positions the kit the search would recommend against the best kit on t
 
     python benchmarks/kit_ranking.py GROUND_TRUTH.json SEARCH.json [--more-seeds GT_SEED1.json ...] [--json OUT.json]
 
-SEARCH.json: a `harkd search-sensors` search.json (each trial's `score`; `val_f1` in those written before issue 25);
-only kits both files hold are compared. The search recommends, at each number of positions, its best kit scored on
+SEARCH.json: a `harkd search-sensors` search.json (each trial's `score`; `val_f1` in those written before issue 25),
+or another ground truth (the same kits trained with another seed: how far one seed's test scores rank and choose
+kits as another's do); only kits both files hold are compared. The search recommends, at each number of positions, its best kit scored on
 every fold (a kit stopped at a rung is ranked by its estimate but never recommended). The ground truth's score is the
 test macro-F1 with the search's KD method (mean over the split's folds).
 
@@ -31,13 +32,17 @@ from scipy.stats import spearmanr
 
 
 def search_scores(search: dict) -> dict[str, float]:
-    """Each kit's score in the search."""
+    """Each kit's score in the search (in another ground truth: its KD test mean)."""
+    if "kits" in search:
+        return {k["kit"]: k["kd"]["mean"] for k in search["kits"] if "kd" in k}
     field = "score" if any("score" in t for t in search["trials"]) else "val_f1"
     return {t["kit"]: t[field] for t in search["trials"] if t.get(field) is not None}
 
 
 def recommendable(search: dict) -> set[str]:
-    """The kits the search may recommend: scored on every fold."""
+    """The kits the search may recommend: scored on every fold (every kit of another ground truth)."""
+    if "kits" in search:
+        return set(search_scores(search))
     return {t["kit"] for t in search["trials"] if not t.get("stopped_by")}
 
 
