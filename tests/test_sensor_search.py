@@ -14,13 +14,16 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import torch
 import yaml
 
 from conftest import PLANTED_GROUP, PLANTED_POSITIONS, assert_one_line_error, run_cli, sensor_search_config
 from harkd.data.recording import ChannelKit, ChannelQuery, sensor_channels
 from harkd.errors import HarkdError
 from harkd.experiment.config import ModelSpec, parse_config
+from harkd.experiment.teacher_cache import TeacherStore, teacher_root
 from harkd.search import sensor_search
+from harkd.search.search_folds import FoldTeachers
 from harkd.search.kit_trials import PARAMETRISATIONS, first_kits
 from harkd.search.sensor_report import _independence, plot, run_sensor_search
 from harkd.search.sensor_search import load_data, load_sensor_search, parse_sensor_search, space_of
@@ -377,9 +380,21 @@ def test_two_processes_share_the_study_and_train_exactly_the_budget_of_distinct_
     temporary = short_tmp_path
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # where the search trains,
     monkeypatch.setenv("TMPDIR", str(temporary))  # and its spawned processes would make their own folders
+    log, store = [], TeacherStore(teacher_root())
     results = run_sensor_search(parse_sensor_search(sensor_search_config()), tmp_path / "out", "planted", 6, jobs=2,
-                                log=lambda _: None)
+                                log=log.append, teachers=store)
     trained = [t["kit"] for t in results["trials"] if t["state"] == "COMPLETE"]
     assert results["trials_counted"] == 6 and len(trained) == len(set(trained)) == 6
     # the processes' checkpoints went with the search's temporary folder (torch may leave a cache of its own)
     assert not list(temporary.glob("harkd-*"))
+    # the empty store's two teachers trained two at a time in the processes, each the teacher this process trains
+    assert "teachers of 2 folds, 2 at a time" in log
+    config = parse_sensor_search(sensor_search_config())
+    data = load_data(config)
+    with sensor_search.one_thread():
+        for fold in data.folds(config.split, config.seed)[:2]:
+            kept, fresh = (FoldTeachers(config, data, tmp_path / "again", lambda _: None, s).train(fold)[2]
+                           for s in (store, None))
+            assert kept.from_store and not fresh.from_store
+            assert all(torch.equal(a, b) for a, b in zip(kept.model.state_dict().values(),
+                                                         fresh.model.state_dict().values()))

@@ -49,8 +49,10 @@ def nested_search(setup: SearchSetup, name: str, jobs: int, log: Callable[[str],
     check_nestable(config)
     choices = []
     with one_thread(), tempfile.TemporaryDirectory(prefix="harkd-nested-", ignore_cleanup_errors=True) as work:
-        fold_teachers = FoldTeachers(config, setup.data, Path(work), log, teachers)
-        for i, outer in enumerate(setup.data.folds(config.split, config.seed)):
+        outer_folds = setup.data.folds(config.split, config.seed)
+        fold_teachers = FoldTeachers(config, setup.data, Path(work), log, teachers, jobs)
+        fold_teachers.prefill(outer_folds)
+        for i, outer in enumerate(outer_folds):
             # a split that does not hold workers out fold by fold searches its first fold's training subjects:
             # that search is the first outer fold's, so its study serves
             shared = i == 0 and config.split.kind not in SPLITS_OF_THEIR_OWN

@@ -20,12 +20,13 @@ import numpy as np
 from harkd.data.splits import Fold, fixed_split
 from harkd.data.windowing import WindowSet
 from harkd.errors import HarkdError
+from harkd.execution.processes import Processes
 from harkd.experiment.config import OneStudentSearch
 from harkd.experiment.fold_unit import teacher_settings
 from harkd.experiment.folds import (ExperimentData, FoldLabels, SplitSettings, Views, experiment_windows, fold_views,
                                     sensor_groups)
 from harkd.experiment.teacher import TrainedTeacher, train_teacher
-from harkd.experiment.teacher_cache import TeacherStore
+from harkd.experiment.teacher_cache import TeacherStore, teacher_key
 
 SPLITS_OF_THEIR_OWN = ("loso", "groups")  # splits whose folds each hold workers out already
 
@@ -79,8 +80,28 @@ class FoldTeachers:
     """Trains (or reads from the store) the teacher of a fold of the search's data."""
 
     def __init__(self, config: OneStudentSearch, data: ExperimentData, work: Path, log: Callable[[str], None],
-                 store: TeacherStore | None):
-        self.config, self.data, self.work, self.log, self.store = config, data, work, log, store
+                 store: TeacherStore | None, jobs: int = 1):
+        self.config, self.data, self.work, self.log, self.store, self.jobs = config, data, work, log, store, jobs
+
+    def prefill(self, folds: list[Fold]) -> None:
+        """The teachers of `folds` the store lacks, trained in `jobs` processes at once and kept there (`train` then
+        reads them back): a fresh store's teachers do not train one after another while the other cores wait."""
+        missing = [fold for fold in folds if not self.is_stored(fold)]
+        if self.store is None or self.jobs < 2 or len(missing) < 2:
+            return
+        self.log(f"teachers of {len(missing)} folds, {min(self.jobs, len(missing))} at a time")
+        job = TeacherJob(self.config, self.work, self.store)
+        for name, val_f1 in Processes(self.jobs, threads=1).map(job, {fold.name: fold for fold in missing}):
+            self.log(f"teacher {name}: val F1 {val_f1:.3f} (kept in the teacher store)")
+
+    def is_stored(self, fold: Fold) -> bool:
+        """Whether the store holds the teacher `train` would train on `fold` (the key train_teacher looks up)."""
+        if self.store is None:
+            return False
+        y, inputs = FoldLabels.of(self.data.labels, fold), fold_views(self.data.teacher_view, fold)
+        key = teacher_key(teacher_settings(self.config), [inputs.train, inputs.val, y.train, y.val],
+                          sensor_groups(self.data.teacher_view.channels), self.data.n_classes, self.config.seed)
+        return self.store.path(key).is_file()
 
     def train(self, fold: Fold) -> tuple[Views, FoldLabels, TrainedTeacher]:
         view, config = self.data.teacher_view, self.config
@@ -97,6 +118,20 @@ class FoldTeachers:
         return SearchFold(fold, y, inputs, teacher, scored)
 
 
+@dataclass(frozen=True)
+class TeacherJob:
+    """One fold's teacher trained into the store in a worker process (a harkd.execution.processes WorkerSpec); the
+    process loads the windows itself rather than receive them pickled."""
+
+    config: OneStudentSearch
+    work: Path
+    store: TeacherStore
+
+    def build(self, shared: None = None) -> Callable[[Fold], float]:
+        teachers = FoldTeachers(self.config, load_data(self.config), self.work, lambda _: None, self.store)
+        return lambda fold: teachers.train(fold)[2].fit.best_val_f1
+
+
 def scoring_folds(config: OneStudentSearch, data: ExperimentData, teachers: FoldTeachers, protocol: str,
                   n_folds: int | None) -> list[SearchFold]:
     """The folds every kit of a (not nested) search is scored on, at most `n_folds` of them."""
@@ -104,6 +139,7 @@ def scoring_folds(config: OneStudentSearch, data: ExperimentData, teachers: Fold
     if protocol == "validation":
         return [teachers.fold(f, "val") for f in distinct_validation(folds, data.teacher_view, n_folds, teachers.log)]
     if config.split.kind in SPLITS_OF_THEIR_OWN:
+        teachers.prefill(folds[:n_folds])
         return [teachers.fold(f) for f in folds[:n_folds]]
     return inner_folds(folds[0], data, config.split, config.seed, teachers.train(folds[0]), n_folds)
 
@@ -155,5 +191,5 @@ def search_data(data: ExperimentData, folds: list[SearchFold]) -> SearchData:
     return SearchData(data.teacher_view, data.class_names, data.windowing.stride if data.windowing else None, folds)
 
 
-__all__ = ["FoldTeachers", "SearchData", "SearchFold", "distinct_validation", "inner_folds", "load_data",
+__all__ = ["FoldTeachers", "SearchData", "SearchFold", "TeacherJob", "distinct_validation", "inner_folds", "load_data",
            "scoring_folds", "search_data", "teacher_on"]

@@ -361,7 +361,7 @@ def search_sensors(setup: SearchSetup, study: optuna.Study, out_dir: Path, jobs:
     config = setup.config
     if not is_done(setup, study):
         with one_thread(), tempfile.TemporaryDirectory(prefix="harkd-sensors-", ignore_cleanup_errors=True) as work:
-            folds = scoring_folds(config, setup.data, FoldTeachers(config, setup.data, Path(work), log, teachers),
+            folds = scoring_folds(config, setup.data, FoldTeachers(config, setup.data, Path(work), log, teachers, jobs),
                                   config.search.scoring.protocol, config.scored_folds)
             search_on(setup, study, search_data(setup.data, folds), Path(work), Path(out_dir), jobs, log, ray)
 
