@@ -113,8 +113,8 @@ def search_sensors_cmd(
                                  "its test macro-F1 to the report"),
     nested: bool = typer.Option(False, "--nested", help="search again without each outer fold's test workers and "
                                 "score its choices on them: the whole procedure's figure on workers it never saw"),
-    jobs: int = typer.Option(1, "--jobs", min=1, help="processes sharing the study (one torch thread each), and for "
-                                                      "--confirm the runs' worker processes"),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="processes (one torch thread each) training the missing "
+                             "teachers, then sharing the study, and for --confirm the runs' worker processes"),
     print_config: bool = SEARCH_PRINT_CONFIG,
     backend: str = TRIALS_BACKEND,
     address: Optional[str] = TRIALS_ADDRESS,
