@@ -86,8 +86,10 @@ class FoldTeachers:
     def prefill(self, folds: list[Fold]) -> None:
         """The teachers of `folds` the store lacks, trained in `jobs` processes at once and kept there (`train` then
         reads them back): a fresh store's teachers do not train one after another while the other cores wait."""
+        if self.store is None or self.jobs < 2:
+            return
         missing = [fold for fold in folds if not self.is_stored(fold)]
-        if self.store is None or self.jobs < 2 or len(missing) < 2:
+        if len(missing) < 2:
             return
         self.log(f"teachers of {len(missing)} folds, {min(self.jobs, len(missing))} at a time")
         job = TeacherJob(self.config, self.work, self.store)
@@ -98,14 +100,18 @@ class FoldTeachers:
         """Whether the store holds the teacher `train` would train on `fold` (the key train_teacher looks up)."""
         if self.store is None:
             return False
-        y, inputs = FoldLabels.of(self.data.labels, fold), fold_views(self.data.teacher_view, fold)
+        inputs, y = self.inputs(fold)
         key = teacher_key(teacher_settings(self.config), [inputs.train, inputs.val, y.train, y.val],
                           sensor_groups(self.data.teacher_view.channels), self.data.n_classes, self.config.seed)
         return self.store.path(key).is_file()
 
+    def inputs(self, fold: Fold) -> tuple[Views, FoldLabels]:
+        """The teacher's windows and the labels of `fold`, as the teacher trains on them."""
+        return fold_views(self.data.teacher_view, fold), FoldLabels.of(self.data.labels, fold)
+
     def train(self, fold: Fold) -> tuple[Views, FoldLabels, TrainedTeacher]:
         view, config = self.data.teacher_view, self.config
-        y, inputs = FoldLabels.of(self.data.labels, fold), fold_views(view, fold)
+        inputs, y = self.inputs(fold)
         self.log(f"teacher {config.teacher.name} on {fold.describe()}")
         teacher = train_teacher(teacher_settings(config), inputs, y, sensor_groups(view.channels),
                                 self.data.n_classes, self.work / fold.name, config.seed, self.store)
